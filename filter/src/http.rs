@@ -1,0 +1,344 @@
+//! The per-request filter: picks the provider when the request headers arrive,
+//! rewrites the body when it is complete, and on a provider failure marks the
+//! provider unhealthy and, with `withinRequest`, sends the same request on to the
+//! next provider with `dispatch_http_call`. Decisions come from the pure modules;
+//! this file only gathers their inputs and applies their answers.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::body::{self, ModelSlots};
+use crate::config::Config;
+use crate::health::{self, HealthRecord};
+use crate::host::{self, HostSharedData};
+use crate::outcome::{self, Outcome};
+use crate::reply::error_body;
+use crate::retry_after::parse_retry_after;
+use crate::rewrite::{self, Edit};
+use crate::select::{self, Choice};
+use crate::store;
+
+/// Names the provider whose answer the client got.
+const PROVIDER_HEADER: &str = "x-llm-provider";
+
+pub struct FailoverFilter {
+    config: Rc<Config>,
+    ticket: u64,
+    /// The provider now serving the request: the routed one, then each dispatched one.
+    current: usize,
+    tried: Vec<bool>,
+    /// The client's headers as they arrived (kept only with `withinRequest`), to
+    /// build each further attempt from the original, never from another provider's
+    /// rewritten copy (so one provider's key cannot leak to the next).
+    original_headers: Vec<(String, Vec<u8>)>,
+    original_path: Option<String>,
+    /// The client's body as it arrived, kept for further attempts.
+    original_body: Option<Vec<u8>>,
+    slots: Option<ModelSlots>,
+    has_body: bool,
+    /// Whether the body is buffered here (for a rewrite, a JSON check or a re-send).
+    buffering: bool,
+    body_complete: bool,
+    /// The filter answered the client itself (400, 413, or a failover result).
+    replied: bool,
+    /// The routed response is held back while a further attempt is under way.
+    holding_response: bool,
+    pending_call: Option<u32>,
+}
+
+impl FailoverFilter {
+    pub fn new(config: Rc<Config>, ticket: u64) -> Self {
+        let providers = config.providers.len();
+        Self {
+            config,
+            ticket,
+            current: 0,
+            tried: vec![false; providers],
+            original_headers: Vec::new(),
+            original_path: None,
+            original_body: None,
+            slots: None,
+            has_body: false,
+            buffering: false,
+            body_complete: false,
+            replied: false,
+            holding_response: false,
+            pending_call: None,
+        }
+    }
+
+    fn health(&self) -> Vec<HealthRecord> {
+        self.config
+            .providers
+            .iter()
+            .map(|p| store::read_health(&HostSharedData, &p.health_key))
+            .collect()
+    }
+
+    fn reply_error(&mut self, status: u16, message: &str, kind: &str, code: &str) {
+        let headers = vec![("content-type".to_string(), "application/json".to_string())];
+        host::send_response(status, &headers, error_body(message, kind, code).as_bytes());
+        self.replied = true;
+    }
+
+    /// Puts provider `index` into cooldown, from `Retry-After` when there is one.
+    fn mark_failed(&mut self, index: usize, why: &str, retry_after: Option<&[u8]>) {
+        if let Some(t) = self.tried.get_mut(index) {
+            *t = true;
+        }
+        let now = host::now_ms();
+        let delay = retry_after
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| parse_retry_after(v, now));
+        let cooldown = health::cooldown_ms(delay, &self.config.failover);
+        let Some(provider) = self.config.providers.get(index) else {
+            return;
+        };
+        let until = now.saturating_add(cooldown);
+        match store::update_health(&HostSharedData, &provider.health_key, |h| h.after_failure(until)) {
+            Ok(_) => log::info!(
+                "llm-failover: provider {} failed ({why}); cooling down for {} ms",
+                provider.name,
+                cooldown
+            ),
+            Err(e) => log::error!(
+                "llm-failover: provider {} failed ({why}) but its health could not be saved: {e}",
+                provider.name
+            ),
+        }
+    }
+
+    /// Sends the request on to the next available provider. Returns false when there
+    /// is none, so the client gets the failure it has.
+    fn try_next(&mut self) -> bool {
+        let config = Rc::clone(&self.config);
+        loop {
+            let now = host::now_ms();
+            let health = self.health();
+            let Some(next) = select::next_choice(&config, &health, now, &self.tried, self.ticket) else {
+                return false;
+            };
+            let provider = &config.providers[next];
+            let edits = rewrite::edits_for(provider, &config.cluster_header, self.original_path.as_deref());
+            let headers = rewrite::apply_to(&self.original_headers, &edits);
+            let rewritten;
+            let body = match (&self.original_body, &provider.model_json, &self.slots) {
+                (Some(b), Some(model), Some(slots)) => {
+                    rewritten = body::with_model(b, slots, model);
+                    Some(rewritten.as_slice())
+                }
+                (Some(b), _, _) => Some(b.as_slice()),
+                (None, _, _) => None,
+            };
+            match host::dispatch(&provider.cluster, &headers, body, config.failover.attempt_timeout_ms) {
+                Ok(token) => {
+                    log::info!("llm-failover: failing over to provider {}", provider.name);
+                    self.pending_call = Some(token);
+                    self.current = next;
+                    return true;
+                }
+                Err(status) => {
+                    // BadArgument: the cluster does not exist in Envoy's configuration.
+                    self.mark_failed(next, &format!("cannot dispatch to cluster {}: {status:?}", provider.cluster), None);
+                }
+            }
+        }
+    }
+
+    /// `Retry-After` for a failure the client gets while every provider cools down.
+    fn all_cooling_retry_after(&self) -> Option<String> {
+        select::retry_after_secs(&self.health(), host::now_ms()).map(|s| s.to_string())
+    }
+
+    fn provider_name(&self) -> &str {
+        self.config
+            .providers
+            .get(self.current)
+            .map(|p| p.name.as_str())
+            .unwrap_or("")
+    }
+}
+
+impl Context for FailoverFilter {
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if self.pending_call != Some(token_id) {
+            return;
+        }
+        self.pending_call = None;
+        let headers = host::call_response_headers();
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u16>().ok());
+        let body = host::call_response_body(body_size);
+        let result = outcome::classify_callout(status, &body, &self.config.failover);
+        if result.is_failure() {
+            let retry_after = headers
+                .iter()
+                .find(|(n, _)| n == "retry-after")
+                .map(|(_, v)| v.clone());
+            let why = match status {
+                Some(s) => format!("status {s}"),
+                None => "no response".to_string(),
+            };
+            self.mark_failed(self.current, &why, retry_after.as_deref());
+            if self.try_next() {
+                return;
+            }
+        }
+        let mut out = rewrite::response_headers_to_forward(&headers);
+        out.retain(|(n, _)| n != PROVIDER_HEADER);
+        out.push((PROVIDER_HEADER.to_string(), self.provider_name().to_string()));
+        if result.is_failure() {
+            if let Some(secs) = self.all_cooling_retry_after() {
+                out.retain(|(n, _)| n != "retry-after");
+                out.push(("retry-after".to_string(), secs));
+            }
+        }
+        match status {
+            Some(s) => host::send_response(s, &out, &body),
+            None => {
+                let message = format!(
+                    "provider {} did not answer (connection failed, reset or timed out)",
+                    self.provider_name()
+                );
+                out.retain(|(n, _)| n != "content-type");
+                out.push(("content-type".to_string(), "application/json".to_string()));
+                host::send_response(503, &out, error_body(&message, "api_error", "provider_unreachable").as_bytes());
+            }
+        }
+        self.replied = true;
+    }
+}
+
+impl HttpContext for FailoverFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let config = Rc::clone(&self.config);
+        let now = host::now_ms();
+        let choice = select::first_choice(&config, &self.health(), now, self.ticket);
+        if let Choice::Soonest(i) = choice {
+            log::info!(
+                "llm-failover: every provider is cooling down; trying {}, whose cooldown ends first",
+                config.providers[i].name
+            );
+        }
+        self.current = choice.index();
+        self.has_body = !end_of_stream;
+
+        let content_length = host::request_header("content-length")
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse::<u64>().ok()));
+        if content_length.is_some_and(|len| len > config.max_body_bytes) {
+            let message = format!("request body is larger than the gateway's limit of {} bytes", config.max_body_bytes);
+            self.reply_error(413, &message, "invalid_request_error", "request_too_large");
+            return Action::Pause;
+        }
+
+        self.original_path = host::request_header(":path").and_then(|v| String::from_utf8(v).ok());
+        if config.failover.within_request {
+            self.original_headers = host::request_headers();
+        }
+        self.buffering = self.has_body && (config.needs_json_body || config.failover.within_request);
+
+        let provider = &config.providers[self.current];
+        for edit in rewrite::edits_for(provider, &config.cluster_header, self.original_path.as_deref()) {
+            match edit {
+                Edit::Set(name, value) => host::set_request_header(name, &value),
+                Edit::Remove(name) => host::remove_request_header(name),
+            }
+        }
+        if self.has_body && provider.model.is_some() {
+            // The rewritten body has another length; without this the upstream would
+            // get a truncated body or wait for bytes that never come.
+            host::remove_request_header("content-length");
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Pause;
+        }
+        if !self.buffering {
+            return Action::Continue;
+        }
+        let config = Rc::clone(&self.config);
+        if body_size as u64 > config.max_body_bytes {
+            let message = format!("request body is larger than the gateway's limit of {} bytes", config.max_body_bytes);
+            self.reply_error(413, &message, "invalid_request_error", "request_too_large");
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            // Buffer until the whole body is here: it is rewritten and kept whole.
+            return Action::Pause;
+        }
+        let body = host::request_body(body_size).unwrap_or_default();
+        if config.needs_json_body {
+            match body::inspect(&body) {
+                Ok(slots) => self.slots = Some(slots),
+                Err(e) => {
+                    self.reply_error(400, &e.to_string(), "invalid_request_error", "invalid_json");
+                    return Action::Pause;
+                }
+            }
+        }
+        let provider = &config.providers[self.current];
+        if let (Some(model), Some(slots)) = (&provider.model_json, &self.slots) {
+            host::replace_request_body(body_size, &body::with_model(&body, slots, model));
+        }
+        if config.failover.within_request {
+            self.original_body = Some(body);
+        }
+        self.body_complete = true;
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if self.replied {
+            return Action::Continue;
+        }
+        let Some(status) = host::response_header(":status")
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u16>().ok()))
+        else {
+            return Action::Continue;
+        };
+        let config = Rc::clone(&self.config);
+        let result = if status < 400 {
+            Outcome::Answer
+        } else {
+            let details = host::property(&["response", "code_details"]).and_then(|v| String::from_utf8(v).ok());
+            let flags = host::property(&["response", "flags"])
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            outcome::classify_routed(status, details.as_deref(), flags, &config.failover)
+        };
+        if result.is_failure() {
+            let why = match result {
+                Outcome::Unreachable => format!("unreachable, Envoy answered {status}"),
+                _ => format!("status {status}"),
+            };
+            self.mark_failed(self.current, &why, host::response_header("retry-after").as_deref());
+            let body_ready = !self.has_body || self.body_complete;
+            if config.failover.within_request && body_ready && self.try_next() {
+                self.holding_response = true;
+                return Action::Pause;
+            }
+            if let Some(secs) = self.all_cooling_retry_after() {
+                host::set_response_header("retry-after", &secs);
+            }
+        }
+        host::set_response_header(PROVIDER_HEADER, self.provider_name());
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if self.holding_response && !self.replied {
+            // The failed provider's body is held back; the next attempt's answer replaces it.
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+}

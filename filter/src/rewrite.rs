@@ -1,0 +1,163 @@
+//! Per-provider request header rewrite: the routing header, `:authority`, `:path`
+//! and credentials. Pure: produces a list of edits; `http.rs` applies them to the
+//! live request, `apply_to` to a copy for a dispatched failover attempt.
+
+use crate::config::{Auth, Provider};
+
+/// Credential headers a client may send for OpenAI, Azure OpenAI and Anthropic.
+/// They are all removed when the filter injects a key, so the client's credential
+/// for one provider never reaches another.
+const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
+
+/// Headers that describe one hop's connection or framing; a dispatched call frames
+/// its own request.
+const HOP_HEADERS: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "expect",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit<'a> {
+    Set(&'a str, String),
+    Remove(&'a str),
+}
+
+/// The edits that send a request to `provider`. `original_path` is the client's
+/// `:path`, whose query string is kept when the provider's path replaces it.
+pub fn edits_for<'a>(provider: &'a Provider, cluster_header: &'a str, original_path: Option<&str>) -> Vec<Edit<'a>> {
+    let mut edits = vec![Edit::Set(cluster_header, provider.cluster.clone())];
+    if let Some(host) = &provider.host {
+        edits.push(Edit::Set(":authority", host.clone()));
+    }
+    if let Some(path) = &provider.path {
+        edits.push(Edit::Set(":path", with_query_of(path, original_path.unwrap_or(""))));
+    }
+    if let Auth::Key { header, value } = &provider.auth {
+        for h in CLIENT_CREDENTIAL_HEADERS {
+            edits.push(Edit::Remove(h));
+        }
+        edits.push(Edit::Set(header, value.clone()));
+    }
+    edits
+}
+
+fn with_query_of(path: &str, original: &str) -> String {
+    match original.find('?') {
+        Some(q) => format!("{path}{}", &original[q..]),
+        None => path.to_string(),
+    }
+}
+
+/// The request for a dispatched attempt: the client's original headers without
+/// hop-by-hop ones, with `edits` applied. Values that are not UTF-8 (obs-text) are
+/// converted lossily, because the host's dispatch call only takes strings.
+pub fn apply_to(original: &[(String, Vec<u8>)], edits: &[Edit<'_>]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = original
+        .iter()
+        .filter(|(name, _)| !HOP_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), String::from_utf8_lossy(value).into_owned()))
+        .collect();
+    for edit in edits {
+        match edit {
+            Edit::Remove(name) => out.retain(|(n, _)| n != name),
+            Edit::Set(name, value) => {
+                out.retain(|(n, _)| n != name);
+                out.push((name.to_string(), value.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Response headers to copy from a dispatched call's answer into the local reply
+/// the client gets: no pseudo headers, no framing (the host frames the reply).
+pub fn response_headers_to_forward(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with(':') && !HOP_HEADERS.contains(&name.as_str()))
+        .map(|(name, value)| (name.clone(), String::from_utf8_lossy(value).into_owned()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn providers() -> Vec<Provider> {
+        let json = r#"{"groups":[{"providers":[
+            {"name":"p","cluster":"mock","host":"mock:8000","path":"/v1/chat/completions"},
+            {"name":"k","cluster":"openai","host":"api.openai.com","policies":{"auth":{"key":{"env":"K"}}}},
+            {"name":"az","cluster":"azure","policies":{"auth":{"key":{"env":"K","header":"api-key"}}}}]}]}"#;
+        let env = |n: &str| (n == "K").then(|| "sk-secret".to_string());
+        Config::parse(json.as_bytes(), &env).unwrap().providers
+    }
+
+    fn original() -> Vec<(String, Vec<u8>)> {
+        [
+            (":method", "POST"),
+            (":path", "/openai?api-version=2024&x=1"),
+            (":authority", "gateway:10000"),
+            (":scheme", "http"),
+            ("content-type", "application/json"),
+            ("content-length", "42"),
+            ("authorization", "Bearer client-token"),
+            ("x-api-key", "client-anthropic"),
+            ("x-llm-failover-cluster", "forged"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect()
+    }
+
+    fn get<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+        headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    #[test]
+    fn passthrough_provider_keeps_client_credentials_and_rewrites_host_and_path() {
+        let p = &providers()[0];
+        let h = apply_to(&original(), &edits_for(p, "x-llm-failover-cluster", Some("/openai?api-version=2024&x=1")));
+        assert_eq!(get(&h, "x-llm-failover-cluster"), ["mock"]);
+        assert_eq!(get(&h, ":authority"), ["mock:8000"]);
+        assert_eq!(get(&h, ":path"), ["/v1/chat/completions?api-version=2024&x=1"]);
+        assert_eq!(get(&h, "authorization"), ["Bearer client-token"]);
+        assert!(get(&h, "content-length").is_empty());
+    }
+
+    #[test]
+    fn key_provider_replaces_every_client_credential() {
+        let p = &providers()[1];
+        let h = apply_to(&original(), &edits_for(p, "x-llm-failover-cluster", Some("/openai")));
+        assert_eq!(get(&h, "authorization"), ["Bearer sk-secret"]);
+        assert!(get(&h, "x-api-key").is_empty());
+        assert_eq!(get(&h, ":path"), ["/openai?api-version=2024&x=1"], "no path override keeps the client's");
+        let az = &providers()[2];
+        let h = apply_to(&original(), &edits_for(az, "x-llm-failover-cluster", None));
+        assert_eq!(get(&h, "api-key"), ["sk-secret"]);
+        assert!(get(&h, "authorization").is_empty());
+        assert_eq!(get(&h, ":authority"), ["gateway:10000"]);
+    }
+
+    #[test]
+    fn path_without_query_stays_bare() {
+        assert_eq!(with_query_of("/v1/x", "/openai"), "/v1/x");
+        assert_eq!(with_query_of("/v1/x", "/openai?"), "/v1/x?");
+    }
+
+    #[test]
+    fn forwarded_response_headers_drop_pseudo_and_framing() {
+        let headers: Vec<(String, Vec<u8>)> = [(":status", "200"), ("content-length", "5"), ("content-type", "text/event-stream"), ("x-request-id", "r")]
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        let out = response_headers_to_forward(&headers);
+        assert_eq!(out, vec![("content-type".to_string(), "text/event-stream".to_string()), ("x-request-id".to_string(), "r".to_string())]);
+    }
+}

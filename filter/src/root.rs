@@ -1,0 +1,66 @@
+//! The root context: loads and validates the plugin configuration once per VM and
+//! hands it to every request's filter.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+
+use crate::config::Config;
+use crate::host::{self, HostSharedData};
+use crate::http::FailoverFilter;
+use crate::store;
+
+#[derive(Default)]
+pub struct Root {
+    config: Option<Rc<Config>>,
+    /// Per-VM request counter, spreads a group's traffic by weight.
+    tickets: Rc<Cell<u64>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some(raw) = host::plugin_configuration() else {
+            log::error!("invalid llm-failover configuration: the plugin configuration is empty");
+            return false;
+        };
+        let config = match Config::parse(&raw, &|name| std::env::var(name).ok()) {
+            Ok(c) => c,
+            Err(e) => {
+                // One line that names the field; on_configure's false makes Envoy refuse it.
+                log::error!("{e}");
+                return false;
+            }
+        };
+        for p in &config.providers {
+            if let Err(e) = store::ensure_exists(&HostSharedData, &p.health_key) {
+                log::warn!("llm-failover: initialising health of {}: {e}", p.name);
+            }
+        }
+        // Start each VM's weight rotation at a different point so that workers do not
+        // all send their first request to the same provider.
+        self.tickets.set(host::now_ms());
+        log::info!(
+            "llm-failover: configured {} providers in {} groups (withinRequest: {})",
+            config.providers.len(),
+            config.groups.len(),
+            config.failover.within_request
+        );
+        self.config = Some(Rc::new(config));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let config = self.config.clone()?;
+        let ticket = self.tickets.get();
+        self.tickets.set(ticket.wrapping_add(1));
+        Some(Box::new(FailoverFilter::new(config, ticket)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

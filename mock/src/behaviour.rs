@@ -1,0 +1,118 @@
+//! What the mock does with a chat request: answer, or inject a failure. Changeable
+//! at run time through `POST /mock/config`.
+
+use serde::Deserialize;
+
+/// The kinds of failure the mock can inject, named as in `llm-d-inference-sim`
+/// where it has them.
+pub const FAILURE_KINDS: [(&str, u16, &str); 8] = [
+    ("rate_limit", 429, "Rate limit reached for requests"),
+    ("server_error", 500, "The server had an error while processing your request"),
+    ("bad_gateway", 502, "Bad gateway"),
+    ("service_unavailable", 503, "The engine is currently overloaded"),
+    ("gateway_timeout", 504, "Gateway timeout"),
+    ("invalid_api_key", 401, "Incorrect API key provided"),
+    ("invalid_request", 400, "Invalid request"),
+    ("model_not_found", 404, "The model does not exist"),
+];
+
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pub failure_rate: u8,
+    pub failure_types: Vec<String>,
+    pub retry_after: Option<String>,
+    pub latency_ms: u64,
+    pub chunk_delay_ms: u64,
+}
+
+/// A partial update, as posted to `/mock/config`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    failure_injection_rate: Option<u8>,
+    failure_types: Option<Vec<String>>,
+    /// `null` removes the header; absent leaves it as it is.
+    #[serde(default, with = "double_option")]
+    retry_after: Option<Option<String>>,
+    latency_ms: Option<u64>,
+    chunk_delay_ms: Option<u64>,
+}
+
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+        Ok(Some(Option::deserialize(d)?))
+    }
+}
+
+impl Behaviour {
+    pub fn new(
+        failure_rate: u8,
+        failure_types: &[String],
+        retry_after: Option<String>,
+        latency_ms: u64,
+        chunk_delay_ms: u64,
+    ) -> Result<Self, String> {
+        let b = Behaviour {
+            failure_rate,
+            failure_types: failure_types.to_vec(),
+            retry_after,
+            latency_ms,
+            chunk_delay_ms,
+        };
+        b.validate()?;
+        Ok(b)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.failure_rate > 100 {
+            return Err(format!("failure rate {} is not a percentage", self.failure_rate));
+        }
+        if self.failure_types.is_empty() {
+            return Err("failure types must not be empty".into());
+        }
+        for t in &self.failure_types {
+            if !FAILURE_KINDS.iter().any(|(k, _, _)| k == t) {
+                let known: Vec<&str> = FAILURE_KINDS.iter().map(|(k, _, _)| *k).collect();
+                return Err(format!("unknown failure type {t:?}; known: {}", known.join(", ")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn apply(&mut self, update: Update) -> Result<(), String> {
+        let mut next = self.clone();
+        if let Some(r) = update.failure_injection_rate {
+            next.failure_rate = r;
+        }
+        if let Some(t) = update.failure_types {
+            next.failure_types = t;
+        }
+        if let Some(r) = update.retry_after {
+            next.retry_after = r;
+        }
+        if let Some(l) = update.latency_ms {
+            next.latency_ms = l;
+        }
+        if let Some(d) = update.chunk_delay_ms {
+            next.chunk_delay_ms = d;
+        }
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// The failure to inject for a request whose random draw is `roll` (0-99) and
+    /// sequence number is `seq`, if any. Kinds rotate so each one is exercised.
+    pub fn failure(&self, roll: u8, seq: u64) -> Option<(u16, &'static str, &'static str)> {
+        if roll >= self.failure_rate {
+            return None;
+        }
+        let idx = (seq % self.failure_types.len() as u64) as usize;
+        let kind = &self.failure_types[idx];
+        FAILURE_KINDS
+            .iter()
+            .find(|(k, _, _)| k == kind)
+            .map(|(k, status, message)| (*status, *k, *message))
+    }
+}

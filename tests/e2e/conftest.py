@@ -1,0 +1,39 @@
+import pytest
+
+from harness import MOCK_BIN, WASM, Envoy, Mock
+
+
+def pytest_sessionstart(session):
+    missing = [str(p) for p in (WASM, MOCK_BIN) if not p.exists()]
+    if missing:
+        raise pytest.UsageError(f"build first (`make build`): missing {', '.join(missing)}")
+
+
+@pytest.fixture
+def mocks():
+    """Factory: mocks('name', '--flag', 'value', ...) -> Mock, all stopped after the test."""
+    started = []
+
+    def start(name, *args, port=None):
+        m = Mock(name, *args, port=port)
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def envoy():
+    """Factory: envoy(plugin_config, clusters, env=...) -> Envoy, stopped after the test."""
+    started = []
+
+    def start(plugin, clusters, **kw):
+        e = Envoy(plugin, clusters, **kw)
+        started.append(e)
+        return e
+
+    yield start
+    for e in started:
+        e.stop()

