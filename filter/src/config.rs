@@ -157,7 +157,9 @@ impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Auth::Passthrough => f.write_str("Passthrough"),
-            Auth::Key { header, .. } => write!(f, "Key {{ header: {header:?}, value: <redacted> }}"),
+            Auth::Key { header, .. } => {
+                write!(f, "Key {{ header: {header:?}, value: <redacted> }}")
+            }
         }
     }
 }
@@ -220,17 +222,29 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
-            ConfigError::new(field, e.into_inner().to_string())
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                ConfigError::new(field, format!("not valid JSON: {inner}"))
+            } else {
+                ConfigError::new(field, inner.to_string())
+            }
         })?;
-        de.end()
-            .map_err(|e| ConfigError::new("", format!("trailing characters after the JSON object: {e}")))?;
+        de.end().map_err(|e| {
+            ConfigError::new(
+                "",
+                format!("trailing characters after the JSON object: {e}"),
+            )
+        })?;
         validate(raw, env)
     }
 }
 
 fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     if raw.groups.is_empty() {
-        return Err(ConfigError::new("groups", "at least one priority group is required"));
+        return Err(ConfigError::new(
+            "groups",
+            "at least one priority group is required",
+        ));
     }
     let mut providers = Vec::new();
     let mut groups = Vec::new();
@@ -238,7 +252,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     for (g, group) in raw.groups.into_iter().enumerate() {
         let field = format!("groups[{g}].providers");
         if group.providers.is_empty() {
-            return Err(ConfigError::new(field, "a group needs at least one provider"));
+            return Err(ConfigError::new(
+                field,
+                "a group needs at least one provider",
+            ));
         }
         let start = providers.len();
         for (p, rp) in group.providers.into_iter().enumerate() {
@@ -247,7 +264,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
             if let Some(first) = names.insert(provider.name.clone(), at.clone()) {
                 return Err(ConfigError::new(
                     format!("{at}.name"),
-                    format!("duplicate provider name {:?} (also at {first})", provider.name),
+                    format!(
+                        "duplicate provider name {:?} (also at {first})",
+                        provider.name
+                    ),
                 ));
             }
             providers.push(provider);
@@ -261,7 +281,10 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
     };
     let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
     if max_body_bytes == 0 {
-        return Err(ConfigError::new("maxBodyBytes", "must be a positive number of bytes"));
+        return Err(ConfigError::new(
+            "maxBodyBytes",
+            "must be a positive number of bytes",
+        ));
     }
     let needs_json_body = providers.iter().any(|p| p.model.is_some());
     Ok(Config {
@@ -296,16 +319,25 @@ fn validate_provider(
     }
     let cluster = rp.cluster.trim().to_string();
     if cluster.is_empty() {
-        return Err(ConfigError::new(format!("{at}.cluster"), "must not be empty"));
+        return Err(ConfigError::new(
+            format!("{at}.cluster"),
+            "must not be empty",
+        ));
     }
     if cluster.bytes().any(|b| b.is_ascii_control()) {
-        return Err(ConfigError::new(format!("{at}.cluster"), "contains control characters"));
+        return Err(ConfigError::new(
+            format!("{at}.cluster"),
+            "contains control characters",
+        ));
     }
     let model = match rp.openai {
         None => None,
         Some(o) => {
             if o.model.trim().is_empty() {
-                return Err(ConfigError::new(format!("{at}.openai.model"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{at}.openai.model"),
+                    "must not be empty",
+                ));
             }
             Some(o.model)
         }
@@ -314,7 +346,10 @@ fn validate_provider(
         None => None,
         Some(h) => {
             let h = h.trim().to_string();
-            if h.is_empty() || h.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/') {
+            if h.is_empty()
+                || h.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'/')
+            {
                 return Err(ConfigError::new(
                     format!("{at}.host"),
                     format!("{h:?} is not a host[:port]"),
@@ -326,7 +361,11 @@ fn validate_provider(
     let path = match rp.path {
         None => None,
         Some(p) => {
-            if !p.starts_with('/') || p.contains('?') || p.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            if !p.starts_with('/')
+                || p.contains('?')
+                || p.bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
                 return Err(ConfigError::new(
                     format!("{at}.path"),
                     format!("{p:?} must start with '/' and hold no query or whitespace"),
@@ -351,7 +390,10 @@ fn validate_provider(
             let field = format!("{at}.policies.auth.key");
             let var = k.env.trim();
             if var.is_empty() {
-                return Err(ConfigError::new(format!("{field}.env"), "must name an environment variable"));
+                return Err(ConfigError::new(
+                    format!("{field}.env"),
+                    "must name an environment variable",
+                ));
             }
             let key = env(var).unwrap_or_default();
             let key = key.trim();
@@ -372,13 +414,21 @@ fn validate_provider(
             }
             let header = match k.header {
                 None => "authorization".to_string(),
-                Some(h) => validate_header_name(&h).map_err(|m| ConfigError::new(format!("{field}.header"), m))?,
+                Some(h) => validate_header_name(&h)
+                    .map_err(|m| ConfigError::new(format!("{field}.header"), m))?,
             };
             let prefix = k.prefix.unwrap_or_else(|| {
-                if header == "authorization" { "Bearer ".into() } else { String::new() }
+                if header == "authorization" {
+                    "Bearer ".into()
+                } else {
+                    String::new()
+                }
             });
             if prefix.bytes().any(|b| b.is_ascii_control()) {
-                return Err(ConfigError::new(format!("{field}.prefix"), "contains control characters"));
+                return Err(ConfigError::new(
+                    format!("{field}.prefix"),
+                    "contains control characters",
+                ));
             }
             Auth::Key {
                 header,
@@ -430,24 +480,37 @@ fn validate_failover(raw: Option<RawFailover>) -> Result<Failover, ConfigError> 
         }
         on_status[usize::from(*s)] = true;
     }
-    let duration = |field: &str, value: Option<String>, default: &str| -> Result<u64, ConfigError> {
-        let text = value.unwrap_or_else(|| default.to_string());
-        parse_duration_ms(&text).map_err(|m| ConfigError::new(format!("failover.{field}"), m))
-    };
+    let duration =
+        |field: &str, value: Option<String>, default: &str| -> Result<u64, ConfigError> {
+            let text = value.unwrap_or_else(|| default.to_string());
+            parse_duration_ms(&text).map_err(|m| ConfigError::new(format!("failover.{field}"), m))
+        };
     let default_cooldown_ms = duration("defaultCooldown", raw.default_cooldown, DEFAULT_COOLDOWN)?;
     let max_cooldown_ms = duration("maxCooldown", raw.max_cooldown, DEFAULT_MAX_COOLDOWN)?;
-    let attempt_timeout_ms = duration("attemptTimeout", raw.attempt_timeout, DEFAULT_ATTEMPT_TIMEOUT)?;
+    let attempt_timeout_ms = duration(
+        "attemptTimeout",
+        raw.attempt_timeout,
+        DEFAULT_ATTEMPT_TIMEOUT,
+    )?;
     if max_cooldown_ms == 0 {
-        return Err(ConfigError::new("failover.maxCooldown", "must be longer than 0s"));
+        return Err(ConfigError::new(
+            "failover.maxCooldown",
+            "must be longer than 0s",
+        ));
     }
     if default_cooldown_ms > max_cooldown_ms {
         return Err(ConfigError::new(
             "failover.defaultCooldown",
-            format!("{default_cooldown_ms}ms is longer than failover.maxCooldown ({max_cooldown_ms}ms)"),
+            format!(
+                "{default_cooldown_ms}ms is longer than failover.maxCooldown ({max_cooldown_ms}ms)"
+            ),
         ));
     }
     if attempt_timeout_ms == 0 {
-        return Err(ConfigError::new("failover.attemptTimeout", "must be longer than 0s"));
+        return Err(ConfigError::new(
+            "failover.attemptTimeout",
+            "must be longer than 0s",
+        ));
     }
     Ok(Failover {
         on_status,
@@ -519,10 +582,16 @@ mod tests {
         assert_eq!(p.host.as_deref(), Some("mock-gpt-4o-svc:8000"));
         assert_eq!(p.path.as_deref(), Some("/v1/chat/completions"));
         assert_eq!(p.auth, Auth::Passthrough);
-        assert_eq!(p.health_key, "llm_failover.health.v1|mock_gpt_4o|mock-gpt-4o");
+        assert_eq!(
+            p.health_key,
+            "llm_failover.health.v1|mock_gpt_4o|mock-gpt-4o"
+        );
         assert_eq!(
             c.providers[1].auth,
-            Auth::Key { header: "authorization".into(), value: "Bearer sk-test-123".into() }
+            Auth::Key {
+                header: "authorization".into(),
+                value: "Bearer sk-test-123".into()
+            }
         );
         assert!(c.failover.within_request);
         assert_eq!(c.failover.default_cooldown_ms, 60_000);
@@ -556,8 +625,20 @@ mod tests {
             ]}]}"#,
         )
         .unwrap();
-        assert_eq!(c.providers[0].auth, Auth::Key { header: "api-key".into(), value: "sk-test-123".into() });
-        assert_eq!(c.providers[1].auth, Auth::Key { header: "x-api-key".into(), value: "k=sk-test-123".into() });
+        assert_eq!(
+            c.providers[0].auth,
+            Auth::Key {
+                header: "api-key".into(),
+                value: "sk-test-123".into()
+            }
+        );
+        assert_eq!(
+            c.providers[1].auth,
+            Auth::Key {
+                header: "x-api-key".into(),
+                value: "k=sk-test-123".into()
+            }
+        );
     }
 
     #[test]
@@ -572,7 +653,7 @@ mod tests {
     fn bad_configs_name_the_field_and_the_problem() {
         let one = |provider: &str| format!(r#"{{"groups":[{{"providers":[{provider}]}}]}}"#);
         let cases: Vec<(String, &str, &str)> = vec![
-            ("not json".into(), "", "expected"),
+            ("not json".into(), "", "not valid JSON: expected"),
             (r#"{"groups":[]}"#.into(), "groups", "at least one priority group"),
             (r#"{}"#.into(), "", "missing field `groups`"),
             (r#"{"groups":[{"providers":[]}]}"#.into(), "groups[0].providers", "at least one provider"),
@@ -603,7 +684,9 @@ mod tests {
             let e = err(&json);
             assert_eq!(e.field, field, "{json} gave {e}");
             assert!(e.message.contains(message), "{json} gave {e}");
-            assert!(e.to_string().starts_with("invalid llm-failover configuration"));
+            assert!(e
+                .to_string()
+                .starts_with("invalid llm-failover configuration"));
         }
     }
 

@@ -72,7 +72,9 @@ mod tests {
 
     #[test]
     fn record_round_trips_and_rejects_foreign_bytes() {
-        let r = HealthRecord { cooling_until_ms: 1_700_000_000_123 };
+        let r = HealthRecord {
+            cooling_until_ms: 1_700_000_000_123,
+        };
         assert_eq!(HealthRecord::decode(&r.encode()), Some(r));
         assert_eq!(HealthRecord::decode(b""), None);
         assert_eq!(HealthRecord::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0]), None);
@@ -81,7 +83,9 @@ mod tests {
 
     #[test]
     fn cooling_ends_exactly_at_the_deadline() {
-        let r = HealthRecord { cooling_until_ms: 1_000 };
+        let r = HealthRecord {
+            cooling_until_ms: 1_000,
+        };
         assert!(r.is_cooling(999));
         assert!(!r.is_cooling(1_000));
         assert!(!HealthRecord::default().is_cooling(0));
@@ -99,7 +103,9 @@ mod tests {
 
     #[test]
     fn later_failure_never_shortens_a_cooldown() {
-        let r = HealthRecord { cooling_until_ms: 10_000 };
+        let r = HealthRecord {
+            cooling_until_ms: 10_000,
+        };
         assert_eq!(r.after_failure(5_000).cooling_until_ms, 10_000);
         assert_eq!(r.after_failure(20_000).cooling_until_ms, 20_000);
     }

@@ -45,7 +45,8 @@ fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
 }
 
 fn log_err<T>(what: &str, r: Result<T, Status>) -> Option<T> {
-    r.map_err(|s| log::warn!("llm-failover: {what} failed: {s:?}")).ok()
+    r.map_err(|s| log::warn!("llm-failover: {what} failed: {s:?}"))
+        .ok()
 }
 
 pub fn request_header(name: &str) -> Option<Vec<u8>> {
@@ -53,7 +54,11 @@ pub fn request_header(name: &str) -> Option<Vec<u8>> {
 }
 
 pub fn request_headers() -> Vec<(String, Vec<u8>)> {
-    log_err("reading request headers", hostcalls::get_map_bytes(MapType::HttpRequestHeaders)).unwrap_or_default()
+    log_err(
+        "reading request headers",
+        hostcalls::get_map_bytes(MapType::HttpRequestHeaders),
+    )
+    .unwrap_or_default()
 }
 
 pub fn set_request_header(name: &str, value: &str) {
@@ -103,9 +108,23 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
 
 /// Sends the request to `cluster` outside the routed stream; the answer comes to
 /// `on_http_call_response` with the returned token.
-pub fn dispatch(cluster: &str, headers: &[(String, String)], body: Option<&[u8]>, timeout_ms: u64) -> Result<u32, Status> {
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    hostcalls::dispatch_http_call(cluster, headers, body, vec![], Duration::from_millis(timeout_ms))
+pub fn dispatch(
+    cluster: &str,
+    headers: &[(String, String)],
+    body: Option<&[u8]>,
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    hostcalls::dispatch_http_call(
+        cluster,
+        headers,
+        body,
+        vec![],
+        Duration::from_millis(timeout_ms),
+    )
 }
 
 pub fn call_response_headers() -> Vec<(String, Vec<u8>)> {
@@ -127,7 +146,10 @@ pub fn call_response_body(size: usize) -> Vec<u8> {
 
 /// Answers the client directly; the routed request, if any, is abandoned.
 pub fn send_response(status: u16, headers: &[(String, String)], body: &[u8]) {
-    let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
     log_err(
         "sending a local response",
         hostcalls::send_http_response(u32::from(status), headers, Some(body)),

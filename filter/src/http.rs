@@ -97,7 +97,9 @@ impl FailoverFilter {
             return;
         };
         let until = now.saturating_add(cooldown);
-        match store::update_health(&HostSharedData, &provider.health_key, |h| h.after_failure(until)) {
+        match store::update_health(&HostSharedData, &provider.health_key, |h| {
+            h.after_failure(until)
+        }) {
             Ok(_) => log::info!(
                 "llm-failover: provider {} failed ({why}); cooling down for {} ms",
                 provider.name,
@@ -117,11 +119,16 @@ impl FailoverFilter {
         loop {
             let now = host::now_ms();
             let health = self.health();
-            let Some(next) = select::next_choice(&config, &health, now, &self.tried, self.ticket) else {
+            let Some(next) = select::next_choice(&config, &health, now, &self.tried, self.ticket)
+            else {
                 return false;
             };
             let provider = &config.providers[next];
-            let edits = rewrite::edits_for(provider, &config.cluster_header, self.original_path.as_deref());
+            let edits = rewrite::edits_for(
+                provider,
+                &config.cluster_header,
+                self.original_path.as_deref(),
+            );
             let headers = rewrite::apply_to(&self.original_headers, &edits);
             let rewritten;
             let body = match (&self.original_body, &provider.model_json, &self.slots) {
@@ -132,7 +139,12 @@ impl FailoverFilter {
                 (Some(b), _, _) => Some(b.as_slice()),
                 (None, _, _) => None,
             };
-            match host::dispatch(&provider.cluster, &headers, body, config.failover.attempt_timeout_ms) {
+            match host::dispatch(
+                &provider.cluster,
+                &headers,
+                body,
+                config.failover.attempt_timeout_ms,
+            ) {
                 Ok(token) => {
                     log::info!("llm-failover: failing over to provider {}", provider.name);
                     self.pending_call = Some(token);
@@ -141,7 +153,14 @@ impl FailoverFilter {
                 }
                 Err(status) => {
                     // BadArgument: the cluster does not exist in Envoy's configuration.
-                    self.mark_failed(next, &format!("cannot dispatch to cluster {}: {status:?}", provider.cluster), None);
+                    self.mark_failed(
+                        next,
+                        &format!(
+                            "cannot dispatch to cluster {}: {status:?}",
+                            provider.cluster
+                        ),
+                        None,
+                    );
                 }
             }
         }
@@ -162,7 +181,13 @@ impl FailoverFilter {
 }
 
 impl Context for FailoverFilter {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         if self.pending_call != Some(token_id) {
             return;
         }
@@ -191,7 +216,10 @@ impl Context for FailoverFilter {
         }
         let mut out = rewrite::response_headers_to_forward(&headers);
         out.retain(|(n, _)| n != PROVIDER_HEADER);
-        out.push((PROVIDER_HEADER.to_string(), self.provider_name().to_string()));
+        out.push((
+            PROVIDER_HEADER.to_string(),
+            self.provider_name().to_string(),
+        ));
         if result.is_failure() {
             if let Some(secs) = self.all_cooling_retry_after() {
                 out.retain(|(n, _)| n != "retry-after");
@@ -207,7 +235,11 @@ impl Context for FailoverFilter {
                 );
                 out.retain(|(n, _)| n != "content-type");
                 out.push(("content-type".to_string(), "application/json".to_string()));
-                host::send_response(503, &out, error_body(&message, "api_error", "provider_unreachable").as_bytes());
+                host::send_response(
+                    503,
+                    &out,
+                    error_body(&message, "api_error", "provider_unreachable").as_bytes(),
+                );
             }
         }
         self.replied = true;
@@ -228,10 +260,16 @@ impl HttpContext for FailoverFilter {
         self.current = choice.index();
         self.has_body = !end_of_stream;
 
-        let content_length = host::request_header("content-length")
-            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.trim().parse::<u64>().ok()));
+        let content_length = host::request_header("content-length").and_then(|v| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        });
         if content_length.is_some_and(|len| len > config.max_body_bytes) {
-            let message = format!("request body is larger than the gateway's limit of {} bytes", config.max_body_bytes);
+            let message = format!(
+                "request body is larger than the gateway's limit of {} bytes",
+                config.max_body_bytes
+            );
             self.reply_error(413, &message, "invalid_request_error", "request_too_large");
             return Action::Pause;
         }
@@ -240,10 +278,15 @@ impl HttpContext for FailoverFilter {
         if config.failover.within_request {
             self.original_headers = host::request_headers();
         }
-        self.buffering = self.has_body && (config.needs_json_body || config.failover.within_request);
+        self.buffering =
+            self.has_body && (config.needs_json_body || config.failover.within_request);
 
         let provider = &config.providers[self.current];
-        for edit in rewrite::edits_for(provider, &config.cluster_header, self.original_path.as_deref()) {
+        for edit in rewrite::edits_for(
+            provider,
+            &config.cluster_header,
+            self.original_path.as_deref(),
+        ) {
             match edit {
                 Edit::Set(name, value) => host::set_request_header(name, &value),
                 Edit::Remove(name) => host::remove_request_header(name),
@@ -266,7 +309,10 @@ impl HttpContext for FailoverFilter {
         }
         let config = Rc::clone(&self.config);
         if body_size as u64 > config.max_body_bytes {
-            let message = format!("request body is larger than the gateway's limit of {} bytes", config.max_body_bytes);
+            let message = format!(
+                "request body is larger than the gateway's limit of {} bytes",
+                config.max_body_bytes
+            );
             self.reply_error(413, &message, "invalid_request_error", "request_too_large");
             return Action::Pause;
         }
@@ -299,16 +345,19 @@ impl HttpContext for FailoverFilter {
         if self.replied {
             return Action::Continue;
         }
-        let Some(status) = host::response_header(":status")
-            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u16>().ok()))
-        else {
+        let Some(status) = host::response_header(":status").and_then(|v| {
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok())
+        }) else {
             return Action::Continue;
         };
         let config = Rc::clone(&self.config);
         let result = if status < 400 {
             Outcome::Answer
         } else {
-            let details = host::property(&["response", "code_details"]).and_then(|v| String::from_utf8(v).ok());
+            let details = host::property(&["response", "code_details"])
+                .and_then(|v| String::from_utf8(v).ok());
             let flags = host::property(&["response", "flags"])
                 .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
                 .map(u64::from_le_bytes)
@@ -320,7 +369,11 @@ impl HttpContext for FailoverFilter {
                 Outcome::Unreachable => format!("unreachable, Envoy answered {status}"),
                 _ => format!("status {status}"),
             };
-            self.mark_failed(self.current, &why, host::response_header("retry-after").as_deref());
+            self.mark_failed(
+                self.current,
+                &why,
+                host::response_header("retry-after").as_deref(),
+            );
             let body_ready = !self.has_body || self.body_complete;
             if config.failover.within_request && body_ready && self.try_next() {
                 self.holding_response = true;

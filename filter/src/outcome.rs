@@ -54,7 +54,12 @@ const UNREACHABLE_FLAGS: u64 = NO_HEALTHY_UPSTREAM
 /// `code_details` is Envoy's `response.code_details` (`via_upstream` when the
 /// provider sent the status); `None` when the host could not say, in which case the
 /// status is taken as the provider's. `flags` is `response.flags`.
-pub fn classify_routed(status: u16, code_details: Option<&str>, flags: u64, failover: &Failover) -> Outcome {
+pub fn classify_routed(
+    status: u16,
+    code_details: Option<&str>,
+    flags: u64,
+    failover: &Failover,
+) -> Outcome {
     let via_upstream = code_details.is_none_or(|d| d == "via_upstream");
     if via_upstream {
         return if failover.is_failure_status(status) {
@@ -109,29 +114,59 @@ mod tests {
     #[test]
     fn provider_statuses_follow_on_status() {
         let f = failover("[429, 503]");
-        assert_eq!(classify_routed(429, Some("via_upstream"), 0, &f), Outcome::ProviderFailure);
+        assert_eq!(
+            classify_routed(429, Some("via_upstream"), 0, &f),
+            Outcome::ProviderFailure
+        );
         assert_eq!(classify_routed(503, None, 0, &f), Outcome::ProviderFailure);
-        assert_eq!(classify_routed(500, Some("via_upstream"), 0, &f), Outcome::Answer);
-        assert_eq!(classify_routed(200, Some("via_upstream"), 0, &f), Outcome::Answer);
-        assert_eq!(classify_routed(400, Some("via_upstream"), 0, &f), Outcome::Answer);
+        assert_eq!(
+            classify_routed(500, Some("via_upstream"), 0, &f),
+            Outcome::Answer
+        );
+        assert_eq!(
+            classify_routed(200, Some("via_upstream"), 0, &f),
+            Outcome::Answer
+        );
+        assert_eq!(
+            classify_routed(400, Some("via_upstream"), 0, &f),
+            Outcome::Answer
+        );
     }
 
     #[test]
     fn envoy_connection_failures_count_even_outside_on_status() {
         let f = failover("[429]");
         let refused = "upstream_reset_before_response_started{remote_connection_failure}";
-        assert_eq!(classify_routed(503, Some(refused), 0x20, &f), Outcome::Unreachable);
-        assert_eq!(classify_routed(504, Some("upstream_response_timeout"), 0x4, &f), Outcome::Unreachable);
-        assert_eq!(classify_routed(503, Some("no_healthy_upstream"), 0x2, &f), Outcome::Unreachable);
-        assert_eq!(classify_routed(503, Some("cluster_not_found"), 1 << 24, &f), Outcome::Unreachable);
+        assert_eq!(
+            classify_routed(503, Some(refused), 0x20, &f),
+            Outcome::Unreachable
+        );
+        assert_eq!(
+            classify_routed(504, Some("upstream_response_timeout"), 0x4, &f),
+            Outcome::Unreachable
+        );
+        assert_eq!(
+            classify_routed(503, Some("no_healthy_upstream"), 0x2, &f),
+            Outcome::Unreachable
+        );
+        assert_eq!(
+            classify_routed(503, Some("cluster_not_found"), 1 << 24, &f),
+            Outcome::Unreachable
+        );
     }
 
     #[test]
     fn envoy_local_replies_are_not_the_providers_answer() {
         let f = failover("[429, 503]");
         // A local rate limit's 429 (flag RL) must not put the provider into cooldown.
-        assert_eq!(classify_routed(429, Some("local_rate_limited"), 1 << 11, &f), Outcome::LocalReply);
-        assert_eq!(classify_routed(503, Some("fault_filter_abort"), 1 << 10, &f), Outcome::LocalReply);
+        assert_eq!(
+            classify_routed(429, Some("local_rate_limited"), 1 << 11, &f),
+            Outcome::LocalReply
+        );
+        assert_eq!(
+            classify_routed(503, Some("fault_filter_abort"), 1 << 10, &f),
+            Outcome::LocalReply
+        );
     }
 
     #[test]
@@ -142,9 +177,21 @@ mod tests {
             classify_callout(Some(503), b"upstream connect error or disconnect/reset before headers. reset reason: connection failure", &f),
             Outcome::Unreachable
         );
-        assert_eq!(classify_callout(Some(504), b"upstream request timeout", &f), Outcome::Unreachable);
-        assert_eq!(classify_callout(Some(503), b"{\"error\":{}}", &f), Outcome::Answer);
-        assert_eq!(classify_callout(Some(429), b"{}", &f), Outcome::ProviderFailure);
-        assert_eq!(classify_callout(Some(200), b"upstream request timeout", &f), Outcome::Answer);
+        assert_eq!(
+            classify_callout(Some(504), b"upstream request timeout", &f),
+            Outcome::Unreachable
+        );
+        assert_eq!(
+            classify_callout(Some(503), b"{\"error\":{}}", &f),
+            Outcome::Answer
+        );
+        assert_eq!(
+            classify_callout(Some(429), b"{}", &f),
+            Outcome::ProviderFailure
+        );
+        assert_eq!(
+            classify_callout(Some(200), b"upstream request timeout", &f),
+            Outcome::Answer
+        );
     }
 }

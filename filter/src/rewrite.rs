@@ -30,13 +30,20 @@ pub enum Edit<'a> {
 
 /// The edits that send a request to `provider`. `original_path` is the client's
 /// `:path`, whose query string is kept when the provider's path replaces it.
-pub fn edits_for<'a>(provider: &'a Provider, cluster_header: &'a str, original_path: Option<&str>) -> Vec<Edit<'a>> {
+pub fn edits_for<'a>(
+    provider: &'a Provider,
+    cluster_header: &'a str,
+    original_path: Option<&str>,
+) -> Vec<Edit<'a>> {
     let mut edits = vec![Edit::Set(cluster_header, provider.cluster.clone())];
     if let Some(host) = &provider.host {
         edits.push(Edit::Set(":authority", host.clone()));
     }
     if let Some(path) = &provider.path {
-        edits.push(Edit::Set(":path", with_query_of(path, original_path.unwrap_or(""))));
+        edits.push(Edit::Set(
+            ":path",
+            with_query_of(path, original_path.unwrap_or("")),
+        ));
     }
     if let Auth::Key { header, value } = &provider.auth {
         for h in CLIENT_CREDENTIAL_HEADERS {
@@ -117,16 +124,30 @@ mod tests {
     }
 
     fn get<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
-        headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+        headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     #[test]
     fn passthrough_provider_keeps_client_credentials_and_rewrites_host_and_path() {
         let p = &providers()[0];
-        let h = apply_to(&original(), &edits_for(p, "x-llm-failover-cluster", Some("/openai?api-version=2024&x=1")));
+        let h = apply_to(
+            &original(),
+            &edits_for(
+                p,
+                "x-llm-failover-cluster",
+                Some("/openai?api-version=2024&x=1"),
+            ),
+        );
         assert_eq!(get(&h, "x-llm-failover-cluster"), ["mock"]);
         assert_eq!(get(&h, ":authority"), ["mock:8000"]);
-        assert_eq!(get(&h, ":path"), ["/v1/chat/completions?api-version=2024&x=1"]);
+        assert_eq!(
+            get(&h, ":path"),
+            ["/v1/chat/completions?api-version=2024&x=1"]
+        );
         assert_eq!(get(&h, "authorization"), ["Bearer client-token"]);
         assert!(get(&h, "content-length").is_empty());
     }
@@ -134,10 +155,17 @@ mod tests {
     #[test]
     fn key_provider_replaces_every_client_credential() {
         let p = &providers()[1];
-        let h = apply_to(&original(), &edits_for(p, "x-llm-failover-cluster", Some("/openai")));
+        let h = apply_to(
+            &original(),
+            &edits_for(p, "x-llm-failover-cluster", Some("/openai")),
+        );
         assert_eq!(get(&h, "authorization"), ["Bearer sk-secret"]);
         assert!(get(&h, "x-api-key").is_empty());
-        assert_eq!(get(&h, ":path"), ["/openai?api-version=2024&x=1"], "no path override keeps the client's");
+        assert_eq!(
+            get(&h, ":path"),
+            ["/openai?api-version=2024&x=1"],
+            "no path override keeps the client's"
+        );
         let az = &providers()[2];
         let h = apply_to(&original(), &edits_for(az, "x-llm-failover-cluster", None));
         assert_eq!(get(&h, "api-key"), ["sk-secret"]);
@@ -153,11 +181,22 @@ mod tests {
 
     #[test]
     fn forwarded_response_headers_drop_pseudo_and_framing() {
-        let headers: Vec<(String, Vec<u8>)> = [(":status", "200"), ("content-length", "5"), ("content-type", "text/event-stream"), ("x-request-id", "r")]
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect();
+        let headers: Vec<(String, Vec<u8>)> = [
+            (":status", "200"),
+            ("content-length", "5"),
+            ("content-type", "text/event-stream"),
+            ("x-request-id", "r"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
         let out = response_headers_to_forward(&headers);
-        assert_eq!(out, vec![("content-type".to_string(), "text/event-stream".to_string()), ("x-request-id".to_string(), "r".to_string())]);
+        assert_eq!(
+            out,
+            vec![
+                ("content-type".to_string(), "text/event-stream".to_string()),
+                ("x-request-id".to_string(), "r".to_string())
+            ]
+        );
     }
 }

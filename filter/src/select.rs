@@ -43,7 +43,11 @@ pub fn next_choice(
 ) -> Option<usize> {
     let available = |i: usize| {
         !tried.get(i).copied().unwrap_or(false)
-            && !health.get(i).copied().unwrap_or_default().is_cooling(now_ms)
+            && !health
+                .get(i)
+                .copied()
+                .unwrap_or_default()
+                .is_cooling(now_ms)
     };
     config.groups.iter().find_map(|range| {
         let total: u64 = range
@@ -108,7 +112,9 @@ mod tests {
     }
 
     fn cooling(until: u64) -> HealthRecord {
-        HealthRecord { cooling_until_ms: until }
+        HealthRecord {
+            cooling_until_ms: until,
+        }
     }
 
     const NOW: u64 = 1_000_000;
@@ -125,15 +131,27 @@ mod tests {
     #[test]
     fn cooling_primary_moves_traffic_to_next_group() {
         let c = three_groups();
-        let h = vec![cooling(NOW + 1), HealthRecord::default(), HealthRecord::default(), HealthRecord::default()];
-        let picks: Vec<usize> = (0..4).map(|t| first_choice(&c, &h, NOW, t).index()).collect();
+        let h = vec![
+            cooling(NOW + 1),
+            HealthRecord::default(),
+            HealthRecord::default(),
+            HealthRecord::default(),
+        ];
+        let picks: Vec<usize> = (0..4)
+            .map(|t| first_choice(&c, &h, NOW, t).index())
+            .collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
     }
 
     #[test]
     fn primary_returns_when_its_cooldown_ends() {
         let c = three_groups();
-        let h = vec![cooling(NOW), HealthRecord::default(), HealthRecord::default(), HealthRecord::default()];
+        let h = vec![
+            cooling(NOW),
+            HealthRecord::default(),
+            HealthRecord::default(),
+            HealthRecord::default(),
+        ];
         assert_eq!(first_choice(&c, &h, NOW, 0), Choice::Healthy(0));
         assert_eq!(first_choice(&c, &h, NOW - 1, 0), Choice::Healthy(1));
     }
@@ -141,12 +159,22 @@ mod tests {
     #[test]
     fn all_cooling_picks_the_soonest_to_recover() {
         let c = three_groups();
-        let h = vec![cooling(NOW + 50), cooling(NOW + 90), cooling(NOW + 20), cooling(NOW + 20)];
+        let h = vec![
+            cooling(NOW + 50),
+            cooling(NOW + 90),
+            cooling(NOW + 20),
+            cooling(NOW + 20),
+        ];
         assert_eq!(first_choice(&c, &h, NOW, 7), Choice::Soonest(2));
         assert_eq!(retry_after_secs(&h, NOW), Some(1));
         let h = vec![cooling(NOW + 5_001); 4];
         assert_eq!(retry_after_secs(&h, NOW), Some(6));
-        let h = vec![cooling(NOW + 5_001), HealthRecord::default(), cooling(NOW + 1), cooling(NOW + 1)];
+        let h = vec![
+            cooling(NOW + 5_001),
+            HealthRecord::default(),
+            cooling(NOW + 1),
+            cooling(NOW + 1),
+        ];
         assert_eq!(retry_after_secs(&h, NOW), None);
     }
 
@@ -154,14 +182,37 @@ mod tests {
     fn next_choice_skips_tried_and_cooling_across_groups() {
         let c = three_groups();
         let healthy = vec![HealthRecord::default(); 4];
-        assert_eq!(next_choice(&c, &healthy, NOW, &[true, false, false, false], 0), Some(1));
-        assert_eq!(next_choice(&c, &healthy, NOW, &[true, true, false, false], 0), Some(2));
-        assert_eq!(next_choice(&c, &healthy, NOW, &[true, true, true, false], 0), Some(3));
-        assert_eq!(next_choice(&c, &healthy, NOW, &[true, true, true, true], 0), None);
-        let h = vec![cooling(NOW + 1), cooling(NOW + 1), cooling(NOW + 1), HealthRecord::default()];
-        assert_eq!(next_choice(&c, &h, NOW, &[true, false, false, false], 0), Some(3));
+        assert_eq!(
+            next_choice(&c, &healthy, NOW, &[true, false, false, false], 0),
+            Some(1)
+        );
+        assert_eq!(
+            next_choice(&c, &healthy, NOW, &[true, true, false, false], 0),
+            Some(2)
+        );
+        assert_eq!(
+            next_choice(&c, &healthy, NOW, &[true, true, true, false], 0),
+            Some(3)
+        );
+        assert_eq!(
+            next_choice(&c, &healthy, NOW, &[true, true, true, true], 0),
+            None
+        );
+        let h = vec![
+            cooling(NOW + 1),
+            cooling(NOW + 1),
+            cooling(NOW + 1),
+            HealthRecord::default(),
+        ];
+        assert_eq!(
+            next_choice(&c, &h, NOW, &[true, false, false, false], 0),
+            Some(3)
+        );
         let h = vec![cooling(NOW + 1); 4];
-        assert_eq!(next_choice(&c, &h, NOW, &[true, false, false, false], 0), None);
+        assert_eq!(
+            next_choice(&c, &h, NOW, &[true, false, false, false], 0),
+            None
+        );
     }
 
     #[test]

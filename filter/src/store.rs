@@ -25,7 +25,10 @@ impl fmt::Display for StoreError {
             StoreError::CasMismatch => f.write_str("shared data changed under us (CAS mismatch)"),
             StoreError::Host(m) => write!(f, "shared data call failed: {m}"),
             StoreError::Contended(k) => {
-                write!(f, "gave up updating {k} after {MAX_CAS_ATTEMPTS} CAS conflicts")
+                write!(
+                    f,
+                    "gave up updating {k} after {MAX_CAS_ATTEMPTS} CAS conflicts"
+                )
             }
         }
     }
@@ -44,7 +47,9 @@ pub trait SharedData {
 pub fn read_health(store: &dyn SharedData, key: &str) -> HealthRecord {
     match store.get(key) {
         Ok((Some(bytes), _)) => HealthRecord::decode(&bytes).unwrap_or_else(|| {
-            log::warn!("llm-failover: unreadable health record under {key}; treating it as healthy");
+            log::warn!(
+                "llm-failover: unreadable health record under {key}; treating it as healthy"
+            );
             HealthRecord::default()
         }),
         Ok((None, _)) => HealthRecord::default(),
@@ -144,8 +149,15 @@ mod tests {
             if self.races.get() > 0 {
                 self.races.set(self.races.get() - 1);
                 let (bytes, rival_cas) = self.inner.get(key)?;
-                let rival = bytes.as_deref().and_then(HealthRecord::decode).unwrap_or_default();
-                self.inner.set(key, &rival.after_failure(self.rival_until).encode(), rival_cas)?;
+                let rival = bytes
+                    .as_deref()
+                    .and_then(HealthRecord::decode)
+                    .unwrap_or_default();
+                self.inner.set(
+                    key,
+                    &rival.after_failure(self.rival_until).encode(),
+                    rival_cas,
+                )?;
             }
             self.inner.set(key, value, cas)
         }
@@ -153,7 +165,11 @@ mod tests {
 
     #[test]
     fn racing_failures_are_both_applied() {
-        let store = RacingStore { inner: MemoryStore::default(), races: Cell::new(3), rival_until: 90_000 };
+        let store = RacingStore {
+            inner: MemoryStore::default(),
+            races: Cell::new(3),
+            rival_until: 90_000,
+        };
         ensure_exists(&store.inner, "k").unwrap();
         // Our failure asks for less time than the rival's: the rival's must survive.
         let r = update_health(&store, "k", |h| h.after_failure(30_000)).unwrap();
@@ -163,7 +179,11 @@ mod tests {
 
     #[test]
     fn endless_contention_is_an_error_not_a_loop() {
-        let store = RacingStore { inner: MemoryStore::default(), races: Cell::new(1_000), rival_until: 1 };
+        let store = RacingStore {
+            inner: MemoryStore::default(),
+            races: Cell::new(1_000),
+            rival_until: 1,
+        };
         ensure_exists(&store.inner, "k").unwrap();
         let e = update_health(&store, "k", |h| h.after_failure(5)).unwrap_err();
         assert_eq!(e, StoreError::Contended("k".into()));
@@ -180,7 +200,9 @@ mod tests {
     #[test]
     fn ensure_exists_keeps_an_existing_record() {
         let store = MemoryStore::default();
-        let rec = HealthRecord { cooling_until_ms: 42 };
+        let rec = HealthRecord {
+            cooling_until_ms: 42,
+        };
         store.set("k", &rec.encode(), None).unwrap();
         ensure_exists(&store, "k").unwrap();
         assert_eq!(read_health(&store, "k"), rec);

@@ -7,9 +7,17 @@ use serde::Deserialize;
 /// where it has them.
 pub const FAILURE_KINDS: [(&str, u16, &str); 8] = [
     ("rate_limit", 429, "Rate limit reached for requests"),
-    ("server_error", 500, "The server had an error while processing your request"),
+    (
+        "server_error",
+        500,
+        "The server had an error while processing your request",
+    ),
     ("bad_gateway", 502, "Bad gateway"),
-    ("service_unavailable", 503, "The engine is currently overloaded"),
+    (
+        "service_unavailable",
+        503,
+        "The engine is currently overloaded",
+    ),
     ("gateway_timeout", 504, "Gateway timeout"),
     ("invalid_api_key", 401, "Incorrect API key provided"),
     ("invalid_request", 400, "Invalid request"),
@@ -40,7 +48,9 @@ pub struct Update {
 
 mod double_option {
     use serde::{Deserialize, Deserializer};
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
         Ok(Some(Option::deserialize(d)?))
     }
 }
@@ -66,7 +76,10 @@ impl Behaviour {
 
     fn validate(&self) -> Result<(), String> {
         if self.failure_rate > 100 {
-            return Err(format!("failure rate {} is not a percentage", self.failure_rate));
+            return Err(format!(
+                "failure rate {} is not a percentage",
+                self.failure_rate
+            ));
         }
         if self.failure_types.is_empty() {
             return Err("failure types must not be empty".into());
@@ -74,7 +87,10 @@ impl Behaviour {
         for t in &self.failure_types {
             if !FAILURE_KINDS.iter().any(|(k, _, _)| k == t) {
                 let known: Vec<&str> = FAILURE_KINDS.iter().map(|(k, _, _)| *k).collect();
-                return Err(format!("unknown failure type {t:?}; known: {}", known.join(", ")));
+                return Err(format!(
+                    "unknown failure type {t:?}; known: {}",
+                    known.join(", ")
+                ));
             }
         }
         Ok(())

@@ -28,7 +28,8 @@ struct State {
 }
 
 pub fn run(host: &str, port: u16, settings: Settings, behaviour: Behaviour) -> Result<(), String> {
-    let server = Server::http((host, port)).map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let server =
+        Server::http((host, port)).map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let bound = server
         .server_addr()
         .to_ip()
@@ -56,8 +57,9 @@ pub fn run(host: &str, port: u16, settings: Settings, behaviour: Behaviour) -> R
 }
 
 fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .unwrap_or_else(|_| Header::from_bytes(&b"x-mock-bad-header"[..], &b"1"[..]).expect("static header"))
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).unwrap_or_else(|_| {
+        Header::from_bytes(&b"x-mock-bad-header"[..], &b"1"[..]).expect("static header")
+    })
 }
 
 fn json_response(state: &State, status: u16, body: &Value) -> Response<std::io::Cursor<Vec<u8>>> {
@@ -78,7 +80,12 @@ fn handle(state: &State, mut request: Request) {
     let headers: Vec<(String, String)> = request
         .headers()
         .iter()
-        .map(|h| (h.field.as_str().as_str().to_ascii_lowercase(), h.value.as_str().to_string()))
+        .map(|h| {
+            (
+                h.field.as_str().as_str().to_ascii_lowercase(),
+                h.value.as_str().to_string(),
+            )
+        })
         .collect();
     let mut body = Vec::new();
     if request.as_reader().read_to_end(&mut body).is_err() {
@@ -91,7 +98,11 @@ fn handle(state: &State, mut request: Request) {
             let _ = request.respond(json_response(state, 200, &json!({"ok": true})));
         }
         (Method::Get, "/mock/requests") => {
-            let log = state.requests.lock().map(|l| Value::Array(l.clone())).unwrap_or(Value::Null);
+            let log = state
+                .requests
+                .lock()
+                .map(|l| Value::Array(l.clone()))
+                .unwrap_or(Value::Null);
             let _ = request.respond(json_response(state, 200, &log));
         }
         (Method::Post, "/mock/reset") => {
@@ -143,7 +154,14 @@ fn roll(state: &State) -> u8 {
     (x % 100) as u8
 }
 
-fn serve_api(state: &State, request: Request, method: &Method, path: &str, headers: &[(String, String)], body: &[u8]) {
+fn serve_api(
+    state: &State,
+    request: Request,
+    method: &Method,
+    path: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) {
     let behaviour = match state.behaviour.lock() {
         Ok(b) => b.clone(),
         Err(_) => return,
@@ -157,9 +175,16 @@ fn serve_api(state: &State, request: Request, method: &Method, path: &str, heade
         } else {
             key.clone()
         };
-        let got = headers.iter().find(|(n, _)| *n == state.settings.api_key_header).map(|(_, v)| v.as_str());
+        let got = headers
+            .iter()
+            .find(|(n, _)| *n == state.settings.api_key_header)
+            .map(|(_, v)| v.as_str());
         if got != Some(want.as_str()) {
-            let e = error_json("Incorrect API key provided", "invalid_request_error", "invalid_api_key");
+            let e = error_json(
+                "Incorrect API key provided",
+                "invalid_request_error",
+                "invalid_api_key",
+            );
             let _ = request.respond(json_response(state, 401, &e));
             return;
         }
@@ -171,7 +196,11 @@ fn serve_api(state: &State, request: Request, method: &Method, path: &str, heade
         }
         (Method::Post, "/v1/chat/completions") => chat(state, request, &behaviour, body),
         _ => {
-            let e = error_json(&format!("Unknown request URL: {} {path}", method.as_str()), "invalid_request_error", "unknown_url");
+            let e = error_json(
+                &format!("Unknown request URL: {} {path}", method.as_str()),
+                "invalid_request_error",
+                "unknown_url",
+            );
             let _ = request.respond(json_response(state, 404, &e));
         }
     }
@@ -190,7 +219,11 @@ fn chat(state: &State, request: Request, behaviour: &Behaviour, body: &[u8]) {
     let parsed: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            let err = error_json(&format!("We could not parse the JSON body of your request: {e}"), "invalid_request_error", "invalid_json");
+            let err = error_json(
+                &format!("We could not parse the JSON body of your request: {e}"),
+                "invalid_request_error",
+                "invalid_json",
+            );
             let _ = request.respond(json_response(state, 400, &err));
             return;
         }
@@ -202,7 +235,10 @@ fn chat(state: &State, request: Request, behaviour: &Behaviour, body: &[u8]) {
         .unwrap_or(&state.settings.model)
         .to_string();
     let content = format!("Hello from {}! 2+2 is 4.", state.settings.name);
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let id = format!("chatcmpl-{}-{seq}", state.settings.name);
     if parsed.get("stream").and_then(Value::as_bool) == Some(true) {
         stream(state, request, behaviour, &id, created, &model, &content);
@@ -218,15 +254,29 @@ fn chat(state: &State, request: Request, behaviour: &Behaviour, body: &[u8]) {
 
 /// Writes an SSE answer by hand, one flushed HTTP chunk per event, so the client
 /// sees each event when it is sent (a buffered response would hide streaming).
-fn stream(state: &State, request: Request, behaviour: &Behaviour, id: &str, created: u64, model: &str, content: &str) {
+fn stream(
+    state: &State,
+    request: Request,
+    behaviour: &Behaviour,
+    id: &str,
+    created: u64,
+    model: &str,
+    content: &str,
+) {
     let mut events: Vec<String> = Vec::new();
     let chunk = |delta: Value, finish: Value| {
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     };
-    events.push(format!("data: {}\n\n", chunk(json!({"role": "assistant", "content": ""}), Value::Null)));
+    events.push(format!(
+        "data: {}\n\n",
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null)
+    ));
     for word in content.split_inclusive(' ') {
-        events.push(format!("data: {}\n\n", chunk(json!({"content": word}), Value::Null)));
+        events.push(format!(
+            "data: {}\n\n",
+            chunk(json!({"content": word}), Value::Null)
+        ));
     }
     events.push(format!("data: {}\n\n", chunk(json!({}), json!("stop"))));
     events.push("data: [DONE]\n\n".to_string());
@@ -236,7 +286,10 @@ fn stream(state: &State, request: Request, behaviour: &Behaviour, id: &str, crea
         "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nx-mock-name: {}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
         state.settings.name
     );
-    if w.write_all(head.as_bytes()).and_then(|_| w.flush()).is_err() {
+    if w.write_all(head.as_bytes())
+        .and_then(|_| w.flush())
+        .is_err()
+    {
         return;
     }
     for (i, event) in events.iter().enumerate() {
@@ -244,7 +297,10 @@ fn stream(state: &State, request: Request, behaviour: &Behaviour, id: &str, crea
             thread::sleep(Duration::from_millis(behaviour.chunk_delay_ms));
         }
         let framed = format!("{:x}\r\n{event}\r\n", event.len());
-        if w.write_all(framed.as_bytes()).and_then(|_| w.flush()).is_err() {
+        if w.write_all(framed.as_bytes())
+            .and_then(|_| w.flush())
+            .is_err()
+        {
             return;
         }
     }

@@ -1,0 +1,44 @@
+# llm-failover. `make demo` runs the local failover demo, `make test` runs every test.
+# Both install what they need first (scripts/setup.sh).
+
+WASM     := target/wasm32-wasip1/release/llm_failover.wasm
+MOCK     := target/release/llm-mock
+VENV     := .venv
+PY       := $(VENV)/bin/python
+# Pure-logic unit tests also run on the shipping target, in wasmtime (see README).
+WASM_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tests/wasm_runner.py
+
+.PHONY: all setup build demo test unit-test wasm-test lint e2e clean
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	cargo build --release --target wasm32-wasip1 -p llm-failover
+	cargo build --release -p llm-mock
+	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
+
+demo: build
+	$(PY) scripts/demo.py
+
+unit-test: setup
+	cargo test -p llm-failover
+
+wasm-test: setup
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_RUNNER)" cargo test --target wasm32-wasip1 -p llm-failover
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p llm-failover --all-targets --target wasm32-wasip1 -- -D warnings
+
+e2e: build
+	$(PY) -m pytest tests/e2e -q
+
+test: build lint unit-test wasm-test e2e
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

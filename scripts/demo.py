@@ -1,0 +1,177 @@
+"""The local demo (`make demo`): the reference lab's failover, replayed on loopback
+with real Envoy, the built filter and two mock providers.
+
+  group 1: mock-ratelimit-provider, always answers 429 (Retry-After: 5)
+  group 2: openai-fallback, an OpenAI-style mock that wants the injected key
+
+It sends the lab's three requests, shows the access log, heals the primary, waits
+out its cooldown and shows traffic back on it. Then it stops everything it started."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENVOY = ROOT / ".venv" / "bin" / "envoy"
+MOCK = ROOT / "target" / "release" / "llm-mock"
+CONFIG = ROOT / "envoy" / "envoy.yaml"
+GATEWAY = "http://127.0.0.1:10000/openai"
+ADMIN = "http://127.0.0.1:9901"
+PORTS = {"Envoy listener": 10000, "Envoy admin": 9901, "primary mock": 8000, "fallback mock": 8001}
+DEMO_KEY = "sk-demo-fallback-key"
+RETRY_AFTER = 5  # the lab uses 60; 5 keeps the demo short
+
+BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
+
+
+def say(text=""):
+    print(text, flush=True)
+
+
+def port_busy(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def post(url, body, timeout=30):
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def get(url, timeout=2):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def wait_for(check, seconds, what):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"demo: timed out waiting for {what}")
+
+
+def request(n):
+    status, headers, body = post(GATEWAY, {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]})
+    provider = headers.get("x-llm-provider", "?")
+    colour = GREEN if status == 200 else RED
+    try:
+        parsed = json.loads(body)
+        detail = parsed["choices"][0]["message"]["content"] if status == 200 else parsed["error"]["message"]
+        model = parsed.get("model", "")
+    except (ValueError, KeyError, IndexError):
+        detail, model = body[:80].decode(errors="replace"), ""
+    say(f"  Request {n}: {colour}HTTP {status}{RESET} from {BOLD}{provider}{RESET}"
+        f"{f' (model {model})' if model else ''}: {detail}")
+    return status, provider
+
+
+def main():
+    for what in (ENVOY, MOCK):
+        if not what.exists():
+            raise SystemExit(f"demo: {what} is missing; run `make demo` (it builds and installs first)")
+    busy = [f"{name} ({port})" for name, port in PORTS.items() if port_busy(port)]
+    if busy:
+        raise SystemExit(f"demo: these loopback ports are in use: {', '.join(busy)}; stop what uses them")
+
+    workdir = Path(tempfile.mkdtemp(prefix="llm-failover-demo-"))
+    procs = []
+
+    def start(args, log, env=None):
+        p = subprocess.Popen(args, stdout=open(workdir / log, "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        procs.append(p)
+        return p
+
+    def stop_all(*_):
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        say(f"{BOLD}llm-failover demo{RESET}: Envoy {ENVOY.name} with the filter, two mock providers, all on 127.0.0.1")
+        say("Step 1  start the providers")
+        start([str(MOCK), "--name", "mock-gpt-4o", "--model", "mock-gpt-4o", "--port", "8000",
+               "--failure-injection-rate", "100", "--failure-types", "rate_limit",
+               "--retry-after", str(RETRY_AFTER)], "primary.log")
+        start([str(MOCK), "--name", "openai", "--model", "gpt-4o-mini", "--port", "8001",
+               "--api-key", DEMO_KEY], "fallback.log")
+        for port in (8000, 8001):
+            wait_for(lambda: get(f"http://127.0.0.1:{port}/mock/healthz")[0] == 200, 10, f"mock on {port}")
+        say(f"  primary  mock-gpt-4o on :8000, answers every request with 429 and Retry-After: {RETRY_AFTER}")
+        say("  fallback openai-style mock on :8001, accepts only the key the gateway injects")
+
+        say("Step 2  start Envoy with envoy/envoy.yaml (--concurrency 2)")
+        env = dict(os.environ, OPENAI_API_KEY=DEMO_KEY)
+        envoy = start([str(ENVOY), "-c", str(CONFIG), "--concurrency", "2", "--disable-hot-restart",
+                       "-l", "warning", "--component-log-level", "wasm:info"], "envoy.log", env)
+        wait_for(lambda: envoy.poll() is None and get(f"{ADMIN}/ready")[1].strip() == b"LIVE", 20, "Envoy")
+        say("  Envoy is ready on http://127.0.0.1:10000")
+
+        say(f"Step 3  the lab's three requests to {GATEWAY}")
+        results = [request(n) for n in (1, 2, 3)]
+        say(f"  {DIM}Request 1 met the primary's 429 and was sent on to the fallback inside the same request;"
+            f" in the reference lab it fails.{RESET}")
+        say(f"  {DIM}Requests 2 and 3 skipped the primary: it is cooling down for {RETRY_AFTER}s (Retry-After).{RESET}")
+
+        say("Step 4  what Envoy logged: the filter's decisions and the access log (JSON lines)")
+        log = workdir / "envoy.log"
+        # The access log is flushed about once a second.
+        wait_for(lambda: sum(l.startswith("{") for l in log.read_text().splitlines()) >= 3, 10, "access log")
+        for line in log.read_text().splitlines():
+            if line.startswith("{"):
+                e = json.loads(line)
+                say(f"  access log: status {e['http.status']}  provider {e['provider']}"
+                    f"  {DIM}(routed first to {e['endpoint']}){RESET}")
+            elif "llm-failover: provider" in line or "llm-failover: failing over" in line:
+                say(f"  filter:     {line.split('llm-failover: ', 1)[-1]}")
+
+        say("Step 5  heal the primary and wait out its cooldown")
+        post("http://127.0.0.1:8000/mock/config", {"failure_injection_rate": 0})
+        healed_at = time.monotonic()
+        back = None
+        while time.monotonic() - healed_at < RETRY_AFTER + 10:
+            status, headers, _ = post(GATEWAY, {"model": "", "messages": [{"role": "user", "content": "ping"}]})
+            if headers.get("x-llm-provider") == "mock-ratelimit-provider" and status == 200:
+                back = time.monotonic() - healed_at
+                break
+            time.sleep(0.5)
+        if back is None:
+            raise SystemExit("demo: the primary did not take traffic back")
+        say(f"  the primary took traffic back {back:.1f}s after it healed")
+        status, provider = request(4)
+
+        ok = [r[0] for r in results] == [200, 200, 200] and (status, provider) == (200, "mock-ratelimit-provider")
+        say()
+        say(f"{GREEN if ok else RED}{'Failover and recovery worked' if ok else 'Something went wrong'}{RESET}:"
+            " no client saw an error, and traffic returned to the primary by itself.")
+        return 0 if ok else 1
+    finally:
+        stop_all()
+        say(f"{DIM}stopped Envoy and the mocks; logs were in {workdir}{RESET}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
