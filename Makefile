@@ -8,7 +8,7 @@ PY       := $(VENV)/bin/python
 # Pure-logic unit tests also run on the shipping target, in wasmtime (see README).
 WASM_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tests/wasm_runner.py
 
-.PHONY: all setup build demo test unit-test wasm-test lint e2e clean
+.PHONY: all setup build demo test unit-test wasm-test lint e2e bench clean
 
 all: build
 
@@ -42,3 +42,12 @@ test: build lint unit-test wasm-test e2e
 clean:
 	cargo clean
 	rm -rf $(VENV)
+
+# Benchmark: llm-failover against Envoy without it (bench/run.py, about 4 minutes).
+bench: build
+	@command -v wrk >/dev/null || { echo "bench: installing wrk (Debian)"; \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq wrk; }
+	@$(PY) -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
+	cargo build --release --target wasm32-wasip1 -p noop-filter
+	$(PY) bench/run.py
