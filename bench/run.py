@@ -4,6 +4,8 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
   no-wasm        plain Envoy routing to the upstream
   noop-wasm      a wasm filter that does nothing (bench/noop): the floor of any wasm filter
   no-wasm-100k, noop-wasm-100k   the same two with the 100 KB body
+  floor-routing  the host calls passthrough needs, with no logic (bench/noop "routing")
+  floor-rewrite, floor-rewrite-100k   the host calls override-2k/-100k need, no logic
   passthrough    llm-failover, one group, one passthrough provider, no model override
   override-2k    llm-failover, two groups, model override, 2 KB body
   override-100k  the same with a 100 KB body
@@ -89,11 +91,12 @@ def upstream_config(port, admin_port):
     return bootstrap(admin_port, [listener(port, routes, [buffer])])
 
 
-def wasm_filter(path: Path, plugin: dict | None):
+def wasm_filter(path: Path, plugin: dict | str | None):
     cfg = {"name": "f", "root_id": "llm_failover", "failure_policy": "FAIL_RELOAD",
            "vm_config": {"vm_id": "f", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(path)}}}}
     if plugin is not None:
-        cfg["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(plugin)}
+        value = plugin if isinstance(plugin, str) else json.dumps(plugin)
+        cfg["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value}
     return {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": cfg}}
 
@@ -126,6 +129,9 @@ def proxy_configs(upstream_port):
         "noop-wasm": (make(direct, [wasm_filter(NOOP_WASM, None)]), 2048),
         "no-wasm-100k": (make(direct, []), 100 * 1024),
         "noop-wasm-100k": (make(direct, [wasm_filter(NOOP_WASM, None)]), 100 * 1024),
+        "floor-routing": (make(by_header, [wasm_filter(NOOP_WASM, "routing")]), 2048),
+        "floor-rewrite": (make(by_header, [wasm_filter(NOOP_WASM, "rewrite")]), 2048),
+        "floor-rewrite-100k": (make(by_header, [wasm_filter(NOOP_WASM, "rewrite")]), 100 * 1024),
         "passthrough": (make(by_header, [wasm_filter(WASM, one)]), 2048),
         "override-2k": (make(by_header, [wasm_filter(WASM, two_groups)]), 2048),
         "override-100k": (make(by_header, [wasm_filter(WASM, two_groups)]), 100 * 1024),
@@ -206,8 +212,8 @@ def wrk(url, connections, seconds, body_file, cpu, latency=False):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=4, help="length of each throughput run (<= 10)")
-    ap.add_argument("--latency-seconds", type=int, default=3, help="length of each 1-connection run (<= 10)")
+    ap.add_argument("--seconds", type=int, default=3, help="length of each throughput run (<= 10)")
+    ap.add_argument("--latency-seconds", type=int, default=2, help="length of each 1-connection run (<= 10)")
     ap.add_argument("--only", nargs="*", help="run only these configurations")
     ap.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md and the chart")
     args = ap.parse_args()

@@ -21,6 +21,8 @@ const DEFAULT_CLUSTER_HEADER: &str = "x-llm-failover-cluster";
 /// the filter's own OpenAI-style 413 answers before Envoy's plain-text one.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1_000_000;
 const MAX_WEIGHT: u64 = 1_000_000;
+/// Selection keeps a group's candidates in a fixed array (no allocation per request).
+pub const MAX_GROUP_SIZE: usize = 64;
 
 /// A configuration problem: the JSON path of the field and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +214,9 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// True when some provider rewrites `model`: request bodies must then be JSON.
     pub needs_json_body: bool,
+    /// True when a failed request can be sent on to another provider: `withinRequest`
+    /// and more than one provider. Only then are the request's headers and body kept.
+    pub can_fail_over: bool,
 }
 
 impl Config {
@@ -287,6 +292,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         ));
     }
     let needs_json_body = providers.iter().any(|p| p.model.is_some());
+    let can_fail_over = failover.within_request && providers.len() > 1;
     Ok(Config {
         providers,
         groups,
@@ -294,6 +300,7 @@ fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Conf
         cluster_header,
         max_body_bytes,
         needs_json_body,
+        can_fail_over,
     })
 }
 

@@ -94,10 +94,12 @@ pub fn request_body(size: usize) -> Option<Vec<u8>> {
     .flatten()
 }
 
-pub fn replace_request_body(old_size: usize, body: &[u8]) {
+/// Replaces the first `old_len` bytes of the buffered request body with `prefix`
+/// (Envoy drains that many bytes from the front and prepends the new ones).
+pub fn replace_request_body_prefix(old_len: usize, prefix: &[u8]) {
     log_err(
         "replacing the request body",
-        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_size, body),
+        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_len, prefix),
     );
 }
 

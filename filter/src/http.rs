@@ -3,6 +3,11 @@
 //! provider unhealthy and, with `withinRequest`, sends the same request on to the
 //! next provider with `dispatch_http_call`. Decisions come from the pure modules;
 //! this file only gathers their inputs and applies their answers.
+//!
+//! Every host call crosses into the wasm runtime and costs, so the normal path
+//! makes as few as it can: one health record read when the preferred provider is
+//! healthy, headers read individually unless a failover copy is needed, the body
+//! buffered only when it must be rewritten, checked or kept.
 
 use std::rc::Rc;
 
@@ -17,11 +22,51 @@ use crate::outcome::{self, Outcome};
 use crate::reply::error_body;
 use crate::retry_after::parse_retry_after;
 use crate::rewrite::{self, Edit};
-use crate::select::{self, Choice};
+use crate::select::{self, Choice, HealthView};
 use crate::store;
 
 /// Names the provider whose answer the client got.
 const PROVIDER_HEADER: &str = "x-llm-provider";
+
+/// Health records read from shared data on demand, each at most once, and the clock
+/// read at most once: one request's consistent view.
+struct LazyHealth<'a> {
+    config: &'a Config,
+    records: Vec<Option<HealthRecord>>,
+    now: Option<u64>,
+}
+
+impl<'a> LazyHealth<'a> {
+    fn new(config: &'a Config) -> Self {
+        Self {
+            config,
+            records: vec![None; config.providers.len()],
+            now: None,
+        }
+    }
+}
+
+impl HealthView for LazyHealth<'_> {
+    fn record(&mut self, index: usize) -> HealthRecord {
+        if let Some(Some(r)) = self.records.get(index) {
+            return *r;
+        }
+        let r = self
+            .config
+            .providers
+            .get(index)
+            .map(|p| store::read_health(&HostSharedData, &p.health_key))
+            .unwrap_or_default();
+        if let Some(slot) = self.records.get_mut(index) {
+            *slot = Some(r);
+        }
+        r
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        *self.now.get_or_insert_with(host::now_ms)
+    }
+}
 
 pub struct FailoverFilter {
     config: Rc<Config>,
@@ -29,7 +74,7 @@ pub struct FailoverFilter {
     /// The provider now serving the request: the routed one, then each dispatched one.
     current: usize,
     tried: Vec<bool>,
-    /// The client's headers as they arrived (kept only with `withinRequest`), to
+    /// The client's headers as they arrived (kept only when failover is possible), to
     /// build each further attempt from the original, never from another provider's
     /// rewritten copy (so one provider's key cannot leak to the next).
     original_headers: Vec<(String, Vec<u8>)>,
@@ -50,12 +95,11 @@ pub struct FailoverFilter {
 
 impl FailoverFilter {
     pub fn new(config: Rc<Config>, ticket: u64) -> Self {
-        let providers = config.providers.len();
         Self {
             config,
             ticket,
             current: 0,
-            tried: vec![false; providers],
+            tried: Vec::new(),
             original_headers: Vec::new(),
             original_path: None,
             original_body: None,
@@ -69,33 +113,36 @@ impl FailoverFilter {
         }
     }
 
-    fn health(&self) -> Vec<HealthRecord> {
-        self.config
-            .providers
-            .iter()
-            .map(|p| store::read_health(&HostSharedData, &p.health_key))
-            .collect()
-    }
-
     fn reply_error(&mut self, status: u16, message: &str, kind: &str, code: &str) {
         let headers = vec![("content-type".to_string(), "application/json".to_string())];
         host::send_response(status, &headers, error_body(message, kind, code).as_bytes());
         self.replied = true;
     }
 
+    fn reply_too_large(&mut self) {
+        let message = format!(
+            "request body is larger than the gateway's limit of {} bytes",
+            self.config.max_body_bytes
+        );
+        self.reply_error(413, &message, "invalid_request_error", "request_too_large");
+    }
+
     /// Puts provider `index` into cooldown, from `Retry-After` when there is one.
     fn mark_failed(&mut self, index: usize, why: &str, retry_after: Option<&[u8]>) {
+        if self.tried.is_empty() {
+            self.tried = vec![false; self.config.providers.len()];
+        }
         if let Some(t) = self.tried.get_mut(index) {
             *t = true;
         }
+        let Some(provider) = self.config.providers.get(index) else {
+            return;
+        };
         let now = host::now_ms();
         let delay = retry_after
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| parse_retry_after(v, now));
         let cooldown = health::cooldown_ms(delay, &self.config.failover);
-        let Some(provider) = self.config.providers.get(index) else {
-            return;
-        };
         let until = now.saturating_add(cooldown);
         match store::update_health(&HostSharedData, &provider.health_key, |h| {
             h.after_failure(until)
@@ -117,9 +164,8 @@ impl FailoverFilter {
     fn try_next(&mut self) -> bool {
         let config = Rc::clone(&self.config);
         loop {
-            let now = host::now_ms();
-            let health = self.health();
-            let Some(next) = select::next_choice(&config, &health, now, &self.tried, self.ticket)
+            let mut view = LazyHealth::new(&config);
+            let Some(next) = select::next_choice(&config, &mut view, &self.tried, self.ticket)
             else {
                 return false;
             };
@@ -168,7 +214,8 @@ impl FailoverFilter {
 
     /// `Retry-After` for a failure the client gets while every provider cools down.
     fn all_cooling_retry_after(&self) -> Option<String> {
-        select::retry_after_secs(&self.health(), host::now_ms()).map(|s| s.to_string())
+        let mut view = LazyHealth::new(&self.config);
+        select::retry_after_secs(&self.config, &mut view).map(|s| s.to_string())
     }
 
     fn provider_name(&self) -> &str {
@@ -178,6 +225,17 @@ impl FailoverFilter {
             .map(|p| p.name.as_str())
             .unwrap_or("")
     }
+}
+
+fn header_value<'h>(headers: &'h [(String, Vec<u8>)], name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn parse_number<T: std::str::FromStr>(value: Option<&[u8]>) -> Option<T> {
+    std::str::from_utf8(value?).ok()?.trim().parse().ok()
 }
 
 impl Context for FailoverFilter {
@@ -193,22 +251,15 @@ impl Context for FailoverFilter {
         }
         self.pending_call = None;
         let headers = host::call_response_headers();
-        let status = headers
-            .iter()
-            .find(|(n, _)| n == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
-            .and_then(|v| v.parse::<u16>().ok());
+        let status: Option<u16> = parse_number(header_value(&headers, ":status"));
         let body = host::call_response_body(body_size);
         let result = outcome::classify_callout(status, &body, &self.config.failover);
         if result.is_failure() {
-            let retry_after = headers
-                .iter()
-                .find(|(n, _)| n == "retry-after")
-                .map(|(_, v)| v.clone());
             let why = match status {
                 Some(s) => format!("status {s}"),
                 None => "no response".to_string(),
             };
+            let retry_after = header_value(&headers, "retry-after").map(<[u8]>::to_vec);
             self.mark_failed(self.current, &why, retry_after.as_deref());
             if self.try_next() {
                 return;
@@ -235,11 +286,8 @@ impl Context for FailoverFilter {
                 );
                 out.retain(|(n, _)| n != "content-type");
                 out.push(("content-type".to_string(), "application/json".to_string()));
-                host::send_response(
-                    503,
-                    &out,
-                    error_body(&message, "api_error", "provider_unreachable").as_bytes(),
-                );
+                let body = error_body(&message, "api_error", "provider_unreachable");
+                host::send_response(503, &out, body.as_bytes());
             }
         }
         self.replied = true;
@@ -249,8 +297,7 @@ impl Context for FailoverFilter {
 impl HttpContext for FailoverFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = Rc::clone(&self.config);
-        let now = host::now_ms();
-        let choice = select::first_choice(&config, &self.health(), now, self.ticket);
+        let choice = select::first_choice(&config, &mut LazyHealth::new(&config), self.ticket);
         if let Choice::Soonest(i) = choice {
             log::info!(
                 "llm-failover: every provider is cooling down; trying {}, whose cooldown ends first",
@@ -259,34 +306,39 @@ impl HttpContext for FailoverFilter {
         }
         self.current = choice.index();
         self.has_body = !end_of_stream;
+        self.buffering = self.has_body && (config.needs_json_body || config.can_fail_over);
+        let provider = &config.providers[self.current];
 
-        let content_length = host::request_header("content-length").and_then(|v| {
-            std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-        });
-        if content_length.is_some_and(|len| len > config.max_body_bytes) {
-            let message = format!(
-                "request body is larger than the gateway's limit of {} bytes",
-                config.max_body_bytes
-            );
-            self.reply_error(413, &message, "invalid_request_error", "request_too_large");
+        // One call for all headers when a copy is kept for failover; otherwise only
+        // the headers this request needs, one call each.
+        let content_length: Option<u64>;
+        if config.can_fail_over {
+            self.original_headers = host::request_headers();
+            content_length = parse_number(header_value(&self.original_headers, "content-length"));
+            self.original_path = header_value(&self.original_headers, ":path")
+                .and_then(|v| String::from_utf8(v.to_vec()).ok());
+        } else {
+            content_length = if self.buffering {
+                parse_number(host::request_header("content-length").as_deref())
+            } else {
+                None
+            };
+            if provider.path.is_some() {
+                self.original_path =
+                    host::request_header(":path").and_then(|v| String::from_utf8(v).ok());
+            }
+        }
+        if self.buffering && content_length.is_some_and(|len| len > config.max_body_bytes) {
+            self.reply_too_large();
             return Action::Pause;
         }
 
-        self.original_path = host::request_header(":path").and_then(|v| String::from_utf8(v).ok());
-        if config.failover.within_request {
-            self.original_headers = host::request_headers();
-        }
-        self.buffering =
-            self.has_body && (config.needs_json_body || config.failover.within_request);
-
-        let provider = &config.providers[self.current];
-        for edit in rewrite::edits_for(
+        let edits = rewrite::edits_for(
             provider,
             &config.cluster_header,
             self.original_path.as_deref(),
-        ) {
+        );
+        for edit in edits {
             match edit {
                 Edit::Set(name, value) => host::set_request_header(name, &value),
                 Edit::Remove(name) => host::remove_request_header(name),
@@ -309,15 +361,11 @@ impl HttpContext for FailoverFilter {
         }
         let config = Rc::clone(&self.config);
         if body_size as u64 > config.max_body_bytes {
-            let message = format!(
-                "request body is larger than the gateway's limit of {} bytes",
-                config.max_body_bytes
-            );
-            self.reply_error(413, &message, "invalid_request_error", "request_too_large");
+            self.reply_too_large();
             return Action::Pause;
         }
         if !end_of_stream {
-            // Buffer until the whole body is here: it is rewritten and kept whole.
+            // Buffer until the whole body is here: it is checked, rewritten and kept whole.
             return Action::Pause;
         }
         let body = host::request_body(body_size).unwrap_or_default();
@@ -332,9 +380,10 @@ impl HttpContext for FailoverFilter {
         }
         let provider = &config.providers[self.current];
         if let (Some(model), Some(slots)) = (&provider.model_json, &self.slots) {
-            host::replace_request_body(body_size, &body::with_model(&body, slots, model));
+            let (replaced, prefix) = body::model_edit(&body, slots, model);
+            host::replace_request_body_prefix(replaced, &prefix);
         }
-        if config.failover.within_request {
+        if config.can_fail_over {
             self.original_body = Some(body);
         }
         self.body_complete = true;
@@ -345,11 +394,7 @@ impl HttpContext for FailoverFilter {
         if self.replied {
             return Action::Continue;
         }
-        let Some(status) = host::response_header(":status").and_then(|v| {
-            std::str::from_utf8(&v)
-                .ok()
-                .and_then(|s| s.parse::<u16>().ok())
-        }) else {
+        let Some(status) = parse_number::<u16>(host::response_header(":status").as_deref()) else {
             return Action::Continue;
         };
         let config = Rc::clone(&self.config);
@@ -375,7 +420,7 @@ impl HttpContext for FailoverFilter {
                 host::response_header("retry-after").as_deref(),
             );
             let body_ready = !self.has_body || self.body_complete;
-            if config.failover.within_request && body_ready && self.try_next() {
+            if config.can_fail_over && body_ready && self.try_next() {
                 self.holding_response = true;
                 return Action::Pause;
             }

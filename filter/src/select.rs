@@ -4,6 +4,35 @@
 use crate::config::Config;
 use crate::health::HealthRecord;
 
+/// Provider health as one request sees it. Records are read lazily, at most once
+/// each, so a request whose first choice is healthy reads one record; the clock is
+/// only read when some record has a cooldown to compare with.
+pub trait HealthView {
+    fn record(&mut self, index: usize) -> HealthRecord;
+    fn now_ms(&mut self) -> u64;
+
+    fn is_cooling(&mut self, index: usize) -> bool {
+        let r = self.record(index);
+        r.cooling_until_ms != 0 && r.is_cooling(self.now_ms())
+    }
+}
+
+/// A fixed set of records and a fixed time: for tests, and wherever all records are
+/// already at hand.
+pub struct Fixed<'a> {
+    pub records: &'a [HealthRecord],
+    pub now_ms: u64,
+}
+
+impl HealthView for Fixed<'_> {
+    fn record(&mut self, index: usize) -> HealthRecord {
+        self.records.get(index).copied().unwrap_or_default()
+    }
+    fn now_ms(&mut self) -> u64 {
+        self.now_ms
+    }
+}
+
 /// The provider a request starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Choice {
@@ -23,10 +52,10 @@ impl Choice {
 
 /// Picks the provider for a new request. `ticket` is a per-request counter that
 /// spreads traffic by weight inside a group.
-pub fn first_choice(config: &Config, health: &[HealthRecord], now_ms: u64, ticket: u64) -> Choice {
-    match next_choice(config, health, now_ms, &[], ticket) {
+pub fn first_choice(config: &Config, view: &mut dyn HealthView, ticket: u64) -> Choice {
+    match next_choice(config, view, &[], ticket) {
         Some(i) => Choice::Healthy(i),
-        None => Choice::Soonest(soonest(health)),
+        None => Choice::Soonest(soonest(config, view)),
     }
 }
 
@@ -36,48 +65,59 @@ pub fn first_choice(config: &Config, health: &[HealthRecord], now_ms: u64, ticke
 /// client gets the failure it has.
 pub fn next_choice(
     config: &Config,
-    health: &[HealthRecord],
-    now_ms: u64,
+    view: &mut dyn HealthView,
     tried: &[bool],
     ticket: u64,
 ) -> Option<usize> {
-    let available = |i: usize| {
-        !tried.get(i).copied().unwrap_or(false)
-            && !health
-                .get(i)
-                .copied()
-                .unwrap_or_default()
-                .is_cooling(now_ms)
-    };
-    config.groups.iter().find_map(|range| {
-        let total: u64 = range
-            .clone()
-            .filter(|&i| available(i))
-            .map(|i| u64::from(config.providers[i].weight))
-            .sum();
+    let mut available = |i: usize| !tried.get(i).copied().unwrap_or(false) && !view.is_cooling(i);
+    for range in &config.groups {
+        if range.len() == 1 {
+            // The common shape (one provider per group) needs no weight arithmetic.
+            if available(range.start) {
+                return Some(range.start);
+            }
+            continue;
+        }
+        let mut total: u64 = 0;
+        let mut candidates = [false; 64];
+        for (slot, i) in range.clone().enumerate() {
+            let ok = available(i);
+            if let Some(c) = candidates.get_mut(slot) {
+                *c = ok;
+            }
+            if ok {
+                total += u64::from(config.providers[i].weight);
+            }
+        }
         if total == 0 {
-            return None;
+            continue;
         }
         // Walk the cumulative weights: provider i owns `weight` consecutive tickets.
         let mut point = ticket % total;
-        for i in range.clone().filter(|&i| available(i)) {
+        for (slot, i) in range.clone().enumerate() {
+            if !candidates.get(slot).copied().unwrap_or(false) {
+                continue;
+            }
             let w = u64::from(config.providers[i].weight);
             if point < w {
                 return Some(i);
             }
             point -= w;
         }
-        None
-    })
+    }
+    None
 }
 
 /// Index of the provider whose cooldown ends first (the first one on a tie, so the
 /// preferred group wins).
-fn soonest(health: &[HealthRecord]) -> usize {
+fn soonest(config: &Config, view: &mut dyn HealthView) -> usize {
     let mut best = 0;
-    for (i, h) in health.iter().enumerate() {
-        if h.cooling_until_ms < health[best].cooling_until_ms {
+    let mut best_until = u64::MAX;
+    for i in 0..config.providers.len() {
+        let until = view.record(i).cooling_until_ms;
+        if until < best_until {
             best = i;
+            best_until = until;
         }
     }
     best
@@ -86,12 +126,18 @@ fn soonest(health: &[HealthRecord]) -> usize {
 /// When every provider is cooling down: whole seconds (rounded up) until the first
 /// cooldown ends, for the `Retry-After` of a failure the client gets. `None` while
 /// some provider is available.
-pub fn retry_after_secs(health: &[HealthRecord], now_ms: u64) -> Option<u64> {
-    if health.is_empty() || health.iter().any(|h| !h.is_cooling(now_ms)) {
+pub fn retry_after_secs(config: &Config, view: &mut dyn HealthView) -> Option<u64> {
+    let mut first_end = u64::MAX;
+    for i in 0..config.providers.len() {
+        if !view.is_cooling(i) {
+            return None;
+        }
+        first_end = first_end.min(view.record(i).cooling_until_ms);
+    }
+    if first_end == u64::MAX {
         return None;
     }
-    let first_end = health.iter().map(|h| h.cooling_until_ms).min()?;
-    Some((first_end - now_ms).div_ceil(1_000))
+    Some(first_end.saturating_sub(view.now_ms()).div_ceil(1_000))
 }
 
 #[cfg(test)]
@@ -124,7 +170,17 @@ mod tests {
         let c = three_groups();
         let h = vec![HealthRecord::default(); 4];
         for ticket in 0..10 {
-            assert_eq!(first_choice(&c, &h, NOW, ticket), Choice::Healthy(0));
+            assert_eq!(
+                first_choice(
+                    &c,
+                    &mut Fixed {
+                        records: &h,
+                        now_ms: NOW
+                    },
+                    ticket
+                ),
+                Choice::Healthy(0)
+            );
         }
     }
 
@@ -138,7 +194,17 @@ mod tests {
             HealthRecord::default(),
         ];
         let picks: Vec<usize> = (0..4)
-            .map(|t| first_choice(&c, &h, NOW, t).index())
+            .map(|t| {
+                first_choice(
+                    &c,
+                    &mut Fixed {
+                        records: &h,
+                        now_ms: NOW,
+                    },
+                    t,
+                )
+                .index()
+            })
             .collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
     }
@@ -152,8 +218,28 @@ mod tests {
             HealthRecord::default(),
             HealthRecord::default(),
         ];
-        assert_eq!(first_choice(&c, &h, NOW, 0), Choice::Healthy(0));
-        assert_eq!(first_choice(&c, &h, NOW - 1, 0), Choice::Healthy(1));
+        assert_eq!(
+            first_choice(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW
+                },
+                0
+            ),
+            Choice::Healthy(0)
+        );
+        assert_eq!(
+            first_choice(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW - 1
+                },
+                0
+            ),
+            Choice::Healthy(1)
+        );
     }
 
     #[test]
@@ -165,17 +251,54 @@ mod tests {
             cooling(NOW + 20),
             cooling(NOW + 20),
         ];
-        assert_eq!(first_choice(&c, &h, NOW, 7), Choice::Soonest(2));
-        assert_eq!(retry_after_secs(&h, NOW), Some(1));
+        assert_eq!(
+            first_choice(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW
+                },
+                7
+            ),
+            Choice::Soonest(2)
+        );
+        assert_eq!(
+            retry_after_secs(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW
+                }
+            ),
+            Some(1)
+        );
         let h = vec![cooling(NOW + 5_001); 4];
-        assert_eq!(retry_after_secs(&h, NOW), Some(6));
+        assert_eq!(
+            retry_after_secs(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW
+                }
+            ),
+            Some(6)
+        );
         let h = vec![
             cooling(NOW + 5_001),
             HealthRecord::default(),
             cooling(NOW + 1),
             cooling(NOW + 1),
         ];
-        assert_eq!(retry_after_secs(&h, NOW), None);
+        assert_eq!(
+            retry_after_secs(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW
+                }
+            ),
+            None
+        );
     }
 
     #[test]
@@ -183,19 +306,51 @@ mod tests {
         let c = three_groups();
         let healthy = vec![HealthRecord::default(); 4];
         assert_eq!(
-            next_choice(&c, &healthy, NOW, &[true, false, false, false], 0),
+            next_choice(
+                &c,
+                &mut Fixed {
+                    records: &healthy,
+                    now_ms: NOW
+                },
+                &[true, false, false, false],
+                0
+            ),
             Some(1)
         );
         assert_eq!(
-            next_choice(&c, &healthy, NOW, &[true, true, false, false], 0),
+            next_choice(
+                &c,
+                &mut Fixed {
+                    records: &healthy,
+                    now_ms: NOW
+                },
+                &[true, true, false, false],
+                0
+            ),
             Some(2)
         );
         assert_eq!(
-            next_choice(&c, &healthy, NOW, &[true, true, true, false], 0),
+            next_choice(
+                &c,
+                &mut Fixed {
+                    records: &healthy,
+                    now_ms: NOW
+                },
+                &[true, true, true, false],
+                0
+            ),
             Some(3)
         );
         assert_eq!(
-            next_choice(&c, &healthy, NOW, &[true, true, true, true], 0),
+            next_choice(
+                &c,
+                &mut Fixed {
+                    records: &healthy,
+                    now_ms: NOW
+                },
+                &[true, true, true, true],
+                0
+            ),
             None
         );
         let h = vec![
@@ -205,14 +360,64 @@ mod tests {
             HealthRecord::default(),
         ];
         assert_eq!(
-            next_choice(&c, &h, NOW, &[true, false, false, false], 0),
+            next_choice(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW
+                },
+                &[true, false, false, false],
+                0
+            ),
             Some(3)
         );
         let h = vec![cooling(NOW + 1); 4];
         assert_eq!(
-            next_choice(&c, &h, NOW, &[true, false, false, false], 0),
+            next_choice(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW
+                },
+                &[true, false, false, false],
+                0
+            ),
             None
         );
+    }
+
+    /// Counts the records a selection reads.
+    struct Counting<'a> {
+        inner: Fixed<'a>,
+        reads: usize,
+        clock_reads: usize,
+    }
+
+    impl HealthView for Counting<'_> {
+        fn record(&mut self, index: usize) -> HealthRecord {
+            self.reads += 1;
+            self.inner.record(index)
+        }
+        fn now_ms(&mut self) -> u64 {
+            self.clock_reads += 1;
+            self.inner.now_ms
+        }
+    }
+
+    #[test]
+    fn healthy_primary_costs_one_read_and_no_clock() {
+        let c = three_groups();
+        let h = vec![HealthRecord::default(); 4];
+        let mut view = Counting {
+            inner: Fixed {
+                records: &h,
+                now_ms: NOW,
+            },
+            reads: 0,
+            clock_reads: 0,
+        };
+        assert_eq!(first_choice(&c, &mut view, 3), Choice::Healthy(0));
+        assert_eq!((view.reads, view.clock_reads), (1, 0));
     }
 
     #[test]
@@ -224,13 +429,31 @@ mod tests {
         let h = vec![HealthRecord::default(); 2];
         let mut counts = [0; 2];
         for ticket in 0..400 {
-            counts[first_choice(&c, &h, NOW, ticket).index()] += 1;
+            counts[first_choice(
+                &c,
+                &mut Fixed {
+                    records: &h,
+                    now_ms: NOW,
+                },
+                ticket,
+            )
+            .index()] += 1;
         }
         assert_eq!(counts, [300, 100]);
         // With `a` cooling, `b` takes everything.
         let h = vec![cooling(NOW + 1), HealthRecord::default()];
         for ticket in 0..8 {
-            assert_eq!(first_choice(&c, &h, NOW, ticket), Choice::Healthy(1));
+            assert_eq!(
+                first_choice(
+                    &c,
+                    &mut Fixed {
+                        records: &h,
+                        now_ms: NOW
+                    },
+                    ticket
+                ),
+                Choice::Healthy(1)
+            );
         }
     }
 }
