@@ -9,6 +9,7 @@ need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v wasm-opt >/dev/null || need_apt+=(binaryen)
 if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   need_apt+=(python3-venv)
 fi

@@ -4,17 +4,13 @@
 //! spliced in at the byte offsets of the old value, so every other byte (key order,
 //! number formatting, whitespace) reaches the provider as the client sent it.
 //!
-//! The scanner is our own rather than serde_json's because it sits on the hot path of
-//! every request: it materialises nothing, and skips the long strings that make up a
-//! prompt eight bytes at a time. It accepts exactly what serde_json accepts (a
-//! differential test holds it to that).
+//! The scan is `json.rs`'s: it materialises nothing and skips the long strings of a
+//! prompt many bytes at a time, since it runs on every request.
 
 use std::fmt;
 use std::ops::Range;
 
-/// Nesting deeper than this is refused, as serde_json's `Value` parser does, so a hostile body cannot
-/// exhaust the stack.
-const MAX_DEPTH: u32 = 127;
+use crate::json::{self, Scanner};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyError {
@@ -54,365 +50,59 @@ pub fn inspect(body: &[u8]) -> Result<ModelSlots, BodyError> {
         s.end().map_err(BodyError::NotJson)?;
         return Err(BodyError::NotObject);
     }
-    let slots = s.top_level().map_err(BodyError::NotJson)?;
+    let slots = top_level(&mut s).map_err(BodyError::NotJson)?;
     s.end().map_err(BodyError::NotJson)?;
     Ok(slots)
 }
 
-struct Scanner<'a> {
-    b: &'a [u8],
-    i: usize,
+fn top_level(s: &mut Scanner<'_>) -> Result<ModelSlots, String> {
+    s.i += 1; // '{'
+    let open_brace_end = s.i;
+    let mut values = Vec::new();
+    s.skip_ws();
+    if s.peek() == Some(b'}') {
+        s.i += 1;
+        return Ok(ModelSlots {
+            values,
+            open_brace_end,
+            has_members: false,
+        });
+    }
+    loop {
+        s.skip_ws();
+        let key = s.string()?;
+        s.skip_ws();
+        s.eat(b':', "expected ':' after an object key")?;
+        s.skip_ws();
+        let start = s.i;
+        s.value(1)?;
+        if key_is_model(s, key) {
+            values.push(start..s.i);
+        }
+        s.skip_ws();
+        match s.peek() {
+            Some(b',') => s.i += 1,
+            Some(b'}') => {
+                s.i += 1;
+                return Ok(ModelSlots {
+                    values,
+                    open_brace_end,
+                    has_members: true,
+                });
+            }
+            _ => return s.err("expected ',' or '}' in the object"),
+        }
+    }
 }
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// High bit set in every byte of `w` that needs a closer look inside a string: a
-/// quote, a backslash, a control character or a non-ASCII byte. The lowest set bit is
-/// exact (the borrow tricks can only add false bits above a true one), so it locates
-/// the first such byte.
-#[inline]
-fn attention_mask(w: u64) -> u64 {
-    let quote = w ^ (ONES * u64::from(b'"'));
-    let backslash = w ^ (ONES * u64::from(b'\\'));
-    ((quote.wrapping_sub(ONES) & !quote)
-        | (backslash.wrapping_sub(ONES) & !backslash)
-        | (w.wrapping_sub(ONES * 0x20) & !w)
-        | w)
-        & HIGHS
-}
-
-/// How many bytes from the start of `rest` are plain printable ASCII (no quote,
-/// backslash, control or non-ASCII byte), looked at eight bytes at a time.
-#[inline]
-fn plain_prefix(rest: &[u8]) -> usize {
-    let mut n = 0;
-    // Sixteen bytes a round: two independent words keep the pipeline busy.
-    let mut pairs = rest.chunks_exact(16);
-    for pair in &mut pairs {
-        let (a, b) = pair.split_at(8);
-        let ma = attention_mask(u64::from_le_bytes(a.try_into().unwrap_or([0x80; 8])));
-        let mb = attention_mask(u64::from_le_bytes(b.try_into().unwrap_or([0x80; 8])));
-        if ma | mb != 0 {
-            let first = if ma != 0 {
-                ma.trailing_zeros()
-            } else {
-                64 + mb.trailing_zeros()
-            };
-            return n + (first / 8) as usize;
-        }
-        n += 16;
+/// Whether the key whose raw bytes (quotes excluded) span `key` reads "model".
+fn key_is_model(s: &Scanner<'_>, key: Range<usize>) -> bool {
+    let raw = &s.b[key];
+    if !raw.contains(&b'\\') {
+        return raw == b"model";
     }
-    let tail = pairs.remainder();
-    for chunk in tail.chunks_exact(8) {
-        let mask = attention_mask(u64::from_le_bytes(chunk.try_into().unwrap_or([0x80; 8])));
-        if mask != 0 {
-            return n + (mask.trailing_zeros() / 8) as usize;
-        }
-        n += 8;
-    }
-    n
-}
-
-impl Scanner<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn err<T>(&self, what: &str) -> Result<T, String> {
-        match self.peek() {
-            None => Err(format!("{what}, but the body ends at byte {}", self.i)),
-            Some(c) if c.is_ascii_graphic() => {
-                Err(format!("{what}, found '{}' at byte {}", c as char, self.i))
-            }
-            Some(c) => Err(format!("{what}, found byte 0x{c:02x} at byte {}", self.i)),
-        }
-    }
-
-    fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
-            self.i += 1;
-        }
-    }
-
-    fn end(&mut self) -> Result<(), String> {
-        self.skip_ws();
-        if self.i == self.b.len() {
-            Ok(())
-        } else {
-            self.err("expected the end of the body after the JSON value")
-        }
-    }
-
-    fn eat(&mut self, c: u8, what: &str) -> Result<(), String> {
-        if self.peek() == Some(c) {
-            self.i += 1;
-            Ok(())
-        } else {
-            self.err(what)
-        }
-    }
-
-    /// The top-level object, recording where `model` values sit.
-    fn top_level(&mut self) -> Result<ModelSlots, String> {
-        self.i += 1; // '{'
-        let open_brace_end = self.i;
-        let mut values = Vec::new();
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(ModelSlots {
-                values,
-                open_brace_end,
-                has_members: false,
-            });
-        }
-        loop {
-            self.skip_ws();
-            let key = self.string()?;
-            self.skip_ws();
-            self.eat(b':', "expected ':' after an object key")?;
-            self.skip_ws();
-            let start = self.i;
-            self.value(1)?;
-            if self.key_is_model(key) {
-                values.push(start..self.i);
-            }
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(ModelSlots {
-                        values,
-                        open_brace_end,
-                        has_members: true,
-                    });
-                }
-                _ => return self.err("expected ',' or '}' in the object"),
-            }
-        }
-    }
-
-    /// Whether the key whose raw bytes (quotes excluded) span `key` reads "model".
-    fn key_is_model(&self, key: Range<usize>) -> bool {
-        let raw = &self.b[key];
-        if !raw.contains(&b'\\') {
-            return raw == b"model";
-        }
-        // An escaped spelling such as "mod\u0065l": decode it (keys are short).
-        let mut quoted = Vec::with_capacity(raw.len() + 2);
-        quoted.push(b'"');
-        quoted.extend_from_slice(raw);
-        quoted.push(b'"');
-        serde_json::from_slice::<String>(&quoted).is_ok_and(|k| k == "model")
-    }
-
-    fn value(&mut self, depth: u32) -> Result<(), String> {
-        match self.peek() {
-            Some(b'{') => self.object(depth + 1),
-            Some(b'[') => self.array(depth + 1),
-            Some(b'"') => self.string().map(|_| ()),
-            Some(b'-' | b'0'..=b'9') => self.number(),
-            Some(b't') => self.literal(b"true"),
-            Some(b'f') => self.literal(b"false"),
-            Some(b'n') => self.literal(b"null"),
-            _ => self.err("expected a JSON value"),
-        }
-    }
-
-    fn object(&mut self, depth: u32) -> Result<(), String> {
-        if depth > MAX_DEPTH {
-            return self.err("nesting deeper than 127 levels");
-        }
-        self.i += 1;
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            self.skip_ws();
-            self.string()?;
-            self.skip_ws();
-            self.eat(b':', "expected ':' after an object key")?;
-            self.skip_ws();
-            self.value(depth)?;
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b'}') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return self.err("expected ',' or '}' in the object"),
-            }
-        }
-    }
-
-    fn array(&mut self, depth: u32) -> Result<(), String> {
-        if depth > MAX_DEPTH {
-            return self.err("nesting deeper than 127 levels");
-        }
-        self.i += 1;
-        self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            self.skip_ws();
-            self.value(depth)?;
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => self.i += 1,
-                Some(b']') => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return self.err("expected ',' or ']' in the array"),
-            }
-        }
-    }
-
-    fn literal(&mut self, word: &[u8]) -> Result<(), String> {
-        if self.b[self.i..].starts_with(word) {
-            self.i += word.len();
-            Ok(())
-        } else {
-            self.err("expected true, false or null")
-        }
-    }
-
-    fn digits(&mut self) -> usize {
-        let start = self.i;
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.i += 1;
-        }
-        self.i - start
-    }
-
-    fn number(&mut self) -> Result<(), String> {
-        if self.peek() == Some(b'-') {
-            self.i += 1;
-        }
-        match self.peek() {
-            Some(b'0') => self.i += 1,
-            Some(b'1'..=b'9') => {
-                self.digits();
-            }
-            _ => return self.err("expected a digit"),
-        }
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            if self.digits() == 0 {
-                return self.err("expected a digit after the decimal point");
-            }
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.i += 1;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.i += 1;
-            }
-            if self.digits() == 0 {
-                return self.err("expected a digit in the exponent");
-            }
-        }
-        Ok(())
-    }
-
-    /// A string; returns the range of its raw contents (quotes excluded).
-    fn string(&mut self) -> Result<Range<usize>, String> {
-        if self.peek() != Some(b'"') {
-            return self.err("expected a string");
-        }
-        self.i += 1;
-        let start = self.i;
-        loop {
-            // Fast path: the plain ASCII run that makes up most of a prompt.
-            self.i += plain_prefix(&self.b[self.i..]);
-            match self.peek() {
-                None => return self.err("unterminated string"),
-                Some(b'"') => {
-                    let range = start..self.i;
-                    self.i += 1;
-                    return Ok(range);
-                }
-                Some(b'\\') => self.escape()?,
-                Some(0..=0x1f) => return self.err("control character in a string"),
-                Some(0x80..=0xff) => self.utf8()?,
-                Some(_) => self.i += 1,
-            }
-        }
-    }
-
-    fn escape(&mut self) -> Result<(), String> {
-        self.i += 1;
-        match self.peek() {
-            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => {
-                self.i += 1;
-                Ok(())
-            }
-            Some(b'u') => {
-                self.i += 1;
-                let code = self.hex4()?;
-                if (0xD800..0xDC00).contains(&code) {
-                    // A high surrogate must be followed by an escaped low one.
-                    if self.b.get(self.i..self.i + 2) != Some(b"\\u") {
-                        return self.err("unpaired surrogate in a \\u escape");
-                    }
-                    self.i += 2;
-                    let low = self.hex4()?;
-                    if !(0xDC00..0xE000).contains(&low) {
-                        return self.err("unpaired surrogate in a \\u escape");
-                    }
-                } else if (0xDC00..0xE000).contains(&code) {
-                    return self.err("unpaired surrogate in a \\u escape");
-                }
-                Ok(())
-            }
-            _ => self.err("invalid escape in a string"),
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let mut code = 0u32;
-        for _ in 0..4 {
-            let digit = match self.peek() {
-                Some(c @ b'0'..=b'9') => c - b'0',
-                Some(c @ b'a'..=b'f') => c - b'a' + 10,
-                Some(c @ b'A'..=b'F') => c - b'A' + 10,
-                _ => return self.err("expected four hex digits in a \\u escape"),
-            };
-            code = code * 16 + u32::from(digit);
-            self.i += 1;
-        }
-        Ok(code)
-    }
-
-    /// One UTF-8 encoded character (RFC 3629: no overlong forms, no surrogates).
-    fn utf8(&mut self) -> Result<(), String> {
-        let lead = self.b[self.i];
-        let (extra, lo, hi) = match lead {
-            0xC2..=0xDF => (1, 0x80, 0xBF),
-            0xE0 => (2, 0xA0, 0xBF),
-            0xE1..=0xEC | 0xEE..=0xEF => (2, 0x80, 0xBF),
-            0xED => (2, 0x80, 0x9F),
-            0xF0 => (3, 0x90, 0xBF),
-            0xF1..=0xF3 => (3, 0x80, 0xBF),
-            0xF4 => (3, 0x80, 0x8F),
-            _ => return self.err("invalid UTF-8"),
-        };
-        let Some(rest) = self.b.get(self.i + 1..self.i + 1 + extra) else {
-            return self.err("invalid UTF-8");
-        };
-        let second_ok = (lo..=hi).contains(&rest[0]);
-        if !second_ok || rest[1..].iter().any(|&c| c & 0xC0 != 0x80) {
-            return self.err("invalid UTF-8");
-        }
-        self.i += 1 + extra;
-        Ok(())
-    }
+    // An escaped spelling such as "mod\u0065l": decode it (keys are short).
+    json::decode_string(raw).is_some_and(|k| k == "model")
 }
 
 /// The edit that sets the top-level `model` to `model_json` (an already encoded

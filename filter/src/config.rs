@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use serde::Deserialize;
-
 use crate::duration::parse_duration_ms;
+use crate::json::{self, Value};
 
 /// Default failure statuses: rate limited and the transient server errors.
 const DEFAULT_ON_STATUS: [u16; 5] = [429, 500, 502, 503, 504];
@@ -55,90 +54,133 @@ impl fmt::Display for ConfigError {
 }
 
 // ---------------------------------------------------------------------------
-// Raw form: exactly what the JSON may contain.
+// Reading the JSON: typed access to an object's members, with the path of each
+// field for error messages and unknown fields refused.
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawConfig {
-    groups: Vec<RawGroup>,
-    #[serde(default)]
-    failover: Option<RawFailover>,
-    #[serde(default)]
-    cluster_header: Option<String>,
-    #[serde(default)]
-    max_body_bytes: Option<u64>,
+/// Joins a field name onto a path (`groups[0].providers` + `name`).
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGroup {
-    providers: Vec<RawProvider>,
+/// An object member list and the path it sits at.
+struct Obj<'a> {
+    path: String,
+    members: &'a [(String, Value)],
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawProvider {
-    name: String,
-    cluster: String,
-    #[serde(default)]
-    openai: Option<RawOpenAi>,
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    weight: Option<u64>,
-    #[serde(default)]
-    policies: Option<RawPolicies>,
+impl<'a> Obj<'a> {
+    fn new(value: &'a Value, path: String) -> Result<Self, ConfigError> {
+        match value {
+            Value::Object(members) => Ok(Obj { path, members }),
+            other => Err(ConfigError::new(
+                path,
+                format!("invalid type: {}, expected an object", other.kind()),
+            )),
+        }
+    }
+
+    /// Refuses members not in `known` and members given twice.
+    fn only(&self, known: &[&str]) -> Result<(), ConfigError> {
+        for (i, (key, _)) in self.members.iter().enumerate() {
+            if !known.contains(&key.as_str()) {
+                let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+                return Err(ConfigError::new(
+                    join(&self.path, key),
+                    format!(
+                        "unknown field `{key}`, expected one of {}",
+                        expected.join(", ")
+                    ),
+                ));
+            }
+            if self.members[..i].iter().any(|(k, _)| k == key) {
+                return Err(ConfigError::new(
+                    join(&self.path, key),
+                    "given more than once",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.members.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    fn at(&self, key: &str) -> String {
+        join(&self.path, key)
+    }
+
+    fn required(&self, key: &str) -> Result<&'a Value, ConfigError> {
+        self.get(key)
+            .ok_or_else(|| ConfigError::new(self.path.clone(), format!("missing field `{key}`")))
+    }
+
+    fn wrong_type(&self, key: &str, found: &Value, expected: &str) -> ConfigError {
+        ConfigError::new(
+            self.at(key),
+            format!("invalid type: {}, expected {expected}", found.kind()),
+        )
+    }
+
+    fn string(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(self.wrong_type(key, other, "a string")),
+        }
+    }
+
+    fn required_string(&self, key: &str) -> Result<&'a str, ConfigError> {
+        self.required(key)?;
+        self.string(key)?
+            .ok_or_else(|| ConfigError::new(self.path.clone(), format!("missing field `{key}`")))
+    }
+
+    fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(self.wrong_type(key, other, "a boolean")),
+        }
+    }
+
+    fn whole_number(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Number(text)) => whole_number(text)
+                .map(Some)
+                .ok_or_else(|| ConfigError::new(self.at(key), invalid_number(text))),
+            Some(other) => Err(self.wrong_type(key, other, "a whole number")),
+        }
+    }
+
+    fn array(&self, key: &str) -> Result<Option<&'a [Value]>, ConfigError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items)),
+            Some(other) => Err(self.wrong_type(key, other, "an array")),
+        }
+    }
+
+    fn object(&self, key: &str) -> Result<Option<Obj<'a>>, ConfigError> {
+        self.get(key).map(|v| Obj::new(v, self.at(key))).transpose()
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOpenAi {
-    model: String,
+fn whole_number(text: &str) -> Option<u64> {
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        text.parse().ok()
+    } else {
+        None
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicies {
-    #[serde(default)]
-    auth: Option<RawAuth>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-enum RawAuth {
-    Passthrough(RawEmpty),
-    Key(RawKey),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawEmpty {}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawKey {
-    env: String,
-    #[serde(default)]
-    header: Option<String>,
-    #[serde(default)]
-    prefix: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct RawFailover {
-    #[serde(default)]
-    on_status: Option<Vec<u16>>,
-    #[serde(default)]
-    within_request: Option<bool>,
-    #[serde(default)]
-    default_cooldown: Option<String>,
-    #[serde(default)]
-    max_cooldown: Option<String>,
-    #[serde(default)]
-    attempt_timeout: Option<String>,
+fn invalid_number(text: &str) -> String {
+    format!("invalid value: {text}, expected a whole number that is not negative")
 }
 
 // ---------------------------------------------------------------------------
@@ -223,94 +265,96 @@ impl Config {
     /// Parses and validates the plugin configuration. `env` looks up environment
     /// variables (passed in so that this stays pure and testable).
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(json);
-        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-            let path = e.path().to_string();
-            let field = if path == "." { String::new() } else { path };
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                ConfigError::new(field, format!("not valid JSON: {inner}"))
-            } else {
-                ConfigError::new(field, inner.to_string())
-            }
-        })?;
-        de.end().map_err(|e| {
-            ConfigError::new(
-                "",
-                format!("trailing characters after the JSON object: {e}"),
-            )
-        })?;
-        validate(raw, env)
-    }
-}
-
-fn validate(raw: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    if raw.groups.is_empty() {
-        return Err(ConfigError::new(
-            "groups",
-            "at least one priority group is required",
-        ));
-    }
-    let mut providers = Vec::new();
-    let mut groups = Vec::new();
-    let mut names: HashMap<String, String> = HashMap::new();
-    for (g, group) in raw.groups.into_iter().enumerate() {
-        let field = format!("groups[{g}].providers");
-        if group.providers.is_empty() {
+        let value =
+            json::parse(json).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
+        let root = Obj::new(&value, String::new())?;
+        root.only(&["groups", "failover", "clusterHeader", "maxBodyBytes"])?;
+        let groups = root.required("groups")?;
+        let Value::Array(groups) = groups else {
+            return Err(root.wrong_type("groups", groups, "an array"));
+        };
+        if groups.is_empty() {
             return Err(ConfigError::new(
-                field,
-                "a group needs at least one provider",
+                "groups",
+                "at least one priority group is required",
             ));
         }
-        let start = providers.len();
-        for (p, rp) in group.providers.into_iter().enumerate() {
-            let at = format!("groups[{g}].providers[{p}]");
-            let provider = validate_provider(rp, g, &at, env)?;
-            if let Some(first) = names.insert(provider.name.clone(), at.clone()) {
+        let mut providers = Vec::new();
+        let mut ranges = Vec::new();
+        let mut names: HashMap<String, String> = HashMap::new();
+        for (g, group) in groups.iter().enumerate() {
+            let group = Obj::new(group, format!("groups[{g}]"))?;
+            group.only(&["providers"])?;
+            group.required("providers")?;
+            let list = group.array("providers")?.unwrap_or_default();
+            let field = group.at("providers");
+            if list.is_empty() {
                 return Err(ConfigError::new(
-                    format!("{at}.name"),
-                    format!(
-                        "duplicate provider name {:?} (also at {first})",
-                        provider.name
-                    ),
+                    field,
+                    "a group needs at least one provider",
                 ));
             }
-            providers.push(provider);
+            if list.len() > MAX_GROUP_SIZE {
+                return Err(ConfigError::new(
+                    field,
+                    format!("a group holds at most {MAX_GROUP_SIZE} providers"),
+                ));
+            }
+            let start = providers.len();
+            for (p, raw) in list.iter().enumerate() {
+                let at = format!("{field}[{p}]");
+                let provider = validate_provider(Obj::new(raw, at.clone())?, g, env)?;
+                if let Some(first) = names.insert(provider.name.clone(), at.clone()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.name"),
+                        format!(
+                            "duplicate provider name \"{}\" (also at {first})",
+                            provider.name
+                        ),
+                    ));
+                }
+                providers.push(provider);
+            }
+            ranges.push(start..providers.len());
         }
-        groups.push(start..providers.len());
+        let failover = validate_failover(root.object("failover")?)?;
+        let cluster_header = match root.string("clusterHeader")? {
+            None => DEFAULT_CLUSTER_HEADER.to_string(),
+            Some(h) => validate_header_name(h).map_err(|m| ConfigError::new("clusterHeader", m))?,
+        };
+        let max_body_bytes = root
+            .whole_number("maxBodyBytes")?
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "maxBodyBytes",
+                "must be a positive number of bytes",
+            ));
+        }
+        let needs_json_body = providers.iter().any(|p| p.model.is_some());
+        let can_fail_over = failover.within_request && providers.len() > 1;
+        Ok(Config {
+            providers,
+            groups: ranges,
+            failover,
+            cluster_header,
+            max_body_bytes,
+            needs_json_body,
+            can_fail_over,
+        })
     }
-    let failover = validate_failover(raw.failover)?;
-    let cluster_header = match raw.cluster_header {
-        None => DEFAULT_CLUSTER_HEADER.to_string(),
-        Some(h) => validate_header_name(&h).map_err(|m| ConfigError::new("clusterHeader", m))?,
-    };
-    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-    if max_body_bytes == 0 {
-        return Err(ConfigError::new(
-            "maxBodyBytes",
-            "must be a positive number of bytes",
-        ));
-    }
-    let needs_json_body = providers.iter().any(|p| p.model.is_some());
-    let can_fail_over = failover.within_request && providers.len() > 1;
-    Ok(Config {
-        providers,
-        groups,
-        failover,
-        cluster_header,
-        max_body_bytes,
-        needs_json_body,
-        can_fail_over,
-    })
 }
 
 fn validate_provider(
-    rp: RawProvider,
+    rp: Obj<'_>,
     group: usize,
-    at: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Provider, ConfigError> {
-    let name = rp.name.trim().to_string();
+    rp.only(&[
+        "name", "cluster", "openai", "host", "path", "weight", "policies",
+    ])?;
+    let at = rp.path.as_str();
+    let name = rp.required_string("name")?.trim().to_string();
     if name.is_empty() {
         return Err(ConfigError::new(format!("{at}.name"), "must not be empty"));
     }
@@ -321,10 +365,13 @@ fn validate_provider(
     {
         return Err(ConfigError::new(
             format!("{at}.name"),
-            format!("{name:?} may only contain ASCII letters, digits, '-' and '_'"),
+            format!(
+                "{} may only contain ASCII letters, digits, '-' and '_'",
+                quoted(&name)
+            ),
         ));
     }
-    let cluster = rp.cluster.trim().to_string();
+    let cluster = rp.required_string("cluster")?.trim().to_string();
     if cluster.is_empty() {
         return Err(ConfigError::new(
             format!("{at}.cluster"),
@@ -337,19 +384,21 @@ fn validate_provider(
             "contains control characters",
         ));
     }
-    let model = match rp.openai {
+    let model = match rp.object("openai")? {
         None => None,
         Some(o) => {
-            if o.model.trim().is_empty() {
+            o.only(&["model"])?;
+            let model = o.required_string("model")?;
+            if model.trim().is_empty() {
                 return Err(ConfigError::new(
                     format!("{at}.openai.model"),
                     "must not be empty",
                 ));
             }
-            Some(o.model)
+            Some(model.to_string())
         }
     };
-    let host = match rp.host {
+    let host = match rp.string("host")? {
         None => None,
         Some(h) => {
             let h = h.trim().to_string();
@@ -359,13 +408,13 @@ fn validate_provider(
             {
                 return Err(ConfigError::new(
                     format!("{at}.host"),
-                    format!("{h:?} is not a host[:port]"),
+                    format!("{} is not a host[:port]", quoted(&h)),
                 ));
             }
             Some(h)
         }
     };
-    let path = match rp.path {
+    let path = match rp.string("path")? {
         None => None,
         Some(p) => {
             if !p.starts_with('/')
@@ -375,13 +424,16 @@ fn validate_provider(
             {
                 return Err(ConfigError::new(
                     format!("{at}.path"),
-                    format!("{p:?} must start with '/' and hold no query or whitespace"),
+                    format!(
+                        "{} must start with '/' and hold no query or whitespace",
+                        quoted(p)
+                    ),
                 ));
             }
-            Some(p)
+            Some(p.to_string())
         }
     };
-    let weight = match rp.weight {
+    let weight = match rp.whole_number("weight")? {
         None => 1,
         Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
         Some(w) => {
@@ -391,11 +443,11 @@ fn validate_provider(
             ))
         }
     };
-    let auth = match rp.policies.and_then(|p| p.auth) {
-        None | Some(RawAuth::Passthrough(_)) => Auth::Passthrough,
-        Some(RawAuth::Key(k)) => {
-            let field = format!("{at}.policies.auth.key");
-            let var = k.env.trim();
+    let auth = match auth_kind(&rp)? {
+        None => Auth::Passthrough,
+        Some(k) => {
+            let field = k.path.clone();
+            let var = k.required_string("env")?.trim();
             if var.is_empty() {
                 return Err(ConfigError::new(
                     format!("{field}.env"),
@@ -419,12 +471,12 @@ fn validate_provider(
                     format!("environment variable {var} holds control characters"),
                 ));
             }
-            let header = match k.header {
+            let header = match k.string("header")? {
                 None => "authorization".to_string(),
-                Some(h) => validate_header_name(&h)
+                Some(h) => validate_header_name(h)
                     .map_err(|m| ConfigError::new(format!("{field}.header"), m))?,
             };
-            let prefix = k.prefix.unwrap_or_else(|| {
+            let prefix = k.string("prefix")?.map(str::to_string).unwrap_or_else(|| {
                 if header == "authorization" {
                     "Bearer ".into()
                 } else {
@@ -443,13 +495,7 @@ fn validate_provider(
             }
         }
     };
-    let model_json = match &model {
-        None => None,
-        Some(m) => Some(
-            serde_json::to_string(m)
-                .map_err(|e| ConfigError::new(format!("{at}.openai.model"), e.to_string()))?,
-        ),
-    };
+    let model_json = model.as_deref().map(json::quote);
     let health_key = match &model {
         Some(m) => format!("llm_failover.health.v1|{cluster}|{m}"),
         None => format!("llm_failover.health.v1|{cluster}|"),
@@ -468,16 +514,82 @@ fn validate_provider(
     })
 }
 
-fn validate_failover(raw: Option<RawFailover>) -> Result<Failover, ConfigError> {
-    let raw = raw.unwrap_or(RawFailover {
-        on_status: None,
-        within_request: None,
-        default_cooldown: None,
-        max_cooldown: None,
-        attempt_timeout: None,
-    });
+/// The provider's `policies.auth`: `None` for passthrough (or nothing set), the
+/// `key` object otherwise. Exactly one kind may be given.
+fn auth_kind<'a>(provider: &Obj<'a>) -> Result<Option<Obj<'a>>, ConfigError> {
+    let Some(policies) = provider.object("policies")? else {
+        return Ok(None);
+    };
+    policies.only(&["auth"])?;
+    let Some(auth) = policies.object("auth")? else {
+        return Ok(None);
+    };
+    match auth.members {
+        [(kind, value)] if kind == "passthrough" => {
+            Obj::new(value, auth.at(kind))?.only(&[])?;
+            Ok(None)
+        }
+        [(kind, value)] if kind == "key" => {
+            let key = Obj::new(value, auth.at(kind))?;
+            key.only(&["env", "header", "prefix"])?;
+            Ok(Some(key))
+        }
+        [(kind, _)] => Err(ConfigError::new(
+            auth.path.clone(),
+            format!("unknown auth kind `{kind}`, expected `passthrough` or `key`"),
+        )),
+        members => Err(ConfigError::new(
+            auth.path.clone(),
+            format!(
+                "exactly one auth kind (`passthrough` or `key`) is required, found {}",
+                members.len()
+            ),
+        )),
+    }
+}
+
+/// A user-supplied string for an error message, quoted with anything unprintable
+/// escaped.
+fn quoted(s: &str) -> String {
+    format!("\"{}\"", s.escape_default())
+}
+
+fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
+    let empty = Value::Object(Vec::new());
+    let raw = match raw {
+        Some(o) => o,
+        None => Obj::new(&empty, "failover".to_string())?,
+    };
+    raw.only(&[
+        "onStatus",
+        "withinRequest",
+        "defaultCooldown",
+        "maxCooldown",
+        "attemptTimeout",
+    ])?;
     let mut on_status = [false; 600];
-    let statuses = raw.on_status.unwrap_or_else(|| DEFAULT_ON_STATUS.to_vec());
+    let statuses = match raw.array("onStatus")? {
+        None => DEFAULT_ON_STATUS.iter().map(|s| u64::from(*s)).collect(),
+        Some(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let field = format!("failover.onStatus[{i}]");
+                match item {
+                    Value::Number(text) => out.push(
+                        whole_number(text)
+                            .ok_or_else(|| ConfigError::new(field, invalid_number(text)))?,
+                    ),
+                    other => {
+                        return Err(ConfigError::new(
+                            field,
+                            format!("invalid type: {}, expected a status code", other.kind()),
+                        ))
+                    }
+                }
+            }
+            out
+        }
+    };
     for (i, s) in statuses.iter().enumerate() {
         if !(400..=599).contains(s) {
             return Err(ConfigError::new(
@@ -485,20 +597,15 @@ fn validate_failover(raw: Option<RawFailover>) -> Result<Failover, ConfigError> 
                 format!("{s} is not an HTTP error status (400-599)"),
             ));
         }
-        on_status[usize::from(*s)] = true;
+        on_status[*s as usize] = true;
     }
-    let duration =
-        |field: &str, value: Option<String>, default: &str| -> Result<u64, ConfigError> {
-            let text = value.unwrap_or_else(|| default.to_string());
-            parse_duration_ms(&text).map_err(|m| ConfigError::new(format!("failover.{field}"), m))
-        };
-    let default_cooldown_ms = duration("defaultCooldown", raw.default_cooldown, DEFAULT_COOLDOWN)?;
-    let max_cooldown_ms = duration("maxCooldown", raw.max_cooldown, DEFAULT_MAX_COOLDOWN)?;
-    let attempt_timeout_ms = duration(
-        "attemptTimeout",
-        raw.attempt_timeout,
-        DEFAULT_ATTEMPT_TIMEOUT,
-    )?;
+    let duration = |field: &str, default: &str| -> Result<u64, ConfigError> {
+        let text = raw.string(field)?.unwrap_or(default);
+        parse_duration_ms(text).map_err(|m| ConfigError::new(raw.at(field), m))
+    };
+    let default_cooldown_ms = duration("defaultCooldown", DEFAULT_COOLDOWN)?;
+    let max_cooldown_ms = duration("maxCooldown", DEFAULT_MAX_COOLDOWN)?;
+    let attempt_timeout_ms = duration("attemptTimeout", DEFAULT_ATTEMPT_TIMEOUT)?;
     if max_cooldown_ms == 0 {
         return Err(ConfigError::new(
             "failover.maxCooldown",
@@ -521,7 +628,7 @@ fn validate_failover(raw: Option<RawFailover>) -> Result<Failover, ConfigError> 
     }
     Ok(Failover {
         on_status,
-        within_request: raw.within_request.unwrap_or(true),
+        within_request: raw.boolean("withinRequest")?.unwrap_or(true),
         default_cooldown_ms,
         max_cooldown_ms,
         attempt_timeout_ms,
@@ -534,7 +641,7 @@ fn validate_header_name(name: &str) -> Result<String, String> {
     let lower = name.trim().to_ascii_lowercase();
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if lower.is_empty() || !lower.bytes().all(token) {
-        return Err(format!("{name:?} is not a valid HTTP header name"));
+        return Err(format!("{} is not a valid HTTP header name", quoted(name)));
     }
     Ok(lower)
 }
@@ -674,7 +781,7 @@ mod tests {
             (one(r#"{"name":"a","cluster":"c","path":"v1/chat"}"#), "groups[0].providers[0].path", "must start with '/'"),
             (one(r#"{"name":"a","cluster":"c","host":""}"#), "groups[0].providers[0].host", "not a host"),
             (one(r#"{"name":"a","cluster":"c","openai":{"model":""}}"#), "groups[0].providers[0].openai.model", "must not be empty"),
-            (one(r#"{"name":"a","cluster":"c","policies":{"auth":{"secretRef":{"name":"x"}}}}"#), "groups[0].providers[0].policies.auth", "unknown variant `secretRef`"),
+            (one(r#"{"name":"a","cluster":"c","policies":{"auth":{"secretRef":{"name":"x"}}}}"#), "groups[0].providers[0].policies.auth", "unknown auth kind `secretRef`, expected `passthrough` or `key`"),
             (one(r#"{"name":"a","cluster":"c","policies":{"auth":{"key":{"env":"MISSING"}}}}"#), "groups[0].providers[0].policies.auth.key.env", "MISSING is not set"),
             (one(r#"{"name":"a","cluster":"c","policies":{"auth":{"key":{"env":"OPENAI_API_KEY","header":"bad header"}}}}"#), "groups[0].providers[0].policies.auth.key.header", "not a valid HTTP header"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]},{"providers":[{"name":"a","cluster":"d"}]}]}"#.into(), "groups[1].providers[0].name", "duplicate provider name \"a\" (also at groups[0].providers[0])"),
@@ -685,7 +792,11 @@ mod tests {
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"withinRequest":"yes"}}"#.into(), "failover.withinRequest", "invalid type"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"clusterHeader":"x y"}"#.into(), "clusterHeader", "not a valid HTTP header"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"maxBodyBytes":0}"#.into(), "maxBodyBytes", "positive"),
-            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}]} x"#.into(), "", "trailing characters"),
+            (one(r#"{"name":"a","cluster":"c","policies":{"auth":{"passthrough":{},"key":{"env":"OPENAI_API_KEY"}}}}"#), "groups[0].providers[0].policies.auth", "exactly one auth kind"),
+            (one(r#"{"name":"a","cluster":"c","name":"b"}"#), "groups[0].providers[0].name", "given more than once"),
+            (one(r#"{"name":"a","cluster":7}"#), "groups[0].providers[0].cluster", "invalid type: a number, expected a string"),
+            (one(r#"{"name":"a","cluster":"c","weight":1.5}"#), "groups[0].providers[0].weight", "invalid value: 1.5"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}]} x"#.into(), "", "expected nothing after the JSON value"),
         ];
         for (json, field, message) in cases {
             let e = err(&json);

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod health;
 pub mod host;
 pub mod http;
+pub mod json;
 pub mod outcome;
 pub mod reply;
 pub mod retry_after;

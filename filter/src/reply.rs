@@ -1,12 +1,16 @@
 //! OpenAI-style error bodies for the replies the filter itself sends.
 
+use crate::json::quote;
+
 /// `{"error": {"message": ..., "type": ..., "code": ...}}`, as OpenAI's API answers
 /// errors, so SDKs surface the message.
 pub fn error_body(message: &str, kind: &str, code: &str) -> String {
-    serde_json::json!({
-        "error": { "message": message, "type": kind, "param": null, "code": code }
-    })
-    .to_string()
+    format!(
+        r#"{{"error":{{"message":{},"type":{},"param":null,"code":{}}}}}"#,
+        quote(message),
+        quote(kind),
+        quote(code)
+    )
 }
 
 #[cfg(test)]

@@ -60,7 +60,7 @@ BAD = [
     (plugin(failover={"maxCooldown": "10"}), "failover.maxCooldown: bad duration"),
     (providers({"name": "a", "cluster": "a", "weight": 0}), "groups[0].providers[0].weight: 0 is out of range"),
     (providers({"name": "a", "cluster": "a", "policies": {"auth": {"secretRef": {"name": "s"}}}}),
-     "groups[0].providers[0].policies.auth: unknown variant `secretRef`"),
+     "groups[0].providers[0].policies.auth: unknown auth kind `secretRef`"),
     (providers({"name": "a", "cluster": "a", "policies": {"auth": {"key": {"env": "NOPE"}}}}),
      "groups[0].providers[0].policies.auth.key.env: environment variable NOPE is not set"),
     (plugin(failover={"onStatus": [200]}), "failover.onStatus[0]: 200 is not an HTTP error status"),
