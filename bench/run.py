@@ -341,7 +341,7 @@ def chart(rows):
     import matplotlib.pyplot as plt
 
     names = [r["name"] for r in rows]
-    fig, ax = plt.subplots(figsize=(9, 4.2), dpi=110)
+    fig, ax = plt.subplots(figsize=(11, 5), dpi=110)
     x = range(len(names))
     w = 0.38
     a = ax.bar([i - w / 2 for i in x], [r["vs_nowasm"] or 0 for r in rows], w, label="vs no wasm")
@@ -349,7 +349,7 @@ def chart(rows):
     for bars in (a, b):
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xticks(list(x), names)
+    ax.set_xticks(list(x), names, rotation=30, ha="right")
     ax.set_ylabel("throughput ratio (32 connections)")
     ax.set_title("llm-failover: Envoy throughput relative to no filter and to a do-nothing wasm filter")
     ax.legend(loc="lower left")
