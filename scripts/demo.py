@@ -131,6 +131,7 @@ def main():
         say("  Envoy is ready on http://127.0.0.1:10000")
 
         say(f"Step 3  the lab's three requests to {GATEWAY}")
+        failed_at = time.monotonic()
         results = [request(n) for n in (1, 2, 3)]
         say(f"  {DIM}Request 1 met the primary's 429 and was sent on to the fallback inside the same request;"
             f" in the reference lab it fails.{RESET}")
@@ -155,12 +156,13 @@ def main():
         while time.monotonic() - healed_at < RETRY_AFTER + 10:
             status, headers, _ = post(GATEWAY, {"model": "", "messages": [{"role": "user", "content": "ping"}]})
             if headers.get("x-llm-provider") == "mock-ratelimit-provider" and status == 200:
-                back = time.monotonic() - healed_at
+                back = time.monotonic() - failed_at
                 break
             time.sleep(0.5)
         if back is None:
             raise SystemExit("demo: the primary did not take traffic back")
-        say(f"  the primary took traffic back {back:.1f}s after it healed")
+        say(f"  the primary took traffic back {back:.1f}s after it failed (its Retry-After was {RETRY_AFTER}s);"
+            " the first request after the cooldown probed it, and it answered")
         status, provider = request(4)
 
         ok = [r[0] for r in results] == [200, 200, 200] and (status, provider) == (200, "mock-ratelimit-provider")

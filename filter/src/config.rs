@@ -15,6 +15,10 @@ const DEFAULT_MAX_COOLDOWN: &str = "600s";
 /// How long one attempt dispatched during within-request failover may take. Matches
 /// the lab's route timeout; LLM completions are slow.
 const DEFAULT_ATTEMPT_TIMEOUT: &str = "120s";
+/// How long a probe of a recovering provider may go unanswered before another
+/// request may probe it.
+const DEFAULT_PROBE_TIMEOUT: &str = "60s";
+const MAX_CONSECUTIVE_FAILURES: u64 = 1_000;
 const DEFAULT_CLUSTER_HEADER: &str = "x-llm-failover-cluster";
 /// Just under Envoy's default `per_connection_buffer_limit_bytes` (1 MiB), so that
 /// the filter's own OpenAI-style 413 answers before Envoy's plain-text one.
@@ -232,6 +236,13 @@ pub struct Failover {
     pub within_request: bool,
     pub default_cooldown_ms: u64,
     pub max_cooldown_ms: u64,
+    /// 5xx or connection failures in a row before a cooldown (429 acts at once).
+    pub consecutive_failures: u32,
+    /// How long a half-open provider's probe may go unanswered before another
+    /// request may probe.
+    pub probe_timeout_ms: u64,
+    /// Cool a provider down when a successful answer says its quota is spent.
+    pub proactive: bool,
     pub attempt_timeout_ms: u64,
 }
 
@@ -566,6 +577,9 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         "defaultCooldown",
         "maxCooldown",
         "attemptTimeout",
+        "consecutiveFailures",
+        "probeTimeout",
+        "proactive",
     ])?;
     let mut on_status = [false; 600];
     let statuses = match raw.array("onStatus")? {
@@ -606,6 +620,23 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
     let default_cooldown_ms = duration("defaultCooldown", DEFAULT_COOLDOWN)?;
     let max_cooldown_ms = duration("maxCooldown", DEFAULT_MAX_COOLDOWN)?;
     let attempt_timeout_ms = duration("attemptTimeout", DEFAULT_ATTEMPT_TIMEOUT)?;
+    let probe_timeout_ms = duration("probeTimeout", DEFAULT_PROBE_TIMEOUT)?;
+    if probe_timeout_ms == 0 {
+        return Err(ConfigError::new(
+            "failover.probeTimeout",
+            "must be longer than 0s",
+        ));
+    }
+    let consecutive_failures = match raw.whole_number("consecutiveFailures")? {
+        None => 1,
+        Some(n) if (1..=MAX_CONSECUTIVE_FAILURES).contains(&n) => n as u32,
+        Some(n) => {
+            return Err(ConfigError::new(
+                "failover.consecutiveFailures",
+                format!("{n} is out of range; it is a count from 1 to {MAX_CONSECUTIVE_FAILURES}"),
+            ))
+        }
+    };
     if max_cooldown_ms == 0 {
         return Err(ConfigError::new(
             "failover.maxCooldown",
@@ -629,6 +660,9 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
     Ok(Failover {
         on_status,
         within_request: raw.boolean("withinRequest")?.unwrap_or(true),
+        consecutive_failures,
+        probe_timeout_ms,
+        proactive: raw.boolean("proactive")?.unwrap_or(true),
         default_cooldown_ms,
         max_cooldown_ms,
         attempt_timeout_ms,

@@ -1,30 +1,129 @@
-//! A provider's health as stored in shared data, and the cooldown rule. Pure: the
+//! A provider's health as stored in shared data: a small circuit breaker. Pure: the
 //! store and the clock are someone else's.
 //!
+//! ```text
+//!  healthy --failure (429 at once; 5xx/unreachable after N in a row)--> cooling
+//!  cooling --cooldown ends--> half-open --one request claims it--> probing
+//!  probing --success--> healthy          probing --failure--> cooling (backed off)
+//!  probing --claim expires (probe never answered)--> half-open
+//! ```
+//!
 //! Times are absolute Unix milliseconds because shared data has no TTL and is read
-//! by every worker VM: an expiry instant means the same thing to all of them.
+//! by every worker VM: an instant means the same thing to all of them.
 
 use crate::config::Failover;
 
 /// Encoding version; a record with another version is treated as unreadable.
-const VERSION: u8 = 1;
-const ENCODED_LEN: usize = 9;
+const VERSION: u8 = 2;
+const ENCODED_LEN: usize = 1 + 8 + 8 + 4 + 4 + 1;
+
+/// Why a provider was last put into cooldown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reason {
+    #[default]
+    None,
+    /// It answered a status from `onStatus`.
+    Status,
+    /// It could not be reached (refused, reset, timed out).
+    Unreachable,
+    /// A successful answer said its quota was spent.
+    Proactive,
+}
+
+impl Reason {
+    fn code(self) -> u8 {
+        match self {
+            Reason::None => 0,
+            Reason::Status => 1,
+            Reason::Unreachable => 2,
+            Reason::Proactive => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Reason> {
+        Some(match code {
+            0 => Reason::None,
+            1 => Reason::Status,
+            2 => Reason::Unreachable,
+            3 => Reason::Proactive,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::None => "none",
+            Reason::Status => "status",
+            Reason::Unreachable => "connection",
+            Reason::Proactive => "proactive",
+        }
+    }
+}
+
+/// What a provider's answer was, as far as its health goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// 429: the provider says it is out of quota; acts at once.
+    RateLimited,
+    /// Another status from `onStatus` (5xx): counts toward `consecutiveFailures`.
+    ServerError,
+    /// Refused, reset or timed out: counts toward `consecutiveFailures`.
+    Unreachable,
+    /// A 2xx whose rate-limit headers say the quota is spent; acts at once.
+    QuotaSpent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Healthy,
+    /// Skipped until `cooling_until_ms`.
+    Cooling,
+    /// The cooldown is over; the next request to claim it probes the provider.
+    HalfOpen,
+    /// A probe is under way (claimed until `probe_until_ms`).
+    Probing,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HealthRecord {
-    /// The provider is skipped until this instant (Unix ms); 0 = never failed.
+    /// End of the current or last cooldown (Unix ms); 0 when healthy.
     pub cooling_until_ms: u64,
+    /// End of the claim of an in-flight probe; 0 when none.
+    pub probe_until_ms: u64,
+    /// Consecutive 5xx/unreachable failures not yet enough for a cooldown.
+    pub failures: u32,
+    /// Cooldowns in a row without a success: the backoff exponent.
+    pub cooldowns: u32,
+    pub reason: Reason,
 }
 
 impl HealthRecord {
-    pub fn is_cooling(&self, now_ms: u64) -> bool {
-        self.cooling_until_ms > now_ms
+    pub fn state(&self, now_ms: u64) -> State {
+        if self.cooling_until_ms > now_ms {
+            State::Cooling
+        } else if self.cooling_until_ms == 0 {
+            State::Healthy
+        } else if self.probe_until_ms > now_ms {
+            State::Probing
+        } else {
+            State::HalfOpen
+        }
+    }
+
+    /// Whether a request may go to this provider without claiming anything. A record
+    /// that never failed needs no clock to say so.
+    pub fn is_clear(&self) -> bool {
+        self.cooling_until_ms == 0
     }
 
     pub fn encode(&self) -> [u8; ENCODED_LEN] {
         let mut out = [0u8; ENCODED_LEN];
         out[0] = VERSION;
-        out[1..].copy_from_slice(&self.cooling_until_ms.to_le_bytes());
+        out[1..9].copy_from_slice(&self.cooling_until_ms.to_le_bytes());
+        out[9..17].copy_from_slice(&self.probe_until_ms.to_le_bytes());
+        out[17..21].copy_from_slice(&self.failures.to_le_bytes());
+        out[21..25].copy_from_slice(&self.cooldowns.to_le_bytes());
+        out[25] = self.reason.code();
         out
     }
 
@@ -32,29 +131,96 @@ impl HealthRecord {
         if bytes.len() != ENCODED_LEN || bytes[0] != VERSION {
             return None;
         }
-        let mut until = [0u8; 8];
-        until.copy_from_slice(&bytes[1..]);
+        let u64_at = |i: usize| bytes[i..i + 8].try_into().ok().map(u64::from_le_bytes);
+        let u32_at = |i: usize| bytes[i..i + 4].try_into().ok().map(u32::from_le_bytes);
         Some(HealthRecord {
-            cooling_until_ms: u64::from_le_bytes(until),
+            cooling_until_ms: u64_at(1)?,
+            probe_until_ms: u64_at(9)?,
+            failures: u32_at(17)?,
+            cooldowns: u32_at(21)?,
+            reason: Reason::from_code(bytes[25])?,
         })
     }
 
-    /// The record after a failure that asks for cooling until `until_ms`. Racing
-    /// workers may report failures with different delays; the later end wins, so no
-    /// report can shorten a cooldown another worker has just set.
-    pub fn after_failure(self, until_ms: u64) -> HealthRecord {
+    /// Claims the probe of a half-open provider until `now + probeTimeout`; `None`
+    /// when there is nothing to claim (someone else holds it, or it is not half-open).
+    pub fn claim_probe(self, now_ms: u64, failover: &Failover) -> Option<HealthRecord> {
+        (self.state(now_ms) == State::HalfOpen).then(|| HealthRecord {
+            probe_until_ms: now_ms.saturating_add(failover.probe_timeout_ms),
+            ..self
+        })
+    }
+
+    /// Gives back a probe claim that will not be used (the request was refused before
+    /// reaching the provider), if the record still holds that very claim.
+    pub fn release_probe(self, claim_until_ms: u64) -> Option<HealthRecord> {
+        (self.probe_until_ms == claim_until_ms && claim_until_ms != 0).then_some(HealthRecord {
+            probe_until_ms: 0,
+            ..self
+        })
+    }
+
+    /// The record after a good answer: healthy, counters reset. `None` when it is
+    /// healthy already, so the common case writes nothing to shared data.
+    pub fn after_success(self) -> Option<HealthRecord> {
+        (self != HealthRecord::default()).then(HealthRecord::default)
+    }
+
+    /// The record after a failure. `evidence_ms` is how long the provider asked to be
+    /// left alone (Retry-After and friends), if it said.
+    pub fn after_failure(
+        self,
+        failure: Failure,
+        evidence_ms: Option<u64>,
+        now_ms: u64,
+        failover: &Failover,
+    ) -> HealthRecord {
+        let state = self.state(now_ms);
+        let counted = matches!(failure, Failure::ServerError | Failure::Unreachable);
+        // 5xx and connection failures are often transient: below the threshold they
+        // are only counted. 429 and a spent quota are the provider's own word.
+        if counted && state == State::Healthy && self.failures + 1 < failover.consecutive_failures {
+            return HealthRecord {
+                failures: self.failures + 1,
+                ..self
+            };
+        }
+        // Failures reported by requests that were in flight together open one
+        // cooldown, not one each: only a new cooldown grows the backoff.
+        let cooldowns = if state == State::Cooling {
+            self.cooldowns
+        } else {
+            self.cooldowns.saturating_add(1)
+        };
+        let delay = cooldown_ms(evidence_ms, cooldowns, failover);
         HealthRecord {
-            cooling_until_ms: self.cooling_until_ms.max(until_ms),
+            // The later end wins, so no report can shorten a cooldown another worker set.
+            cooling_until_ms: self
+                .cooling_until_ms
+                .max(now_ms.saturating_add(delay).max(1)),
+            probe_until_ms: 0,
+            failures: 0,
+            cooldowns,
+            reason: match failure {
+                Failure::RateLimited | Failure::ServerError => Reason::Status,
+                Failure::Unreachable => Reason::Unreachable,
+                Failure::QuotaSpent => Reason::Proactive,
+            },
         }
     }
 }
 
-/// How long a failed provider cools down: `Retry-After` when the response had a
-/// usable one, else the configured default, never beyond `maxCooldown`.
-pub fn cooldown_ms(retry_after_ms: Option<u64>, failover: &Failover) -> u64 {
-    retry_after_ms
-        .unwrap_or(failover.default_cooldown_ms)
-        .min(failover.max_cooldown_ms)
+/// How long a cooldown lasts: what the provider asked for when it said, else
+/// `defaultCooldown` doubled for each earlier cooldown in a row; never beyond
+/// `maxCooldown`.
+pub fn cooldown_ms(evidence_ms: Option<u64>, cooldowns_in_a_row: u32, failover: &Failover) -> u64 {
+    let delay = evidence_ms.unwrap_or_else(|| {
+        let doublings = cooldowns_in_a_row.saturating_sub(1).min(40);
+        failover
+            .default_cooldown_ms
+            .saturating_mul(1u64 << doublings)
+    });
+    delay.min(failover.max_cooldown_ms)
 }
 
 #[cfg(test)]
@@ -62,51 +228,150 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn failover(default: &str, max: &str) -> Failover {
+    fn failover(extra: &str) -> Failover {
         let json = format!(
             r#"{{"groups":[{{"providers":[{{"name":"a","cluster":"c"}}]}}],
-                "failover":{{"defaultCooldown":"{default}","maxCooldown":"{max}"}}}}"#
+                "failover":{{"defaultCooldown":"10s","maxCooldown":"60s","probeTimeout":"5s"{extra}}}}}"#
         );
         Config::parse(json.as_bytes(), &|_| None).unwrap().failover
     }
 
+    const NOW: u64 = 1_700_000_000_000;
+
     #[test]
     fn record_round_trips_and_rejects_foreign_bytes() {
         let r = HealthRecord {
-            cooling_until_ms: 1_700_000_000_123,
+            cooling_until_ms: NOW + 5,
+            probe_until_ms: NOW + 9,
+            failures: 2,
+            cooldowns: 3,
+            reason: Reason::Proactive,
         };
         assert_eq!(HealthRecord::decode(&r.encode()), Some(r));
         assert_eq!(HealthRecord::decode(b""), None);
-        assert_eq!(HealthRecord::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 0]), None);
-        assert_eq!(HealthRecord::decode(&[1, 0, 0]), None);
+        let mut v1 = r.encode();
+        v1[0] = 1;
+        assert_eq!(HealthRecord::decode(&v1), None);
+        let mut bad_reason = r.encode();
+        bad_reason[25] = 9;
+        assert_eq!(HealthRecord::decode(&bad_reason), None);
     }
 
     #[test]
-    fn cooling_ends_exactly_at_the_deadline() {
-        let r = HealthRecord {
-            cooling_until_ms: 1_000,
-        };
-        assert!(r.is_cooling(999));
-        assert!(!r.is_cooling(1_000));
-        assert!(!HealthRecord::default().is_cooling(0));
+    fn rate_limit_opens_a_cooldown_at_once_with_retry_after() {
+        let f = failover("");
+        let r = HealthRecord::default().after_failure(Failure::RateLimited, Some(3_000), NOW, &f);
+        assert_eq!(r.state(NOW), State::Cooling);
+        assert_eq!(r.cooling_until_ms, NOW + 3_000);
+        assert_eq!(r.reason, Reason::Status);
+        assert_eq!(r.state(NOW + 3_000), State::HalfOpen);
     }
 
     #[test]
-    fn cooldown_uses_retry_after_else_default_capped_by_max() {
-        let f = failover("60s", "600s");
-        assert_eq!(cooldown_ms(Some(5_000), &f), 5_000);
-        assert_eq!(cooldown_ms(None, &f), 60_000);
-        assert_eq!(cooldown_ms(Some(0), &f), 0);
-        assert_eq!(cooldown_ms(Some(3_600_000), &f), 600_000);
-        assert_eq!(cooldown_ms(Some(u64::MAX), &f), 600_000);
+    fn server_errors_below_threshold_are_only_counted() {
+        let f = failover(r#","consecutiveFailures":3"#);
+        let r1 = HealthRecord::default().after_failure(Failure::ServerError, None, NOW, &f);
+        assert_eq!((r1.state(NOW), r1.failures), (State::Healthy, 1));
+        let r2 = r1.after_failure(Failure::Unreachable, None, NOW, &f);
+        assert_eq!((r2.state(NOW), r2.failures), (State::Healthy, 2));
+        let r3 = r2.after_failure(Failure::ServerError, None, NOW, &f);
+        assert_eq!(r3.state(NOW), State::Cooling);
+        assert_eq!(r3.failures, 0);
+        // A success in between starts the count again.
+        let reset = r2.after_success().unwrap();
+        assert_eq!(
+            reset
+                .after_failure(Failure::ServerError, None, NOW, &f)
+                .failures,
+            1
+        );
+        // 429 does not wait for the threshold.
+        let r = r1.after_failure(Failure::RateLimited, None, NOW, &f);
+        assert_eq!(r.state(NOW), State::Cooling);
     }
 
     #[test]
-    fn later_failure_never_shortens_a_cooldown() {
-        let r = HealthRecord {
-            cooling_until_ms: 10_000,
-        };
-        assert_eq!(r.after_failure(5_000).cooling_until_ms, 10_000);
-        assert_eq!(r.after_failure(20_000).cooling_until_ms, 20_000);
+    fn cooldowns_without_retry_after_double_up_to_max() {
+        let f = failover("");
+        let mut r = HealthRecord::default();
+        let mut now = NOW;
+        let mut lengths = vec![];
+        for _ in 0..5 {
+            r = r.after_failure(Failure::ServerError, None, now, &f);
+            lengths.push(r.cooling_until_ms - now);
+            now = r.cooling_until_ms; // half-open: the probe fails
+            r = r.claim_probe(now, &f).unwrap();
+        }
+        assert_eq!(lengths, vec![10_000, 20_000, 40_000, 60_000, 60_000]);
+        // Retry-After wins over backoff, still capped.
+        let r2 = r.after_failure(Failure::RateLimited, Some(1_000), now, &f);
+        assert_eq!(r2.cooling_until_ms - now, 1_000);
+        let r3 = r.after_failure(Failure::RateLimited, Some(u64::MAX), now, &f);
+        assert_eq!(r3.cooling_until_ms - now, 60_000);
+        // A success resets the backoff.
+        let healed = r.after_success().unwrap();
+        assert_eq!(
+            healed
+                .after_failure(Failure::ServerError, None, now, &f)
+                .cooling_until_ms
+                - now,
+            10_000
+        );
+    }
+
+    #[test]
+    fn simultaneous_failures_open_one_cooldown() {
+        let f = failover("");
+        let r = HealthRecord::default().after_failure(Failure::RateLimited, None, NOW, &f);
+        let again = r.after_failure(Failure::RateLimited, None, NOW + 1, &f);
+        assert_eq!(again.cooldowns, 1);
+        // ... and the later end wins.
+        let shorter = r.after_failure(Failure::RateLimited, Some(1), NOW + 1, &f);
+        assert_eq!(shorter.cooling_until_ms, r.cooling_until_ms);
+    }
+
+    #[test]
+    fn exactly_one_probe_can_be_claimed_and_its_claim_expires() {
+        let f = failover("");
+        let cooling =
+            HealthRecord::default().after_failure(Failure::RateLimited, Some(1_000), NOW, &f);
+        assert_eq!(cooling.claim_probe(NOW, &f), None, "still cooling");
+        let end = NOW + 1_000;
+        let probing = cooling.claim_probe(end, &f).unwrap();
+        assert_eq!(probing.state(end), State::Probing);
+        assert_eq!(probing.claim_probe(end + 10, &f), None, "already claimed");
+        // The probe never answered: after probeTimeout another request may claim it.
+        assert_eq!(probing.state(end + 5_000), State::HalfOpen);
+        assert!(probing.claim_probe(end + 5_000, &f).is_some());
+        // A failed probe reopens the cooldown, backed off.
+        let reopened = probing.after_failure(Failure::ServerError, None, end + 10, &f);
+        assert_eq!(reopened.state(end + 10), State::Cooling);
+        assert_eq!(reopened.cooling_until_ms, end + 10 + 20_000);
+        // A good probe closes the breaker.
+        assert_eq!(probing.after_success(), Some(HealthRecord::default()));
+    }
+
+    #[test]
+    fn healthy_success_writes_nothing() {
+        assert_eq!(HealthRecord::default().after_success(), None);
+        assert!(HealthRecord::default().is_clear());
+    }
+
+    #[test]
+    fn quota_spent_cools_down_with_its_reason() {
+        let f = failover("");
+        let r = HealthRecord::default().after_failure(Failure::QuotaSpent, Some(2_000), NOW, &f);
+        assert_eq!(
+            (r.state(NOW), r.reason),
+            (State::Cooling, Reason::Proactive)
+        );
+        assert_eq!(r.cooling_until_ms, NOW + 2_000);
+    }
+
+    #[test]
+    fn a_zero_delay_still_needs_a_probe() {
+        let f = failover("");
+        let r = HealthRecord::default().after_failure(Failure::RateLimited, Some(0), NOW, &f);
+        assert_eq!(r.state(NOW), State::HalfOpen);
     }
 }

@@ -79,6 +79,14 @@ pub fn response_header(name: &str) -> Option<Vec<u8>> {
     header(MapType::HttpResponseHeaders, name)
 }
 
+pub fn response_headers() -> Vec<(String, Vec<u8>)> {
+    log_err(
+        "reading response headers",
+        hostcalls::get_map_bytes(MapType::HttpResponseHeaders),
+    )
+    .unwrap_or_default()
+}
+
 pub fn set_response_header(name: &str, value: &str) {
     log_err(
         "setting a response header",

@@ -16,13 +16,13 @@ use proxy_wasm::types::Action;
 
 use crate::body::{self, ModelSlots};
 use crate::config::Config;
-use crate::health::{self, HealthRecord};
+use crate::health::{Failure, HealthRecord, State};
 use crate::host::{self, HostSharedData};
 use crate::outcome::{self, Outcome};
 use crate::reply::error_body;
-use crate::retry_after::parse_retry_after;
+use crate::retry_after;
 use crate::rewrite::{self, Edit};
-use crate::select::{self, Choice, HealthView};
+use crate::select::{self, HealthView};
 use crate::store;
 
 /// Names the provider whose answer the client got.
@@ -68,6 +68,15 @@ impl HealthView for LazyHealth<'_> {
     }
 }
 
+impl LazyHealth<'_> {
+    /// Drops a cached record so the next look reads it again (after a lost claim).
+    fn forget(&mut self, index: usize) {
+        if let Some(slot) = self.records.get_mut(index) {
+            *slot = None;
+        }
+    }
+}
+
 pub struct FailoverFilter {
     config: Rc<Config>,
     ticket: u64,
@@ -91,6 +100,11 @@ pub struct FailoverFilter {
     /// The routed response is held back while a further attempt is under way.
     holding_response: bool,
     pending_call: Option<u32>,
+    /// The serving provider's record as read when it was chosen: decides whether a
+    /// success has anything to reset (usually not, so nothing is written).
+    current_record: HealthRecord,
+    /// The probe claim this request holds on its provider (its expiry), if any.
+    probe_claim: Option<u64>,
 }
 
 impl FailoverFilter {
@@ -110,10 +124,103 @@ impl FailoverFilter {
             replied: false,
             holding_response: false,
             pending_call: None,
+            current_record: HealthRecord::default(),
+            probe_claim: None,
         }
     }
 
+    /// Picks the provider to try next (the first one when nothing was tried yet): a
+    /// healthy one, or a half-open one whose probe this request manages to claim.
+    /// `None` when nothing is available.
+    fn choose(&mut self, config: &Config, view: &mut LazyHealth<'_>) -> Option<usize> {
+        let mut skipped: Vec<bool> = Vec::new();
+        loop {
+            let excluded: &[bool] = if skipped.is_empty() {
+                &self.tried
+            } else {
+                &skipped
+            };
+            let i = select::next_choice(config, view, excluded, self.ticket)?;
+            if view.state(i) != State::HalfOpen {
+                self.current_record = view.record(i);
+                self.probe_claim = None;
+                return Some(i);
+            }
+            let now = view.now_ms();
+            let key = &config.providers[i].health_key;
+            match store::update_health_if(&HostSharedData, key, |h| {
+                h.claim_probe(now, &config.failover)
+            }) {
+                Ok(Some(claimed)) => {
+                    log::info!(
+                        "llm-failover: probing provider {} after its cooldown",
+                        config.providers[i].name
+                    );
+                    self.current_record = claimed;
+                    self.probe_claim = Some(claimed.probe_until_ms);
+                    return Some(i);
+                }
+                Ok(None) | Err(_) => {
+                    // Another request probes it: skip it for this one.
+                    if skipped.is_empty() {
+                        skipped = if self.tried.is_empty() {
+                            vec![false; config.providers.len()]
+                        } else {
+                            self.tried.clone()
+                        };
+                    }
+                    if let Some(s) = skipped.get_mut(i) {
+                        *s = true;
+                    }
+                    view.forget(i);
+                }
+            }
+        }
+    }
+
+    /// Gives back an unused probe claim (the request was answered by the filter).
+    fn release_probe(&mut self) {
+        if let (Some(claim), Some(p)) = (
+            self.probe_claim.take(),
+            self.config.providers.get(self.current),
+        ) {
+            let _ =
+                store::update_health_if(&HostSharedData, &p.health_key, |h| h.release_probe(claim));
+        }
+    }
+
+    /// Records a good answer: resets the provider's breaker when it had anything to
+    /// reset, and with `proactive` cools it down when the answer says its quota is spent.
+    fn record_success(&mut self, headers: Option<&retry_after::Headers>) {
+        let config = Rc::clone(&self.config);
+        if config.failover.proactive {
+            let owned;
+            let headers = match headers {
+                Some(h) => h,
+                None => {
+                    owned = host::response_headers();
+                    &owned
+                }
+            };
+            if let Some(delay) = retry_after::quota_spent(headers, host::now_ms()) {
+                self.mark_failed(self.current, Failure::QuotaSpent, delay, "quota spent");
+                return;
+            }
+        }
+        if self.current_record.after_success().is_some() {
+            if let Some(p) = config.providers.get(self.current) {
+                let _ = store::update_health_if(
+                    &HostSharedData,
+                    &p.health_key,
+                    HealthRecord::after_success,
+                );
+            }
+        }
+        self.probe_claim = None;
+    }
+
     fn reply_error(&mut self, status: u16, message: &str, kind: &str, code: &str) {
+        self.release_probe();
         let headers = vec![("content-type".to_string(), "application/json".to_string())];
         host::send_response(status, &headers, error_body(message, kind, code).as_bytes());
         self.replied = true;
@@ -127,30 +234,40 @@ impl FailoverFilter {
         self.reply_error(413, &message, "invalid_request_error", "request_too_large");
     }
 
-    /// Puts provider `index` into cooldown, from `Retry-After` when there is one.
-    fn mark_failed(&mut self, index: usize, why: &str, retry_after: Option<&[u8]>) {
+    /// Records a failure of provider `index`: counts it or opens its cooldown (see
+    /// `health.rs`). `evidence_ms` is the delay the provider asked for, if it said.
+    fn mark_failed(&mut self, index: usize, failure: Failure, evidence_ms: Option<u64>, why: &str) {
         if self.tried.is_empty() {
             self.tried = vec![false; self.config.providers.len()];
         }
         if let Some(t) = self.tried.get_mut(index) {
             *t = true;
         }
+        if index == self.current {
+            self.probe_claim = None;
+        }
         let Some(provider) = self.config.providers.get(index) else {
             return;
         };
         let now = host::now_ms();
-        let delay = retry_after
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| parse_retry_after(v, now));
-        let cooldown = health::cooldown_ms(delay, &self.config.failover);
-        let until = now.saturating_add(cooldown);
+        let failover = &self.config.failover;
         match store::update_health(&HostSharedData, &provider.health_key, |h| {
-            h.after_failure(until)
+            h.after_failure(failure, evidence_ms, now, failover)
         }) {
-            Ok(_) => log::info!(
+            Ok(r) if r.cooling_until_ms > now => log::info!(
                 "llm-failover: provider {} failed ({why}); cooling down for {} ms",
                 provider.name,
-                cooldown
+                r.cooling_until_ms - now
+            ),
+            Ok(r) if r.cooling_until_ms != 0 => log::info!(
+                "llm-failover: provider {} failed ({why}); cooling down for 0 ms",
+                provider.name
+            ),
+            Ok(r) => log::info!(
+                "llm-failover: provider {} failed ({why}); {} of {} failures before a cooldown",
+                provider.name,
+                r.failures,
+                failover.consecutive_failures
             ),
             Err(e) => log::error!(
                 "llm-failover: provider {} failed ({why}) but its health could not be saved: {e}",
@@ -199,14 +316,12 @@ impl FailoverFilter {
                 }
                 Err(status) => {
                     // BadArgument: the cluster does not exist in Envoy's configuration.
-                    self.mark_failed(
-                        next,
-                        &format!(
-                            "cannot dispatch to cluster {}: {status:?}",
-                            provider.cluster
-                        ),
-                        None,
+                    let why = format!(
+                        "cannot dispatch to cluster {}: {status:?}",
+                        provider.cluster
                     );
+                    self.current = next;
+                    self.mark_failed(next, Failure::Unreachable, None, &why);
                 }
             }
         }
@@ -255,15 +370,22 @@ impl Context for FailoverFilter {
         let body = host::call_response_body(body_size);
         let result = outcome::classify_callout(status, &body, &self.config.failover);
         if result.is_failure() {
-            let why = match status {
-                Some(s) => format!("status {s}"),
-                None => "no response".to_string(),
+            let (failure, why) = match (result, status) {
+                (Outcome::ProviderFailure, Some(429)) => {
+                    (Failure::RateLimited, "status 429".to_string())
+                }
+                (Outcome::ProviderFailure, Some(s)) => {
+                    (Failure::ServerError, format!("status {s}"))
+                }
+                _ => (Failure::Unreachable, "no response".to_string()),
             };
-            let retry_after = header_value(&headers, "retry-after").map(<[u8]>::to_vec);
-            self.mark_failed(self.current, &why, retry_after.as_deref());
+            let evidence = retry_after::failure_delay(&headers, host::now_ms());
+            self.mark_failed(self.current, failure, evidence, &why);
             if self.try_next() {
                 return;
             }
+        } else {
+            self.record_success(Some(&headers));
         }
         let mut out = rewrite::response_headers_to_forward(&headers);
         out.retain(|(n, _)| n != PROVIDER_HEADER);
@@ -297,14 +419,19 @@ impl Context for FailoverFilter {
 impl HttpContext for FailoverFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let config = Rc::clone(&self.config);
-        let choice = select::first_choice(&config, &mut LazyHealth::new(&config), self.ticket);
-        if let Choice::Soonest(i) = choice {
-            log::info!(
-                "llm-failover: every provider is cooling down; trying {}, whose cooldown ends first",
-                config.providers[i].name
-            );
-        }
-        self.current = choice.index();
+        let mut view = LazyHealth::new(&config);
+        self.current = match self.choose(&config, &mut view) {
+            Some(i) => i,
+            None => {
+                let i = select::soonest(&config, &mut view);
+                self.current_record = view.record(i);
+                log::info!(
+                    "llm-failover: every provider is cooling down; trying {}, which recovers first",
+                    config.providers[i].name
+                );
+                i
+            }
+        };
         self.has_body = !end_of_stream;
         self.buffering = self.has_body && (config.needs_json_body || config.can_fail_over);
         let provider = &config.providers[self.current];
@@ -410,15 +537,17 @@ impl HttpContext for FailoverFilter {
             outcome::classify_routed(status, details.as_deref(), flags, &config.failover)
         };
         if result.is_failure() {
-            let why = match result {
-                Outcome::Unreachable => format!("unreachable, Envoy answered {status}"),
-                _ => format!("status {status}"),
+            let headers = host::response_headers();
+            let (failure, why) = match (result, status) {
+                (Outcome::Unreachable, _) => (
+                    Failure::Unreachable,
+                    format!("unreachable, Envoy answered {status}"),
+                ),
+                (_, 429) => (Failure::RateLimited, "status 429".to_string()),
+                _ => (Failure::ServerError, format!("status {status}")),
             };
-            self.mark_failed(
-                self.current,
-                &why,
-                host::response_header("retry-after").as_deref(),
-            );
+            let evidence = retry_after::failure_delay(&headers, host::now_ms());
+            self.mark_failed(self.current, failure, evidence, &why);
             let body_ready = !self.has_body || self.body_complete;
             if config.can_fail_over && body_ready && self.try_next() {
                 self.holding_response = true;
@@ -427,6 +556,8 @@ impl HttpContext for FailoverFilter {
             if let Some(secs) = self.all_cooling_retry_after() {
                 host::set_response_header("retry-after", &secs);
             }
+        } else if result == Outcome::Answer {
+            self.record_success(None);
         }
         host::set_response_header(PROVIDER_HEADER, self.provider_name());
         Action::Continue

@@ -2,7 +2,7 @@
 //! health. Pure: health and time come in as arguments.
 
 use crate::config::Config;
-use crate::health::HealthRecord;
+use crate::health::{HealthRecord, State};
 
 /// Provider health as one request sees it. Records are read lazily, at most once
 /// each, so a request whose first choice is healthy reads one record; the clock is
@@ -11,9 +11,26 @@ pub trait HealthView {
     fn record(&mut self, index: usize) -> HealthRecord;
     fn now_ms(&mut self) -> u64;
 
-    fn is_cooling(&mut self, index: usize) -> bool {
+    fn state(&mut self, index: usize) -> State {
         let r = self.record(index);
-        r.cooling_until_ms != 0 && r.is_cooling(self.now_ms())
+        if r.is_clear() {
+            State::Healthy
+        } else {
+            r.state(self.now_ms())
+        }
+    }
+
+    /// Whether a request may go there: healthy, or half-open (the request then has to
+    /// claim the probe, see `health.rs`).
+    fn is_available(&mut self, index: usize) -> bool {
+        matches!(self.state(index), State::Healthy | State::HalfOpen)
+    }
+
+    /// When the provider can next be tried: the end of its cooldown, or of the claim
+    /// of the probe under way.
+    fn next_available_at(&mut self, index: usize) -> u64 {
+        let r = self.record(index);
+        r.cooling_until_ms.max(r.probe_until_ms)
     }
 }
 
@@ -38,7 +55,8 @@ impl HealthView for Fixed<'_> {
 pub enum Choice {
     /// A provider that is not cooling down, from the highest-priority group that has one.
     Healthy(usize),
-    /// Every provider is cooling down: the one whose cooldown ends first.
+    /// Every provider is cooling down (or being probed): the one that can be tried
+    /// again first.
     Soonest(usize),
 }
 
@@ -69,7 +87,7 @@ pub fn next_choice(
     tried: &[bool],
     ticket: u64,
 ) -> Option<usize> {
-    let mut available = |i: usize| !tried.get(i).copied().unwrap_or(false) && !view.is_cooling(i);
+    let mut available = |i: usize| !tried.get(i).copied().unwrap_or(false) && view.is_available(i);
     for range in &config.groups {
         if range.len() == 1 {
             // The common shape (one provider per group) needs no weight arithmetic.
@@ -110,11 +128,11 @@ pub fn next_choice(
 
 /// Index of the provider whose cooldown ends first (the first one on a tie, so the
 /// preferred group wins).
-fn soonest(config: &Config, view: &mut dyn HealthView) -> usize {
+pub fn soonest(config: &Config, view: &mut dyn HealthView) -> usize {
     let mut best = 0;
     let mut best_until = u64::MAX;
     for i in 0..config.providers.len() {
-        let until = view.record(i).cooling_until_ms;
+        let until = view.next_available_at(i);
         if until < best_until {
             best = i;
             best_until = until;
@@ -129,10 +147,10 @@ fn soonest(config: &Config, view: &mut dyn HealthView) -> usize {
 pub fn retry_after_secs(config: &Config, view: &mut dyn HealthView) -> Option<u64> {
     let mut first_end = u64::MAX;
     for i in 0..config.providers.len() {
-        if !view.is_cooling(i) {
+        if view.is_available(i) {
             return None;
         }
-        first_end = first_end.min(view.record(i).cooling_until_ms);
+        first_end = first_end.min(view.next_available_at(i));
     }
     if first_end == u64::MAX {
         return None;
@@ -160,6 +178,7 @@ mod tests {
     fn cooling(until: u64) -> HealthRecord {
         HealthRecord {
             cooling_until_ms: until,
+            ..HealthRecord::default()
         }
     }
 

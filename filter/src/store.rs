@@ -76,15 +76,28 @@ pub fn update_health(
     key: &str,
     change: impl Fn(HealthRecord) -> HealthRecord,
 ) -> Result<HealthRecord, StoreError> {
+    update_health_if(store, key, |h| Some(change(h)))?.ok_or(StoreError::Contended(key.to_string()))
+}
+
+/// Like [`update_health`], but `change` may decline (`None`): then nothing is written
+/// and `Ok(None)` comes back. The decision is made on the freshest record, so of
+/// several workers racing to claim a probe exactly one gets `Some`.
+pub fn update_health_if(
+    store: &dyn SharedData,
+    key: &str,
+    change: impl Fn(HealthRecord) -> Option<HealthRecord>,
+) -> Result<Option<HealthRecord>, StoreError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (bytes, cas) = store.get(key)?;
         let current = bytes
             .as_deref()
             .and_then(HealthRecord::decode)
             .unwrap_or_default();
-        let next = change(current);
+        let Some(next) = change(current) else {
+            return Ok(None);
+        };
         match store.set(key, &next.encode(), cas) {
-            Ok(()) => return Ok(next),
+            Ok(()) => return Ok(Some(next)),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
@@ -155,7 +168,11 @@ mod tests {
                     .unwrap_or_default();
                 self.inner.set(
                     key,
-                    &rival.after_failure(self.rival_until).encode(),
+                    &HealthRecord {
+                        cooling_until_ms: rival.cooling_until_ms.max(self.rival_until),
+                        ..rival
+                    }
+                    .encode(),
                     rival_cas,
                 )?;
             }
@@ -172,7 +189,11 @@ mod tests {
         };
         ensure_exists(&store.inner, "k").unwrap();
         // Our failure asks for less time than the rival's: the rival's must survive.
-        let r = update_health(&store, "k", |h| h.after_failure(30_000)).unwrap();
+        let r = update_health(&store, "k", |h| HealthRecord {
+            cooling_until_ms: h.cooling_until_ms.max(30_000),
+            ..h
+        })
+        .unwrap();
         assert_eq!(r.cooling_until_ms, 90_000);
         assert_eq!(read_health(&store, "k").cooling_until_ms, 90_000);
     }
@@ -185,8 +206,28 @@ mod tests {
             rival_until: 1,
         };
         ensure_exists(&store.inner, "k").unwrap();
-        let e = update_health(&store, "k", |h| h.after_failure(5)).unwrap_err();
+        let e = update_health(&store, "k", |h| HealthRecord {
+            cooling_until_ms: h.cooling_until_ms.max(5),
+            ..h
+        })
+        .unwrap_err();
         assert_eq!(e, StoreError::Contended("k".into()));
+    }
+
+    #[test]
+    fn only_one_of_racing_claims_wins() {
+        // Two workers read the same free record; the second one's CAS fails, it
+        // re-reads, sees the claim and declines.
+        let store = MemoryStore::default();
+        ensure_exists(&store, "k").unwrap();
+        let claim = |h: HealthRecord| {
+            (h.probe_until_ms == 0).then_some(HealthRecord {
+                probe_until_ms: 7,
+                ..h
+            })
+        };
+        assert!(update_health_if(&store, "k", claim).unwrap().is_some());
+        assert_eq!(update_health_if(&store, "k", claim).unwrap(), None);
     }
 
     #[test]
@@ -202,6 +243,7 @@ mod tests {
         let store = MemoryStore::default();
         let rec = HealthRecord {
             cooling_until_ms: 42,
+            ..HealthRecord::default()
         };
         store.set("k", &rec.encode(), None).unwrap();
         ensure_exists(&store, "k").unwrap();

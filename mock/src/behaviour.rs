@@ -31,6 +31,10 @@ pub struct Behaviour {
     pub retry_after: Option<String>,
     pub latency_ms: u64,
     pub chunk_delay_ms: u64,
+    /// Extra headers on successful answers (e.g. rate-limit headers).
+    pub headers: Vec<(String, String)>,
+    /// Extra headers on injected failures.
+    pub failure_headers: Vec<(String, String)>,
 }
 
 /// A partial update, as posted to `/mock/config`.
@@ -44,6 +48,8 @@ pub struct Update {
     retry_after: Option<Option<String>>,
     latency_ms: Option<u64>,
     chunk_delay_ms: Option<u64>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    failure_headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 mod double_option {
@@ -69,6 +75,8 @@ impl Behaviour {
             retry_after,
             latency_ms,
             chunk_delay_ms,
+            headers: Vec::new(),
+            failure_headers: Vec::new(),
         };
         b.validate()?;
         Ok(b)
@@ -112,6 +120,12 @@ impl Behaviour {
         }
         if let Some(d) = update.chunk_delay_ms {
             next.chunk_delay_ms = d;
+        }
+        if let Some(h) = update.headers {
+            next.headers = h.into_iter().collect();
+        }
+        if let Some(h) = update.failure_headers {
+            next.failure_headers = h.into_iter().collect();
         }
         next.validate()?;
         *self = next;

@@ -6,6 +6,7 @@
 //! run time with `POST /mock/config` and reads what it received at `GET /mock/requests`.
 
 mod behaviour;
+mod http1;
 mod server;
 
 use clap::Parser;
@@ -47,6 +48,9 @@ struct Args {
     /// When set, requests must carry this key (see --api-key-header) or get 401.
     #[arg(long)]
     api_key: Option<String>,
+    /// Extra header on successful answers, `NAME: VALUE` (repeatable).
+    #[arg(long = "header")]
+    headers: Vec<String>,
     /// Header that carries the key; `authorization` expects `Bearer <key>`.
     #[arg(long, default_value = "authorization")]
     api_key_header: String,
@@ -54,6 +58,18 @@ struct Args {
 
 fn main() {
     let args = Args::parse();
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        match h.split_once(':') {
+            Some((n, v)) if !n.trim().is_empty() => {
+                headers.push((n.trim().to_string(), v.trim().to_string()))
+            }
+            _ => {
+                eprintln!("llm-mock: --header wants NAME: VALUE, got {h:?}");
+                std::process::exit(2);
+            }
+        }
+    }
     let behaviour = match Behaviour::new(
         args.failure_injection_rate,
         &args.failure_types,
@@ -61,7 +77,7 @@ fn main() {
         args.latency_ms,
         args.chunk_delay_ms,
     ) {
-        Ok(b) => b,
+        Ok(b) => Behaviour { headers, ..b },
         Err(e) => {
             eprintln!("llm-mock: {e}");
             std::process::exit(2);

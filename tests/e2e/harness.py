@@ -106,8 +106,9 @@ class Mock:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        self.log.close()
-        os.unlink(self.log.name)
+        if not self.log.closed:
+            self.log.close()
+            os.unlink(self.log.name)
 
 
 def plugin_config(groups: list[list[dict]], **top) -> dict:
