@@ -1,0 +1,64 @@
+//! Metric names. Envoy shows a wasm metric as `wasmcustom.<name>`; the bootstrap's
+//! `stats_config.stats_tags` (see `envoy/envoy.yaml` and the README) turn the
+//! `.provider.<p>`, `.status.<class>`, `.from.<a>`, `.to.<b>` and `.reason.<r>`
+//! segments into Prometheus labels. Pure: registering and counting is `host.rs`'s.
+
+use crate::health::State;
+
+/// `llm_failover_requests{provider, status_class}`: answers the client got, by the
+/// provider that gave them.
+pub fn requests(provider: &str, status: u16) -> String {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    format!("llm_failover.requests.provider.{provider}.status.{class}")
+}
+
+/// `llm_failover_failovers{from, to, reason}`: a request sent on from one provider to
+/// another within itself.
+pub fn failovers(from: &str, to: &str, reason: &str) -> String {
+    format!("llm_failover.failovers.from.{from}.to.{to}.reason.{reason}")
+}
+
+/// `llm_failover_cooldowns{provider, reason}`: cooldowns started.
+pub fn cooldowns(provider: &str, reason: &str) -> String {
+    format!("llm_failover.cooldowns.provider.{provider}.reason.{reason}")
+}
+
+/// `llm_failover_health{provider}`: 0 healthy, 1 cooling, 2 half-open, 3 probing.
+pub fn health(provider: &str) -> String {
+    format!("llm_failover.health.provider.{provider}")
+}
+
+pub fn health_value(state: State) -> u64 {
+    match state {
+        State::Healthy => 0,
+        State::Cooling => 1,
+        State::HalfOpen => 2,
+        State::Probing => 3,
+    }
+}
+
+/// `llm_failover_failover_time_ms`: how long a request spent failing over, from the
+/// first failure it met to the answer it got (histogram).
+pub const FAILOVER_TIME_MS: &str = "llm_failover.failover_time_ms";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_their_labels_as_segments() {
+        assert_eq!(requests("openai-fallback", 200), "llm_failover.requests.provider.openai-fallback.status.2xx");
+        assert_eq!(requests("p", 429), "llm_failover.requests.provider.p.status.4xx");
+        assert_eq!(requests("p", 503), "llm_failover.requests.provider.p.status.5xx");
+        assert_eq!(failovers("a", "b", "status"), "llm_failover.failovers.from.a.to.b.reason.status");
+        assert_eq!(cooldowns("a", "proactive"), "llm_failover.cooldowns.provider.a.reason.proactive");
+        assert_eq!(health("a"), "llm_failover.health.provider.a");
+        assert_eq!(health_value(State::Probing), 3);
+    }
+}
