@@ -25,7 +25,9 @@ MOCK = ROOT / "target" / "release" / "llm-mock"
 CONFIG = ROOT / "envoy" / "envoy.yaml"
 GATEWAY = "http://127.0.0.1:10000/openai"
 ADMIN = "http://127.0.0.1:9901"
-PORTS = {"Envoy listener": 10000, "Envoy admin": 9901, "primary mock": 8000, "fallback mock": 8001}
+HEALTH = "http://127.0.0.1:9902/llm-failover/health"
+PORTS = {"Envoy listener": 10000, "Envoy admin": 9901, "Envoy ops listener": 9902, "primary mock": 8000,
+         "fallback mock": 8001}
 DEMO_KEY = "sk-demo-fallback-key"
 RETRY_AFTER = 5  # the lab uses 60; 5 keeps the demo short
 
@@ -126,7 +128,8 @@ def main():
         say("Step 2  start Envoy with envoy/envoy.yaml (--concurrency 2)")
         env = dict(os.environ, OPENAI_API_KEY=DEMO_KEY)
         envoy = start([str(ENVOY), "-c", str(CONFIG), "--concurrency", "2", "--disable-hot-restart",
-                       "-l", "warning", "--component-log-level", "wasm:info"], "envoy.log", env)
+                       "-l", "warning", "--component-log-level", "wasm:info",
+                       "--file-flush-interval-msec", "200"], "envoy.log", env)
         wait_for(lambda: envoy.poll() is None and get(f"{ADMIN}/ready")[1].strip() == b"LIVE", 20, "Envoy")
         say("  Envoy is ready on http://127.0.0.1:10000")
 
@@ -139,13 +142,13 @@ def main():
 
         say("Step 4  what Envoy logged: the filter's decisions and the access log (JSON lines)")
         log = workdir / "envoy.log"
-        # The access log is flushed about once a second.
         wait_for(lambda: sum(l.startswith("{") for l in log.read_text().splitlines()) >= 3, 10, "access log")
         for line in log.read_text().splitlines():
             if line.startswith("{"):
                 e = json.loads(line)
-                say(f"  access log: status {e['http.status']}  provider {e['provider']}"
-                    f"  {DIM}(routed first to {e['endpoint']}){RESET}")
+                why = (f"tried {e['tried']}, failed over on {e['failover_reason']}" if e.get("tried")
+                       else f"endpoint {e['endpoint']}")
+                say(f"  access log: status {e['http.status']}  provider {e['provider']}  {DIM}({why}){RESET}")
             elif "llm-failover: provider" in line or "llm-failover: failing over" in line:
                 say(f"  filter:     {line.split('llm-failover: ', 1)[-1]}")
 
@@ -164,6 +167,19 @@ def main():
         say(f"  the primary took traffic back {back:.1f}s after it failed (its Retry-After was {RETRY_AFTER}s);"
             " the first request after the cooldown probed it, and it answered")
         status, provider = request(4)
+
+        say("Step 6  what an operator sees")
+        say(f"  metrics  {ADMIN}/stats/prometheus")
+        _, prom = get(f"{ADMIN}/stats/prometheus")
+        for line in prom.decode().splitlines():
+            if line.startswith(("llm_failover_requests", "llm_failover_failovers", "llm_failover_cooldowns",
+                                "llm_failover_health")):
+                say(f"    {line}")
+        say(f"  health   {HEALTH}")
+        _, view = get(HEALTH)
+        for p in json.loads(view)["providers"]:
+            last = f", last failure {p['last_failure']} ({p['last_reason']})" if p["last_failure"] else ""
+            say(f"    {p['name']}: {p['state']}{last}")
 
         ok = [r[0] for r in results] == [200, 200, 200] and (status, provider) == (200, "mock-ratelimit-provider")
         say()

@@ -267,6 +267,9 @@ pub struct Config {
     pub max_body_bytes: u64,
     /// True when some provider rewrites `model`: request bodies must then be JSON.
     pub needs_json_body: bool,
+    /// When set, a request for this path gets the health view instead of a provider.
+    /// Off by default: enable it only on a listener ordinary clients cannot reach.
+    pub health_path: Option<String>,
     /// True when a failed request can be sent on to another provider: `withinRequest`
     /// and more than one provider. Only then are the request's headers and body kept.
     pub can_fail_over: bool,
@@ -279,7 +282,13 @@ impl Config {
         let value =
             json::parse(json).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?;
         let root = Obj::new(&value, String::new())?;
-        root.only(&["groups", "failover", "clusterHeader", "maxBodyBytes"])?;
+        root.only(&[
+            "groups",
+            "failover",
+            "clusterHeader",
+            "maxBodyBytes",
+            "healthPath",
+        ])?;
         let groups = root.required("groups")?;
         let Value::Array(groups) = groups else {
             return Err(root.wrong_type("groups", groups, "an array"));
@@ -342,9 +351,31 @@ impl Config {
                 "must be a positive number of bytes",
             ));
         }
+        let health_path = match root.string("healthPath")? {
+            None => None,
+            Some(p)
+                if p.starts_with('/')
+                    && !p.contains('?')
+                    && !p
+                        .bytes()
+                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) =>
+            {
+                Some(p.to_string())
+            }
+            Some(p) => {
+                return Err(ConfigError::new(
+                    "healthPath",
+                    format!(
+                        "{} must start with '/' and hold no query or whitespace",
+                        quoted(p)
+                    ),
+                ))
+            }
+        };
         let needs_json_body = providers.iter().any(|p| p.model.is_some());
         let can_fail_over = failover.within_request && providers.len() > 1;
         Ok(Config {
+            health_path,
             providers,
             groups: ranges,
             failover,

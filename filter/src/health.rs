@@ -15,7 +15,7 @@ use crate::config::Failover;
 
 /// Encoding version; a record with another version is treated as unreadable.
 const VERSION: u8 = 2;
-const ENCODED_LEN: usize = 1 + 8 + 8 + 4 + 4 + 1;
+const ENCODED_LEN: usize = 1 + 8 + 8 + 4 + 4 + 1 + 8;
 
 /// Why a provider was last put into cooldown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,6 +95,8 @@ pub struct HealthRecord {
     /// Cooldowns in a row without a success: the backoff exponent.
     pub cooldowns: u32,
     pub reason: Reason,
+    /// When the provider last failed (Unix ms); 0 never. For the health view.
+    pub last_failure_ms: u64,
 }
 
 impl HealthRecord {
@@ -124,6 +126,7 @@ impl HealthRecord {
         out[17..21].copy_from_slice(&self.failures.to_le_bytes());
         out[21..25].copy_from_slice(&self.cooldowns.to_le_bytes());
         out[25] = self.reason.code();
+        out[26..34].copy_from_slice(&self.last_failure_ms.to_le_bytes());
         out
     }
 
@@ -139,6 +142,7 @@ impl HealthRecord {
             failures: u32_at(17)?,
             cooldowns: u32_at(21)?,
             reason: Reason::from_code(bytes[25])?,
+            last_failure_ms: u64_at(26)?,
         })
     }
 
@@ -163,7 +167,12 @@ impl HealthRecord {
     /// The record after a good answer: healthy, counters reset. `None` when it is
     /// healthy already, so the common case writes nothing to shared data.
     pub fn after_success(self) -> Option<HealthRecord> {
-        (self != HealthRecord::default()).then(HealthRecord::default)
+        let healed = HealthRecord {
+            last_failure_ms: self.last_failure_ms,
+            reason: self.reason,
+            ..HealthRecord::default()
+        };
+        (self != healed).then_some(healed)
     }
 
     /// The record after a failure. `evidence_ms` is how long the provider asked to be
@@ -182,6 +191,7 @@ impl HealthRecord {
         if counted && state == State::Healthy && self.failures + 1 < failover.consecutive_failures {
             return HealthRecord {
                 failures: self.failures + 1,
+                last_failure_ms: now_ms,
                 ..self
             };
         }
@@ -206,6 +216,7 @@ impl HealthRecord {
                 Failure::Unreachable => Reason::Unreachable,
                 Failure::QuotaSpent => Reason::Proactive,
             },
+            last_failure_ms: now_ms,
         }
     }
 }
@@ -246,6 +257,7 @@ mod tests {
             failures: 2,
             cooldowns: 3,
             reason: Reason::Proactive,
+            last_failure_ms: NOW - 1,
         };
         assert_eq!(HealthRecord::decode(&r.encode()), Some(r));
         assert_eq!(HealthRecord::decode(b""), None);
@@ -347,8 +359,15 @@ mod tests {
         let reopened = probing.after_failure(Failure::ServerError, None, end + 10, &f);
         assert_eq!(reopened.state(end + 10), State::Cooling);
         assert_eq!(reopened.cooling_until_ms, end + 10 + 20_000);
-        // A good probe closes the breaker.
-        assert_eq!(probing.after_success(), Some(HealthRecord::default()));
+        // A good probe closes the breaker (the last failure is kept for the health view).
+        let healed = probing.after_success().unwrap();
+        assert_eq!(healed.state(end + 10), State::Healthy);
+        assert_eq!(
+            (healed.cooldowns, healed.failures, healed.probe_until_ms),
+            (0, 0, 0)
+        );
+        assert_eq!(healed.last_failure_ms, NOW);
+        assert_eq!(healed.after_success(), None);
     }
 
     #[test]

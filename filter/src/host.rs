@@ -190,3 +190,32 @@ pub fn install_panic_hook() {
         );
     }));
 }
+
+/// Registers (or finds) a metric; Envoy shows it as `wasmcustom.<name>`.
+pub fn define_metric(kind: proxy_wasm::types::MetricType, name: &str) -> Option<u32> {
+    log_err("defining a metric", hostcalls::define_metric(kind, name))
+}
+
+pub fn increment_metric(id: u32, by: i64) {
+    log_err("incrementing a metric", hostcalls::increment_metric(id, by));
+}
+
+pub fn record_metric(id: u32, value: u64) {
+    log_err("recording a metric", hostcalls::record_metric(id, value));
+}
+
+/// Sets a filter-state value Envoy's access log can print as
+/// `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+pub fn set_property(name: &str, value: &str) {
+    log_err(
+        "setting a property",
+        hostcalls::set_property(vec![name], Some(value.as_bytes())),
+    );
+}
+
+pub fn set_tick_period_ms(ms: u64) {
+    log_err(
+        "setting the tick period",
+        hostcalls::set_tick_period(Duration::from_millis(ms)),
+    );
+}

@@ -18,12 +18,15 @@ use crate::body::{self, ModelSlots};
 use crate::config::Config;
 use crate::health::{Failure, HealthRecord, State};
 use crate::host::{self, HostSharedData};
+use crate::metrics;
 use crate::outcome::{self, Outcome};
 use crate::reply::error_body;
 use crate::retry_after;
 use crate::rewrite::{self, Edit};
 use crate::select::{self, HealthView};
 use crate::store;
+use crate::telemetry::Telemetry;
+use crate::view;
 
 /// Names the provider whose answer the client got.
 const PROVIDER_HEADER: &str = "x-llm-provider";
@@ -105,10 +108,16 @@ pub struct FailoverFilter {
     current_record: HealthRecord,
     /// The probe claim this request holds on its provider (its expiry), if any.
     probe_claim: Option<u64>,
+    telemetry: Rc<Telemetry>,
+    /// Providers asked, in order (for the access log).
+    asked: Vec<usize>,
+    /// Why the request failed over (the first failure's kind) and when it began.
+    failover_reason: Option<&'static str>,
+    failover_started_ms: u64,
 }
 
 impl FailoverFilter {
-    pub fn new(config: Rc<Config>, ticket: u64) -> Self {
+    pub fn new(config: Rc<Config>, ticket: u64, telemetry: Rc<Telemetry>) -> Self {
         Self {
             config,
             ticket,
@@ -126,7 +135,57 @@ impl FailoverFilter {
             pending_call: None,
             current_record: HealthRecord::default(),
             probe_claim: None,
+            telemetry,
+            asked: Vec::new(),
+            failover_reason: None,
+            failover_started_ms: 0,
         }
+    }
+
+    /// Counts the answer the client gets and exposes, for the access log, which
+    /// provider gave it, which were asked and why the request failed over.
+    fn finish(&mut self, status: u16) {
+        let name = self.provider_name().to_string();
+        self.telemetry.count(metrics::requests(&name, status));
+        host::set_property("llm_failover_provider", &name);
+        if let Some(reason) = self.failover_reason {
+            let asked: Vec<&str> = self
+                .asked
+                .iter()
+                .filter_map(|i| self.config.providers.get(*i).map(|p| p.name.as_str()))
+                .collect();
+            host::set_property("llm_failover_tried", &asked.join(","));
+            host::set_property("llm_failover_attempts", &asked.len().to_string());
+            host::set_property("llm_failover_reason", reason);
+            let spent = host::now_ms().saturating_sub(self.failover_started_ms);
+            self.telemetry.histogram(metrics::FAILOVER_TIME_MS, spent);
+        }
+    }
+
+    /// The health view, when this request asks for it (see `healthPath`).
+    fn serve_health_view(&mut self, path: Option<&[u8]>) -> bool {
+        let Some(want) = &self.config.health_path else {
+            return false;
+        };
+        let path = path.and_then(|p| std::str::from_utf8(p).ok()).unwrap_or("");
+        if path.split('?').next() != Some(want.as_str()) {
+            return false;
+        }
+        let now = host::now_ms();
+        let records: Vec<HealthRecord> = self
+            .config
+            .providers
+            .iter()
+            .map(|p| store::read_health(&HostSharedData, &p.health_key))
+            .collect();
+        let body = view::health_json(&self.config, &records, now);
+        let headers = vec![
+            ("content-type".to_string(), "application/json".to_string()),
+            ("cache-control".to_string(), "no-store".to_string()),
+        ];
+        host::send_response(200, &headers, body.as_bytes());
+        self.replied = true;
+        true
     }
 
     /// Picks the provider to try next (the first one when nothing was tried yet): a
@@ -251,9 +310,18 @@ impl FailoverFilter {
         };
         let now = host::now_ms();
         let failover = &self.config.failover;
-        match store::update_health(&HostSharedData, &provider.health_key, |h| {
+        let was_cooling = std::cell::Cell::new(false);
+        let result = store::update_health(&HostSharedData, &provider.health_key, |h| {
+            was_cooling.set(h.state(now) == State::Cooling);
             h.after_failure(failure, evidence_ms, now, failover)
-        }) {
+        });
+        if let Ok(r) = &result {
+            if r.state(now) != State::Healthy && !was_cooling.get() {
+                self.telemetry
+                    .count(metrics::cooldowns(&provider.name, r.reason.as_str()));
+            }
+        }
+        match result {
             Ok(r) if r.cooling_until_ms > now => log::info!(
                 "llm-failover: provider {} failed ({why}); cooling down for {} ms",
                 provider.name,
@@ -278,8 +346,12 @@ impl FailoverFilter {
 
     /// Sends the request on to the next available provider. Returns false when there
     /// is none, so the client gets the failure it has.
-    fn try_next(&mut self) -> bool {
+    fn try_next(&mut self, reason: &'static str) -> bool {
         let config = Rc::clone(&self.config);
+        if self.failover_reason.is_none() {
+            self.failover_reason = Some(reason);
+            self.failover_started_ms = host::now_ms();
+        }
         loop {
             let mut view = LazyHealth::new(&config);
             let Some(next) = select::next_choice(&config, &mut view, &self.tried, self.ticket)
@@ -310,6 +382,10 @@ impl FailoverFilter {
             ) {
                 Ok(token) => {
                     log::info!("llm-failover: failing over to provider {}", provider.name);
+                    let from = self.provider_name().to_string();
+                    self.telemetry
+                        .count(metrics::failovers(&from, &provider.name, reason));
+                    self.asked.push(next);
                     self.pending_call = Some(token);
                     self.current = next;
                     return true;
@@ -339,6 +415,15 @@ impl FailoverFilter {
             .get(self.current)
             .map(|p| p.name.as_str())
             .unwrap_or("")
+    }
+}
+
+/// The `reason` label of a failover.
+fn failover_reason(failure: Failure) -> &'static str {
+    match failure {
+        Failure::Unreachable => "connection",
+        Failure::QuotaSpent => "proactive",
+        Failure::RateLimited | Failure::ServerError => "status",
     }
 }
 
@@ -381,12 +466,13 @@ impl Context for FailoverFilter {
             };
             let evidence = retry_after::failure_delay(&headers, host::now_ms());
             self.mark_failed(self.current, failure, evidence, &why);
-            if self.try_next() {
+            if self.try_next(failover_reason(failure)) {
                 return;
             }
         } else {
             self.record_success(Some(&headers));
         }
+        self.finish(status.unwrap_or(503));
         let mut out = rewrite::response_headers_to_forward(&headers);
         out.retain(|(n, _)| n != PROVIDER_HEADER);
         out.push((
@@ -418,6 +504,11 @@ impl Context for FailoverFilter {
 
 impl HttpContext for FailoverFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        if self.config.health_path.is_some()
+            && self.serve_health_view(host::request_header(":path").as_deref())
+        {
+            return Action::Pause;
+        }
         let config = Rc::clone(&self.config);
         let mut view = LazyHealth::new(&config);
         self.current = match self.choose(&config, &mut view) {
@@ -432,6 +523,7 @@ impl HttpContext for FailoverFilter {
                 i
             }
         };
+        self.asked.push(self.current);
         self.has_body = !end_of_stream;
         self.buffering = self.has_body && (config.needs_json_body || config.can_fail_over);
         let provider = &config.providers[self.current];
@@ -549,7 +641,7 @@ impl HttpContext for FailoverFilter {
             let evidence = retry_after::failure_delay(&headers, host::now_ms());
             self.mark_failed(self.current, failure, evidence, &why);
             let body_ready = !self.has_body || self.body_complete;
-            if config.can_fail_over && body_ready && self.try_next() {
+            if config.can_fail_over && body_ready && self.try_next(failover_reason(failure)) {
                 self.holding_response = true;
                 return Action::Pause;
             }
@@ -560,6 +652,7 @@ impl HttpContext for FailoverFilter {
             self.record_success(None);
         }
         host::set_response_header(PROVIDER_HEADER, self.provider_name());
+        self.finish(status);
         Action::Continue
     }
 

@@ -15,6 +15,7 @@ pub mod health;
 pub mod host;
 pub mod http;
 pub mod json;
+pub mod metrics;
 pub mod outcome;
 pub mod reply;
 pub mod retry_after;
@@ -22,6 +23,8 @@ pub mod rewrite;
 pub mod root;
 pub mod select;
 pub mod store;
+pub mod telemetry;
+pub mod view;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);

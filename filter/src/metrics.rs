@@ -53,11 +53,26 @@ mod tests {
 
     #[test]
     fn names_carry_their_labels_as_segments() {
-        assert_eq!(requests("openai-fallback", 200), "llm_failover.requests.provider.openai-fallback.status.2xx");
-        assert_eq!(requests("p", 429), "llm_failover.requests.provider.p.status.4xx");
-        assert_eq!(requests("p", 503), "llm_failover.requests.provider.p.status.5xx");
-        assert_eq!(failovers("a", "b", "status"), "llm_failover.failovers.from.a.to.b.reason.status");
-        assert_eq!(cooldowns("a", "proactive"), "llm_failover.cooldowns.provider.a.reason.proactive");
+        assert_eq!(
+            requests("openai-fallback", 200),
+            "llm_failover.requests.provider.openai-fallback.status.2xx"
+        );
+        assert_eq!(
+            requests("p", 429),
+            "llm_failover.requests.provider.p.status.4xx"
+        );
+        assert_eq!(
+            requests("p", 503),
+            "llm_failover.requests.provider.p.status.5xx"
+        );
+        assert_eq!(
+            failovers("a", "b", "status"),
+            "llm_failover.failovers.from.a.to.b.reason.status"
+        );
+        assert_eq!(
+            cooldowns("a", "proactive"),
+            "llm_failover.cooldowns.provider.a.reason.proactive"
+        );
         assert_eq!(health("a"), "llm_failover.health.provider.a");
         assert_eq!(health_value(State::Probing), 3);
     }

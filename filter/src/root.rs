@@ -10,14 +10,30 @@ use proxy_wasm::types::ContextType;
 use crate::config::Config;
 use crate::host::{self, HostSharedData};
 use crate::http::FailoverFilter;
+use crate::metrics;
 use crate::store;
+use crate::telemetry::Telemetry;
 
-#[derive(Default)]
 pub struct Root {
     config: Option<Rc<Config>>,
     /// Per-VM request counter, spreads a group's traffic by weight.
     tickets: Rc<Cell<u64>>,
+    telemetry: Rc<Telemetry>,
 }
+
+impl Default for Root {
+    fn default() -> Self {
+        Root {
+            config: None,
+            tickets: Rc::default(),
+            telemetry: Telemetry::new(),
+        }
+    }
+}
+
+/// How often the health gauges are refreshed from shared data (a cooldown ends by
+/// the clock, with no request to notice it).
+const GAUGE_PERIOD_MS: u64 = 1_000;
 
 impl Context for Root {}
 
@@ -50,14 +66,29 @@ impl RootContext for Root {
             config.failover.within_request
         );
         self.config = Some(Rc::new(config));
+        host::set_tick_period_ms(GAUGE_PERIOD_MS);
         true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(config) = &self.config else { return };
+        let now = host::now_ms();
+        for p in &config.providers {
+            let state = store::read_health(&HostSharedData, &p.health_key).state(now);
+            self.telemetry
+                .gauge(metrics::health(&p.name), metrics::health_value(state));
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
         let ticket = self.tickets.get();
         self.tickets.set(ticket.wrapping_add(1));
-        Some(Box::new(FailoverFilter::new(config, ticket)))
+        Some(Box::new(FailoverFilter::new(
+            config,
+            ticket,
+            Rc::clone(&self.telemetry),
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

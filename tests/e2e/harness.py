@@ -118,9 +118,30 @@ def plugin_config(groups: list[list[dict]], **top) -> dict:
     return cfg
 
 
+# The access log fields the shipped envoy/envoy.yaml prints (the filter's are filter state).
+ACCESS_LOG_FIELDS = {
+    "status": "%RESPONSE_CODE%",
+    "provider": "%FILTER_STATE(wasm.llm_failover_provider:PLAIN)%",
+    "tried": "%FILTER_STATE(wasm.llm_failover_tried:PLAIN)%",
+    "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
+    "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "path": "%REQ(:PATH)%",
+}
+
+# Prometheus labels from the filter's metric names (same as envoy/envoy.yaml).
+STATS_TAGS = [
+    {"tag_name": "provider", "regex": r"^wasmcustom\.llm_failover\.(?:requests|cooldowns|health)(\.provider\.([^.]+))"},
+    {"tag_name": "status_class", "regex": r"^wasmcustom\.llm_failover\.requests\.provider\.[^.]+(\.status\.([^.]+))$"},
+    {"tag_name": "from", "regex": r"^wasmcustom\.llm_failover\.failovers(\.from\.([^.]+))"},
+    {"tag_name": "to", "regex": r"^wasmcustom\.llm_failover\.failovers\.from\.[^.]+(\.to\.([^.]+))"},
+    {"tag_name": "reason", "regex": r"^wasmcustom\.llm_failover\.(?:failovers\.from\.[^.]+\.to\.[^.]+|cooldowns\.provider\.[^.]+)(\.reason\.([^.]+))$"},
+]
+
+
 def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, admin_port: int,
               env_keys: list[str] = (), route_timeout: str = "120s", wasm: Path = WASM,
-              access_log: str | None = None) -> dict:
+              access_log: str | None = None, ops_port: int | None = None) -> dict:
     """An Envoy bootstrap (as a dict, written as JSON) with the filter in front of
     `clusters` (name -> loopback port)."""
     value = plugin if isinstance(plugin, str) else json.dumps(plugin)
@@ -161,20 +182,39 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                 "path": access_log,
-                "log_format": {"json_format": {
-                    "status": "%RESPONSE_CODE%", "provider": "%RESP(X-LLM-PROVIDER)%",
-                    "upstream_cluster": "%UPSTREAM_CLUSTER%", "path": "%REQ(:PATH)%"}},
+                "log_format": {"json_format": ACCESS_LOG_FIELDS},
             },
         }]
+    listeners = [{
+        "name": "llm",
+        "address": {"socket_address": {"address": LOOPBACK, "port_value": listen_port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
+    }]
+    if ops_port is not None:
+        # The operators' listener: the same filter (same vm_id, so the same health
+        # data) with the health view switched on; nothing else is routed there.
+        ops_plugin = json.loads(value)
+        ops_plugin["healthPath"] = "/llm-failover/health"
+        ops_filter = json.loads(json.dumps(wasm_filter))
+        ops_filter["typed_config"]["config"]["configuration"]["value"] = json.dumps(ops_plugin)
+        ops_hcm = json.loads(json.dumps(hcm))
+        ops_hcm["stat_prefix"] = "ops"
+        ops_hcm.pop("access_log", None)
+        ops_hcm["http_filters"][0] = ops_filter
+        listeners.append({
+            "name": "ops",
+            "address": {"socket_address": {"address": LOOPBACK, "port_value": ops_port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": ops_hcm}]}],
+        })
     return {
         "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": admin_port}}},
+        "stats_config": {"stats_tags": STATS_TAGS},
+        # Histograms reach /stats/prometheus at a flush (5 s by default).
+        "stats_flush_interval": "1s",
         "static_resources": {
-            "listeners": [{
-                "name": "llm",
-                "address": {"socket_address": {"address": LOOPBACK, "port_value": listen_port}},
-                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                "typed_config": hcm}]}],
-            }],
+            "listeners": listeners,
             "clusters": [{
                 "name": name, "type": "STATIC", "connect_timeout": "1s",
                 "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
@@ -191,11 +231,13 @@ class Envoy:
                  concurrency: int = 2, route_timeout: str = "120s"):
         self.port = free_port()
         self.admin_port = free_port()
+        self.ops_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="llm-failover-envoy-"))
         self.access_log = self.dir / "access.log"
         self.config_path = self.dir / "envoy.json"
         cfg = bootstrap(plugin, clusters, self.port, self.admin_port, env_keys=sorted((env or {}).keys()),
-                        route_timeout=route_timeout, access_log=str(self.access_log))
+                        route_timeout=route_timeout, access_log=str(self.access_log),
+                        ops_port=self.ops_port)
         self.config_path.write_text(json.dumps(cfg, indent=1))
         self.log_path = self.dir / "envoy.log"
         self.log_file = open(self.log_path, "w")
@@ -203,7 +245,9 @@ class Envoy:
         proc_env.update(env or {})
         self.proc = subprocess.Popen(
             [envoy_bin(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-             "--disable-hot-restart", "-l", "info", "--component-log-level", "wasm:info"],
+             "--disable-hot-restart", "-l", "info", "--component-log-level", "wasm:info",
+             # Access log files are flushed every 10 s by default; tests read them sooner.
+             "--file-flush-interval-msec", "200"],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=proc_env,
         )
         try:
@@ -233,6 +277,23 @@ class Envoy:
             if "value" in s:
                 out[s["name"]] = s["value"]
         return out
+
+    def prometheus(self) -> str:
+        _, _, body = http("GET", f"http://{LOOPBACK}:{self.admin_port}/stats/prometheus")
+        return body.decode()
+
+    def health(self) -> dict:
+        status, _, body = http("GET", f"http://{LOOPBACK}:{self.ops_port}/llm-failover/health")
+        assert status == 200, body
+        return json.loads(body)
+
+    def access_log_lines(self, count: int, timeout: float = 10) -> list[dict]:
+        """The first `count` access log entries (Envoy flushes the file about once a second)."""
+        def lines():
+            text = self.access_log.read_text() if self.access_log.exists() else ""
+            entries = [json.loads(l) for l in text.splitlines() if l.strip()]
+            return entries if len(entries) >= count else None
+        return wait_until(lines, timeout, f"{count} access log lines")
 
     def post_chat(self, body: dict | bytes, headers: dict | None = None, path: str = "/openai"):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -1,0 +1,135 @@
+"""Metrics, access log fields and the health view, read from real Envoy after real traffic."""
+
+import json
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+from harness import ROOT, http, wait_until
+
+CHAT = {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]}
+
+
+def config(within_request=True):
+    return {"groups": [
+        {"providers": [{"name": "primary", "cluster": "primary", "path": "/v1/chat/completions",
+                        "openai": {"model": "m1"}}]},
+        {"providers": [{"name": "fallback", "cluster": "fallback", "path": "/v1/chat/completions",
+                        "openai": {"model": "m2"}}]}],
+        "failover": {"withinRequest": within_request}}
+
+
+def metric(text, name, **labels):
+    """The value of one Prometheus sample, or None."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if m and ",".join(sorted(m.group(1).split(","))) == want:
+            return float(m.group(2))
+    return None
+
+
+@pytest.fixture
+def failing_primary(mocks, envoy):
+    primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "60")
+    fallback = mocks("fallback")
+    e = envoy(config(), {"primary": primary.port, "fallback": fallback.port})
+    for _ in range(3):
+        assert e.post_chat(CHAT)[0] == 200
+    return e
+
+
+def test_metrics_have_provider_status_and_reason_labels(failing_primary):
+    e = failing_primary
+    text = e.prometheus()
+    assert metric(text, "llm_failover_requests", provider="fallback", status_class="2xx") == 3
+    assert metric(text, "llm_failover_requests", provider="primary", status_class="4xx") is None
+    assert metric(text, "llm_failover_failovers", **{"from": "primary", "to": "fallback", "reason": "status"}) == 1
+    assert metric(text, "llm_failover_cooldowns", provider="primary", reason="status") == 1
+    # Gauges are refreshed from shared data once a second: 1 = cooling, 0 = healthy.
+    wait_until(lambda: metric(e.prometheus(), "llm_failover_health", provider="primary") == 1, 5, "health gauge")
+    assert metric(e.prometheus(), "llm_failover_health", provider="fallback") == 0
+    # The failover time histogram appears after a stats flush.
+    wait_until(lambda: metric(e.prometheus(), "llm_failover_failover_time_ms_count") == 1, 10,
+               "failover time histogram")
+
+
+def test_access_log_shows_who_answered_who_was_tried_and_why(failing_primary):
+    first, second, _ = failing_primary.access_log_lines(3)
+    assert first == {**first, "status": 200, "provider": "fallback", "tried": "primary,fallback",
+                     "attempts": "2", "failover_reason": "status"}
+    assert second == {**second, "status": 200, "provider": "fallback", "tried": None,
+                      "attempts": None, "failover_reason": None, "upstream_cluster": "fallback"}
+
+
+def test_access_log_in_lab_mode_shows_the_429(mocks, envoy):
+    primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "60")
+    fallback = mocks("fallback")
+    e = envoy(config(within_request=False), {"primary": primary.port, "fallback": fallback.port})
+    assert e.post_chat(CHAT)[0] == 429
+    assert e.post_chat(CHAT)[0] == 200
+    lines = e.access_log_lines(2)
+    assert [(l["status"], l["provider"]) for l in lines] == [(429, "primary"), (200, "fallback")]
+    text = e.prometheus()
+    assert metric(text, "llm_failover_requests", provider="primary", status_class="4xx") == 1
+
+
+def test_health_view_on_the_ops_listener_only(failing_primary):
+    e = failing_primary
+    view = e.health()
+    by_name = {p["name"]: p for p in view["providers"]}
+    assert by_name["primary"]["state"] == "cooling"
+    assert by_name["primary"]["last_reason"] == "status"
+    assert 55_000 < by_name["primary"]["cooling_for_ms"] <= 60_000
+    assert by_name["primary"]["cooling_until"].endswith("Z")
+    assert by_name["fallback"]["state"] == "healthy"
+    assert by_name["fallback"]["group"] == 1
+    # On the LLM listener the path is just a request for a provider, not the view.
+    status, headers, body = http("GET", e.url + "/llm-failover/health")
+    assert b'"providers"' not in body
+    assert headers.get("x-llm-provider") == "fallback"
+
+
+def test_health_view_shows_probing(mocks, envoy):
+    import threading
+    import time
+
+    primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "1")
+    fallback = mocks("fallback")
+    e = envoy(config(), {"primary": primary.port, "fallback": fallback.port})
+    failed_at = time.monotonic()
+    assert e.post_chat(CHAT)[0] == 200
+    primary.configure(failure_injection_rate=0, latency_ms=3000)
+    time.sleep(max(0.0, failed_at + 1.1 - time.monotonic()))
+    def probe():
+        try:
+            e.post_chat(CHAT)
+        except OSError:
+            pass  # Envoy stopped under it at teardown
+
+    threading.Thread(target=probe, daemon=True).start()
+    wait_until(lambda: {p["name"]: p["state"] for p in e.health()["providers"]}["primary"] == "probing", 5,
+               "the view to show the probe")
+
+
+def _ports_free(*ports):
+    for port in ports:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return False
+    return True
+
+
+@pytest.mark.skipif(not _ports_free(10000, 9901, 9902, 8000, 8001), reason="the demo's fixed loopback ports are in use")
+def test_demo_runs_and_explains_itself():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert out.count("HTTP 200 from openai-fallback") == 3
+    assert "mock-ratelimit-provider failed (status 429)" in out
+    assert "HTTP 200 from mock-ratelimit-provider" in out
+    assert "http://127.0.0.1:9901/stats/prometheus" in out
+    assert "http://127.0.0.1:9902/llm-failover/health" in out
