@@ -8,7 +8,7 @@ PY       := $(VENV)/bin/python
 # Pure-logic unit tests also run on the shipping target, in wasmtime (see README).
 WASM_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tests/wasm_runner.py
 
-.PHONY: all setup build demo test unit-test wasm-test lint e2e bench clean
+.PHONY: all setup test-setup build demo test unit-test wasm-test lint e2e bench clean
 
 all: build
 
@@ -43,7 +43,10 @@ lint: setup
 e2e: build
 	$(PY) -m pytest tests/e2e -q
 
-test: build lint unit-test wasm-test e2e
+test-setup:
+	@scripts/setup.sh --test
+
+test: test-setup build lint unit-test wasm-test e2e
 
 clean:
 	cargo clean

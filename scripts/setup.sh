@@ -4,12 +4,19 @@
 # openai SDK, pytest and wasmtime. Safe to run again: it only adds what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# --test: also the offline checkers the tests use (docker-compose, promtool).
+for_tests=false
+[ "${1:-}" = "--test" ] && for_tests=true
 
 need_apt=()
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v wasm-opt >/dev/null || need_apt+=(binaryen)
+if $for_tests; then
+  command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+  command -v promtool >/dev/null || need_apt+=(prometheus)
+fi
 if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   need_apt+=(python3-venv)
 fi
@@ -17,7 +24,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -169,7 +169,8 @@ def test_health_is_shared_by_both_workers(mocks, envoy):
     assert results == [(200, "fallback")] * 40
     assert len(primary.chat_requests()) == 1
     stats = e.stats()
-    per_worker = [v for k, v in stats.items() if k.endswith("downstream_cx_total") and ".worker_" in k]
+    prefix = f"listener.127.0.0.1_{e.port}.worker_"
+    per_worker = [v for k, v in stats.items() if k.startswith(prefix) and k.endswith("downstream_cx_total")]
     assert len(per_worker) == 2 and all(v > 0 for v in per_worker), per_worker
 
 
