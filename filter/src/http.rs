@@ -109,7 +109,8 @@ pub struct FailoverFilter {
     /// The probe claim this request holds on its provider (its expiry), if any.
     probe_claim: Option<u64>,
     telemetry: Rc<Telemetry>,
-    /// Providers asked, in order (for the access log).
+    /// Providers asked, in order, once the request failed over (for the access log;
+    /// left empty on the normal path so it costs nothing there).
     asked: Vec<usize>,
     /// Why the request failed over (the first failure's kind) and when it began.
     failover_reason: Option<&'static str>,
@@ -145,9 +146,11 @@ impl FailoverFilter {
     /// Counts the answer the client gets and exposes, for the access log, which
     /// provider gave it, which were asked and why the request failed over.
     fn finish(&mut self, status: u16) {
-        let name = self.provider_name().to_string();
-        self.telemetry.count(metrics::requests(&name, status));
-        host::set_property("llm_failover_provider", &name);
+        // The provider itself reaches the access log as the x-llm-provider response
+        // header (%RESP(X-LLM-PROVIDER)%): no extra host call on the normal path.
+        self.telemetry.count_request(self.current, status, || {
+            metrics::requests(self.provider_name(), status)
+        });
         if let Some(reason) = self.failover_reason {
             let asked: Vec<&str> = self
                 .asked
@@ -385,6 +388,9 @@ impl FailoverFilter {
                     let from = self.provider_name().to_string();
                     self.telemetry
                         .count(metrics::failovers(&from, &provider.name, reason));
+                    if self.asked.is_empty() {
+                        self.asked.push(self.current);
+                    }
                     self.asked.push(next);
                     self.pending_call = Some(token);
                     self.current = next;
@@ -523,7 +529,6 @@ impl HttpContext for FailoverFilter {
                 i
             }
         };
-        self.asked.push(self.current);
         self.has_body = !end_of_stream;
         self.buffering = self.has_body && (config.needs_json_body || config.can_fail_over);
         let provider = &config.providers[self.current];

@@ -12,6 +12,9 @@ use crate::host;
 #[derive(Default)]
 pub struct Telemetry {
     ids: RefCell<HashMap<String, u32>>,
+    /// `requests` counter ids by provider index and status class, so the per-request
+    /// count needs no name formatting or hashing.
+    request_ids: RefCell<Vec<[Option<u32>; 5]>>,
 }
 
 impl Telemetry {
@@ -32,6 +35,28 @@ impl Telemetry {
         if let Some(id) = self.id(MetricType::Counter, name) {
             host::increment_metric(id, 1);
         }
+    }
+
+    /// Counts an answer of provider `index` with `status`; `name` builds the metric
+    /// name the first time this pair is seen.
+    pub fn count_request(&self, index: usize, status: u16, name: impl FnOnce() -> String) {
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        let cached = self.request_ids.borrow().get(index).and_then(|c| c[class]);
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let Some(id) = self.id(MetricType::Counter, name()) else {
+                    return;
+                };
+                let mut ids = self.request_ids.borrow_mut();
+                if ids.len() <= index {
+                    ids.resize(index + 1, [None; 5]);
+                }
+                ids[index][class] = Some(id);
+                id
+            }
+        };
+        host::increment_metric(id, 1);
     }
 
     pub fn gauge(&self, name: String, value: u64) {

@@ -121,7 +121,7 @@ def plugin_config(groups: list[list[dict]], **top) -> dict:
 # The access log fields the shipped envoy/envoy.yaml prints (the filter's are filter state).
 ACCESS_LOG_FIELDS = {
     "status": "%RESPONSE_CODE%",
-    "provider": "%FILTER_STATE(wasm.llm_failover_provider:PLAIN)%",
+    "provider": "%RESP(X-LLM-PROVIDER)%",
     "tried": "%FILTER_STATE(wasm.llm_failover_tried:PLAIN)%",
     "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
     "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
