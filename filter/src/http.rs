@@ -661,6 +661,13 @@ impl HttpContext for FailoverFilter {
         Action::Continue
     }
 
+    fn on_log(&mut self) {
+        // The stream ended while this request still held a probe claim (the client
+        // went away mid-probe): give it back rather than block probing for
+        // `probeTimeout`.
+        self.release_probe();
+    }
+
     fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
         if self.holding_response && !self.replied {
             // The failed provider's body is held back; the next attempt's answer replaces it.

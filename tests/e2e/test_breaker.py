@@ -1,6 +1,7 @@
 """Circuit-breaker semantics in real Envoy (--concurrency 2): half-open probing,
 thresholds, backoff, provider rate-limit headers and proactive cooldown."""
 
+import json
 import re
 import threading
 import time
@@ -127,6 +128,27 @@ def test_probe_that_never_answers_lets_another_probe_after_probe_timeout(mocks, 
     until(claimed_at + 1.6)
     in_background(e)
     wait_until(lambda: len(primary.chat_requests()) == 3, 5, "a second probe after the claim expired")
+
+
+def test_a_probe_whose_client_goes_away_gives_its_claim_back(mocks, envoy):
+    import socket as sock
+
+    primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "1")
+    fallback = mocks("fallback")
+    e = envoy(config("primary", "fallback"), {"primary": primary.port, "fallback": fallback.port})
+    failed_at = time.monotonic()
+    assert served_by(e) == (200, "fallback")
+    primary.configure(failure_injection_rate=0, latency_ms=10_000)
+    until(failed_at + 1.1)
+    body = json.dumps(CHAT).encode()
+    c = sock.create_connection(("127.0.0.1", e.port))
+    c.sendall(b"POST /openai HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    wait_until(lambda: len(primary.chat_requests()) == 2, 5, "the probe to reach the primary")
+    c.close()  # the client gives up mid-probe
+    primary.configure(latency_ms=0)
+    # Well within probeTimeout (60 s): the next request may probe, and the primary is back.
+    wait_until(lambda: served_by(e) == (200, "primary"), 5, "a new probe after the client left")
 
 
 def test_server_errors_below_and_at_the_threshold(mocks, envoy):
