@@ -357,8 +357,9 @@ impl FailoverFilter {
         }
         loop {
             let mut view = LazyHealth::new(&config);
-            let Some(next) = select::next_choice(&config, &mut view, &self.tried, self.ticket)
-            else {
+            // The same choice as for the routed attempt: a half-open provider is only
+            // tried if this request wins its probe claim.
+            let Some(next) = self.choose(&config, &mut view) else {
                 return false;
             };
             let provider = &config.providers[next];

@@ -50,6 +50,25 @@ def in_background(envoy):
     return t
 
 
+def burst(envoy, count):
+    """`count` concurrent requests on fresh connections; their (status, provider)."""
+    results = []
+    lock = threading.Lock()
+
+    def one():
+        r = served_by(envoy)
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == count
+    return results
+
+
 def until(deadline):
     """Waits for a point in time (a cooldown's end), not for a condition."""
     time.sleep(max(0.0, deadline - time.monotonic()))
@@ -64,26 +83,31 @@ def test_exactly_one_probe_when_a_cooldown_ends(mocks, envoy):
     # Healed, but slow: the probe is still under way while the burst arrives.
     primary.configure(failure_injection_rate=0, latency_ms=1500)
     until(failed_at + 2.2)
-    results = []
-    lock = threading.Lock()
-
-    def one():
-        r = served_by(e)
-        with lock:
-            results.append(r)
-
-    threads = [threading.Thread(target=one) for _ in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert len(results) == 50
+    results = burst(e, 50)
     assert all(status == 200 for status, _ in results), results
     assert sum(1 for _, p in results if p == "primary") == 1, results
     assert len(primary.chat_requests()) == 2  # the first failure and the one probe
     # The probe succeeded: the primary has the traffic again.
     primary.configure(latency_ms=0)
     assert served_by(e) == (200, "primary")
+
+
+def test_failover_within_a_request_also_claims_the_probe(mocks, envoy):
+    """A half-open provider met while failing over is probed by one request only."""
+    first = mocks("first", "--failure-injection-rate", "100", "--failure-types", "server_error")
+    second = mocks("second", "--failure-injection-rate", "100", "--retry-after", "1")
+    third = mocks("third")
+    # `first` stays in rotation (threshold not reached), so every request fails over.
+    e = envoy(config("first", "second", "third", consecutiveFailures=1000),
+              {"first": first.port, "second": second.port, "third": third.port})
+    failed_at = time.monotonic()
+    assert served_by(e) == (200, "third")
+    second.configure(failure_injection_rate=0, latency_ms=1500)
+    until(failed_at + 1.2)
+    results = burst(e, 20)
+    assert all(status == 200 for status, _ in results), results
+    assert sum(1 for _, p in results if p == "second") == 1, results
+    assert len(second.chat_requests()) == 2  # the first failure and the one probe
 
 
 def test_probe_whose_connection_is_reset_reopens_the_cooldown(mocks, envoy):
