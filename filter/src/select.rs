@@ -184,22 +184,20 @@ mod tests {
 
     const NOW: u64 = 1_000_000;
 
+    /// The records as seen at `NOW`.
+    fn at(records: &[HealthRecord]) -> Fixed<'_> {
+        Fixed {
+            records,
+            now_ms: NOW,
+        }
+    }
+
     #[test]
     fn healthy_primary_takes_every_request() {
         let c = three_groups();
         let h = vec![HealthRecord::default(); 4];
         for ticket in 0..10 {
-            assert_eq!(
-                first_choice(
-                    &c,
-                    &mut Fixed {
-                        records: &h,
-                        now_ms: NOW
-                    },
-                    ticket
-                ),
-                Choice::Healthy(0)
-            );
+            assert_eq!(first_choice(&c, &mut at(&h), ticket), Choice::Healthy(0));
         }
     }
 
@@ -213,17 +211,7 @@ mod tests {
             HealthRecord::default(),
         ];
         let picks: Vec<usize> = (0..4)
-            .map(|t| {
-                first_choice(
-                    &c,
-                    &mut Fixed {
-                        records: &h,
-                        now_ms: NOW,
-                    },
-                    t,
-                )
-                .index()
-            })
+            .map(|t| first_choice(&c, &mut at(&h), t).index())
             .collect();
         assert_eq!(picks, vec![1, 2, 1, 2]);
     }
@@ -237,17 +225,7 @@ mod tests {
             HealthRecord::default(),
             HealthRecord::default(),
         ];
-        assert_eq!(
-            first_choice(
-                &c,
-                &mut Fixed {
-                    records: &h,
-                    now_ms: NOW
-                },
-                0
-            ),
-            Choice::Healthy(0)
-        );
+        assert_eq!(first_choice(&c, &mut at(&h), 0), Choice::Healthy(0));
         assert_eq!(
             first_choice(
                 &c,
@@ -270,54 +248,17 @@ mod tests {
             cooling(NOW + 20),
             cooling(NOW + 20),
         ];
-        assert_eq!(
-            first_choice(
-                &c,
-                &mut Fixed {
-                    records: &h,
-                    now_ms: NOW
-                },
-                7
-            ),
-            Choice::Soonest(2)
-        );
-        assert_eq!(
-            retry_after_secs(
-                &c,
-                &mut Fixed {
-                    records: &h,
-                    now_ms: NOW
-                }
-            ),
-            Some(1)
-        );
+        assert_eq!(first_choice(&c, &mut at(&h), 7), Choice::Soonest(2));
+        assert_eq!(retry_after_secs(&c, &mut at(&h)), Some(1));
         let h = vec![cooling(NOW + 5_001); 4];
-        assert_eq!(
-            retry_after_secs(
-                &c,
-                &mut Fixed {
-                    records: &h,
-                    now_ms: NOW
-                }
-            ),
-            Some(6)
-        );
+        assert_eq!(retry_after_secs(&c, &mut at(&h)), Some(6));
         let h = vec![
             cooling(NOW + 5_001),
             HealthRecord::default(),
             cooling(NOW + 1),
             cooling(NOW + 1),
         ];
-        assert_eq!(
-            retry_after_secs(
-                &c,
-                &mut Fixed {
-                    records: &h,
-                    now_ms: NOW
-                }
-            ),
-            None
-        );
+        assert_eq!(retry_after_secs(&c, &mut at(&h)), None);
     }
 
     #[test]
@@ -325,51 +266,19 @@ mod tests {
         let c = three_groups();
         let healthy = vec![HealthRecord::default(); 4];
         assert_eq!(
-            next_choice(
-                &c,
-                &mut Fixed {
-                    records: &healthy,
-                    now_ms: NOW
-                },
-                &[true, false, false, false],
-                0
-            ),
+            next_choice(&c, &mut at(&healthy), &[true, false, false, false], 0),
             Some(1)
         );
         assert_eq!(
-            next_choice(
-                &c,
-                &mut Fixed {
-                    records: &healthy,
-                    now_ms: NOW
-                },
-                &[true, true, false, false],
-                0
-            ),
+            next_choice(&c, &mut at(&healthy), &[true, true, false, false], 0),
             Some(2)
         );
         assert_eq!(
-            next_choice(
-                &c,
-                &mut Fixed {
-                    records: &healthy,
-                    now_ms: NOW
-                },
-                &[true, true, true, false],
-                0
-            ),
+            next_choice(&c, &mut at(&healthy), &[true, true, true, false], 0),
             Some(3)
         );
         assert_eq!(
-            next_choice(
-                &c,
-                &mut Fixed {
-                    records: &healthy,
-                    now_ms: NOW
-                },
-                &[true, true, true, true],
-                0
-            ),
+            next_choice(&c, &mut at(&healthy), &[true, true, true, true], 0),
             None
         );
         let h = vec![
@@ -379,28 +288,12 @@ mod tests {
             HealthRecord::default(),
         ];
         assert_eq!(
-            next_choice(
-                &c,
-                &mut Fixed {
-                    records: &h,
-                    now_ms: NOW
-                },
-                &[true, false, false, false],
-                0
-            ),
+            next_choice(&c, &mut at(&h), &[true, false, false, false], 0),
             Some(3)
         );
         let h = vec![cooling(NOW + 1); 4];
         assert_eq!(
-            next_choice(
-                &c,
-                &mut Fixed {
-                    records: &h,
-                    now_ms: NOW
-                },
-                &[true, false, false, false],
-                0
-            ),
+            next_choice(&c, &mut at(&h), &[true, false, false, false], 0),
             None
         );
     }
@@ -448,31 +341,13 @@ mod tests {
         let h = vec![HealthRecord::default(); 2];
         let mut counts = [0; 2];
         for ticket in 0..400 {
-            counts[first_choice(
-                &c,
-                &mut Fixed {
-                    records: &h,
-                    now_ms: NOW,
-                },
-                ticket,
-            )
-            .index()] += 1;
+            counts[first_choice(&c, &mut at(&h), ticket).index()] += 1;
         }
         assert_eq!(counts, [300, 100]);
         // With `a` cooling, `b` takes everything.
         let h = vec![cooling(NOW + 1), HealthRecord::default()];
         for ticket in 0..8 {
-            assert_eq!(
-                first_choice(
-                    &c,
-                    &mut Fixed {
-                        records: &h,
-                        now_ms: NOW
-                    },
-                    ticket
-                ),
-                Choice::Healthy(1)
-            );
+            assert_eq!(first_choice(&c, &mut at(&h), ticket), Choice::Healthy(1));
         }
     }
 }
