@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from harness import LOOPBACK, WASM, envoy_bin, free_port, http, wait_until  # noqa: E402
+from harness import LOOPBACK, WASM, envoy_bin, free_port, http, stop_process, wait_until  # noqa: E402
 
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -169,11 +169,7 @@ class Proc:
         return 0
 
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc)
         self.log.close()
 
 

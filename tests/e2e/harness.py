@@ -31,6 +31,17 @@ def envoy_bin() -> str:
     return found
 
 
+def stop_process(proc: subprocess.Popen, grace: float = 10):
+    """Terminates `proc`, killing it if it has not exited after `grace` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((LOOPBACK, 0))
@@ -100,12 +111,7 @@ class Mock:
         http("POST", f"{self.url}/mock/reset", b"")
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 5)
         if not self.log.closed:
             self.log.close()
             os.unlink(self.log.name)
@@ -302,13 +308,7 @@ class Envoy:
         return http("POST", self.url + path, data, h, timeout=30)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log_file.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
