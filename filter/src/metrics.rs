@@ -8,14 +8,18 @@ use crate::health::State;
 /// `llm_failover_requests{provider, status_class}`: answers the client got, by the
 /// provider that gave them.
 pub fn requests(provider: &str, status: u16) -> String {
-    let class = match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    };
+    let class = STATUS_CLASSES[status_class(status)];
     format!("llm_failover.requests.provider.{provider}.status.{class}")
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index of `status`'s class in `1xx`..`5xx`; anything outside 100-599 counts as 5xx.
+pub fn status_class(status: u16) -> usize {
+    match status {
+        100..=599 => usize::from(status / 100 - 1),
+        _ => 4,
+    }
 }
 
 /// `llm_failover_failovers{from, to, reason}`: a request sent on from one provider to

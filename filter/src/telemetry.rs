@@ -8,6 +8,7 @@ use std::rc::Rc;
 use proxy_wasm::types::MetricType;
 
 use crate::host;
+use crate::metrics;
 
 #[derive(Default)]
 pub struct Telemetry {
@@ -40,7 +41,7 @@ impl Telemetry {
     /// Counts an answer of provider `index` with `status`; `name` builds the metric
     /// name the first time this pair is seen.
     pub fn count_request(&self, index: usize, status: u16, name: impl FnOnce() -> String) {
-        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        let class = metrics::status_class(status);
         let cached = self.request_ids.borrow().get(index).and_then(|c| c[class]);
         let id = match cached {
             Some(id) => id,
