@@ -23,7 +23,7 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-nontrappin
 build: setup
 	cargo build --release --target wasm32-wasip1 -p llm-failover
 	wasm-opt $(WASM_OPT_FLAGS) $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
-	cargo build --release -p llm-mock
+	cargo build --release -p llm-mock -p llm-failover-render
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 demo: build

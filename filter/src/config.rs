@@ -1,6 +1,8 @@
-//! The plugin configuration: raw serde structs that mirror the JSON users write
-//! (unknown fields refused), then validation into the typed [`Config`] the filter
-//! runs with. Every error names the field it is about.
+//! The plugin configuration: the JSON users write, read with the crate's own JSON
+//! parser (`json.rs`) member by member (unknown fields refused), and validated into
+//! the typed [`Config`] the filter runs with. Every error names the field it is
+//! about. `llm-failover render` uses the same parser, so it refuses exactly what the
+//! filter refuses.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -223,6 +225,12 @@ pub struct Provider {
     pub path: Option<String>,
     pub weight: u32,
     pub auth: Auth,
+    /// The environment variable the injected key comes from (for `render`, which
+    /// passes it into the VM).
+    pub auth_env: Option<String>,
+    /// Where the provider is (`render` builds its cluster from it); the filter itself
+    /// only routes by `cluster`.
+    pub endpoint: Option<Endpoint>,
     /// Index of the priority group, 0 = preferred.
     pub group: usize,
     /// Shared-data key of this provider's health: cluster plus model override, so two
@@ -230,8 +238,30 @@ pub struct Provider {
     pub health_key: String,
 }
 
+/// A provider's `endpoint` URL, taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// How a request reaches the next provider when one fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Envoy's router retries the request on the next provider's cluster; this filter
+    /// also runs as an upstream filter on each provider cluster and rewrites every
+    /// attempt. The answer streams on every path.
+    Router,
+    /// The filter sends the request on itself with `dispatch_http_call`; the
+    /// fallback's answer arrives in one piece. For Envoys that cannot run upstream
+    /// filters or retry across clusters (older Istio gateways).
+    Dispatch,
+}
+
 #[derive(Debug, Clone)]
 pub struct Failover {
+    pub mode: Mode,
     on_status: [bool; 600],
     pub within_request: bool,
     pub default_cooldown_ms: u64,
@@ -247,6 +277,11 @@ pub struct Failover {
 }
 
 impl Failover {
+    /// The statuses that count as a provider failure, ascending.
+    pub fn failure_statuses(&self) -> Vec<u16> {
+        (0..600u16).filter(|s| self.is_failure_status(*s)).collect()
+    }
+
     /// Whether an upstream status counts as a provider failure.
     pub fn is_failure_status(&self, status: u16) -> bool {
         self.on_status
@@ -273,6 +308,9 @@ pub struct Config {
     /// True when a failed request can be sent on to another provider: `withinRequest`
     /// and more than one provider. Only then are the request's headers and body kept.
     pub can_fail_over: bool,
+    /// The request headers some provider rewrites (router mode keeps the client's
+    /// values of these for later attempts).
+    pub rewritten_headers: Vec<String>,
 }
 
 impl Config {
@@ -374,7 +412,9 @@ impl Config {
         };
         let needs_json_body = providers.iter().any(|p| p.model.is_some());
         let can_fail_over = failover.within_request && providers.len() > 1;
+        let rewritten_headers = crate::rewrite::rewritten_headers(&providers);
         Ok(Config {
+            rewritten_headers,
             health_path,
             providers,
             groups: ranges,
@@ -393,7 +433,7 @@ fn validate_provider(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Provider, ConfigError> {
     rp.only(&[
-        "name", "cluster", "openai", "host", "path", "weight", "policies",
+        "name", "cluster", "endpoint", "openai", "host", "path", "weight", "policies",
     ])?;
     let at = rp.path.as_str();
     let name = rp.required_string("name")?.trim().to_string();
@@ -485,6 +525,13 @@ fn validate_provider(
             ))
         }
     };
+    let endpoint = match rp.string("endpoint")? {
+        None => None,
+        Some(url) => {
+            Some(parse_endpoint(url).map_err(|m| ConfigError::new(format!("{at}.endpoint"), m))?)
+        }
+    };
+    let mut auth_env = None;
     let auth = match auth_kind(&rp)? {
         None => Auth::Passthrough,
         Some(k) => {
@@ -496,6 +543,7 @@ fn validate_provider(
                     "must name an environment variable",
                 ));
             }
+            auth_env = Some(var.to_string());
             let key = env(var).unwrap_or_default();
             let key = key.trim();
             if key.is_empty() {
@@ -551,8 +599,59 @@ fn validate_provider(
         path,
         weight,
         auth,
+        auth_env,
+        endpoint,
         group,
         health_key,
+    })
+}
+
+/// `http://host[:port]` or `https://host[:port]` (a trailing `/` is allowed; a path
+/// is not: the provider's `path` says where requests go).
+fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "{} must start with http:// or https://",
+            quoted(url)
+        ));
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty()
+        || authority.bytes().any(|b| {
+            matches!(b, b'/' | b'?' | b'#' | b'@')
+                || b.is_ascii_whitespace()
+                || b.is_ascii_control()
+        })
+    {
+        return Err(format!(
+            "{} must be a scheme and host[:port], with no path, query or user",
+            quoted(url)
+        ));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 literal keeps its colons inside brackets.
+        Some((h, p)) if !p.contains(']') => {
+            let port = p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("{} has an invalid port {}", quoted(url), quoted(p)))?;
+            (h, port)
+        }
+        _ => (authority, if tls { 443 } else { 80 }),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{} has no host", quoted(url)));
+    }
+    Ok(Endpoint {
+        tls,
+        host: host.to_string(),
+        port,
     })
 }
 
@@ -603,6 +702,7 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         None => Obj::new(&empty, "failover".to_string())?,
     };
     raw.only(&[
+        "mode",
         "onStatus",
         "withinRequest",
         "defaultCooldown",
@@ -688,7 +788,21 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
             "must be longer than 0s",
         ));
     }
+    let mode = match raw.string("mode")? {
+        None | Some("router") => Mode::Router,
+        Some("dispatch") => Mode::Dispatch,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "failover.mode",
+                format!(
+                    "{} is not a mode; expected \"router\" or \"dispatch\"",
+                    quoted(other)
+                ),
+            ))
+        }
+    };
     Ok(Failover {
+        mode,
         on_status,
         within_request: raw.boolean("withinRequest")?.unwrap_or(true),
         consecutive_failures,

@@ -68,6 +68,13 @@ pub fn set_request_header(name: &str, value: &str) {
     );
 }
 
+pub fn set_request_header_bytes(name: &str, value: &[u8]) {
+    log_err(
+        "setting a request header",
+        hostcalls::set_map_value_bytes(MapType::HttpRequestHeaders, name, Some(value)),
+    );
+}
+
 pub fn remove_request_header(name: &str) {
     log_err(
         "removing a request header",
@@ -207,9 +214,13 @@ pub fn record_metric(id: u32, value: u64) {
 /// Sets a filter-state value Envoy's access log can print as
 /// `%FILTER_STATE(wasm.<name>:PLAIN)%`.
 pub fn set_property(name: &str, value: &str) {
+    set_property_bytes(name, value.as_bytes());
+}
+
+pub fn set_property_bytes(name: &str, value: &[u8]) {
     log_err(
         "setting a property",
-        hostcalls::set_property(vec![name], Some(value.as_bytes())),
+        hostcalls::set_property(vec![name], Some(value)),
     );
 }
 

@@ -1,8 +1,14 @@
-//! The per-request filter: picks the provider when the request headers arrive,
-//! rewrites the body when it is complete, and on a provider failure marks the
-//! provider unhealthy and, with `withinRequest`, sends the same request on to the
-//! next provider with `dispatch_http_call`. Decisions come from the pure modules;
-//! this file only gathers their inputs and applies their answers.
+//! The per-request (downstream) filter. Decisions come from the pure modules
+//! (`attempt.rs` above all); this file gathers their inputs and applies their answers.
+//!
+//! - Router mode (the default): plans the attempt order when the request headers
+//!   arrive and hands it to Envoy's router (cluster order) and to the upstream filter
+//!   of each attempt (`upstream.rs`, which rewrites and records every attempt). It
+//!   checks the body, names the provider that answered, counts, and gives back
+//!   unused probe claims. A provider Envoy could not even start an attempt to (no
+//!   healthy host, unknown cluster) is failed over with `dispatch_http_call`.
+//! - Dispatch mode: picks the first provider, rewrites the request for it, and on a
+//!   failure sends the same request on with `dispatch_http_call`.
 //!
 //! Every host call crosses into the wasm runtime and costs, so the normal path
 //! makes as few as it can: one health record read when the preferred provider is
@@ -14,9 +20,11 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::attempt::{self, LazyHealth, Plan};
 use crate::body::{self, ModelSlots};
-use crate::config::Config;
-use crate::health::{Failure, HealthRecord, State};
+use crate::config::{Config, Mode};
+use crate::handoff;
+use crate::health::{Failure, HealthRecord};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::{self, Outcome};
@@ -26,59 +34,19 @@ use crate::rewrite::{self, Edit};
 use crate::select::{self, HealthView};
 use crate::store;
 use crate::telemetry::Telemetry;
+use crate::upstream::{CLIENT_HEADERS_KEY, FAILED_AT_KEY, PLAN_KEY};
 use crate::view;
+
+/// The request header that carries the cluster order to `header_to_metadata`
+/// (router mode), which turns it into the router's metadata and removes it.
+pub const ORDER_HEADER: &str = "x-llm-failover-order";
+
+/// Which of Envoy's response flags say the router could not start an attempt at
+/// all (no upstream filter saw it): no healthy host, unknown cluster.
+const NO_ATTEMPT_FLAGS: u64 = (1 << 1) | (1 << 24);
 
 /// Names the provider whose answer the client got.
 const PROVIDER_HEADER: &str = "x-llm-provider";
-
-/// Health records read from shared data on demand, each at most once, and the clock
-/// read at most once: one request's consistent view.
-struct LazyHealth<'a> {
-    config: &'a Config,
-    records: Vec<Option<HealthRecord>>,
-    now: Option<u64>,
-}
-
-impl<'a> LazyHealth<'a> {
-    fn new(config: &'a Config) -> Self {
-        Self {
-            config,
-            records: vec![None; config.providers.len()],
-            now: None,
-        }
-    }
-}
-
-impl HealthView for LazyHealth<'_> {
-    fn record(&mut self, index: usize) -> HealthRecord {
-        if let Some(Some(r)) = self.records.get(index) {
-            return *r;
-        }
-        let r = self
-            .config
-            .providers
-            .get(index)
-            .map(|p| store::read_health(&HostSharedData, &p.health_key))
-            .unwrap_or_default();
-        if let Some(slot) = self.records.get_mut(index) {
-            *slot = Some(r);
-        }
-        r
-    }
-
-    fn now_ms(&mut self) -> u64 {
-        *self.now.get_or_insert_with(host::now_ms)
-    }
-}
-
-impl LazyHealth<'_> {
-    /// Drops a cached record so the next look reads it again (after a lost claim).
-    fn forget(&mut self, index: usize) {
-        if let Some(slot) = self.records.get_mut(index) {
-            *slot = None;
-        }
-    }
-}
 
 pub struct FailoverFilter {
     config: Rc<Config>,
@@ -115,6 +83,8 @@ pub struct FailoverFilter {
     /// Why the request failed over (the first failure's kind) and when it began.
     failover_reason: Option<&'static str>,
     failover_started_ms: u64,
+    /// Router mode: the attempt order handed to the router.
+    plan: Plan,
 }
 
 impl FailoverFilter {
@@ -140,6 +110,7 @@ impl FailoverFilter {
             asked: Vec::new(),
             failover_reason: None,
             failover_started_ms: 0,
+            plan: Plan::default(),
         }
     }
 
@@ -151,6 +122,23 @@ impl FailoverFilter {
         self.telemetry.count_request(self.current, status, || {
             metrics::requests(self.provider_name(), status)
         });
+        if self.config.failover.mode == Mode::Router {
+            if self.asked.len() > 1 {
+                let asked: Vec<&str> = self
+                    .asked
+                    .iter()
+                    .filter_map(|i| self.config.providers.get(*i).map(|p| p.name.as_str()))
+                    .collect();
+                host::set_property("llm_failover_tried", &asked.join(","));
+                host::set_property("llm_failover_attempts", &asked.len().to_string());
+                // The reason was set by the upstream filter of the first attempt.
+                if let Some(at) = parse_number::<u64>(host::property(&[FAILED_AT_KEY]).as_deref()) {
+                    let spent = host::now_ms().saturating_sub(at);
+                    self.telemetry.histogram(metrics::FAILOVER_TIME_MS, spent);
+                }
+            }
+            return;
+        }
         if let Some(reason) = self.failover_reason {
             let asked: Vec<&str> = self
                 .asked
@@ -163,6 +151,106 @@ impl FailoverFilter {
             let spent = host::now_ms().saturating_sub(self.failover_started_ms);
             self.telemetry.histogram(metrics::FAILOVER_TIME_MS, spent);
         }
+    }
+
+    /// Router mode, request headers: plans the attempts and hands the plan over.
+    fn route_request(&mut self, end_of_stream: bool) -> Action {
+        let config = Rc::clone(&self.config);
+        let clock = host::now_ms;
+        let mut view = LazyHealth::new(&config, &HostSharedData, &clock);
+        self.plan = attempt::plan(&config, &HostSharedData, &mut view, self.ticket);
+        let Some(first) = self.plan.first().copied() else {
+            return Action::Continue;
+        };
+        self.current = first.index;
+        if self.plan.all_cooling {
+            log::info!(
+                "llm-failover: every provider is cooling down; trying {}, which recovers first",
+                config.providers[first.index].name
+            );
+        }
+        for pick in &self.plan.picks {
+            if pick.claim.is_some() {
+                log::info!(
+                    "llm-failover: probing provider {} after its cooldown",
+                    config.providers[pick.index].name
+                );
+            }
+        }
+        host::set_property(PLAN_KEY, &handoff::encode_plan(&self.plan));
+        // Replaces whatever a client sent, so no client can pick clusters or retries.
+        host::set_request_header(ORDER_HEADER, &handoff::cluster_order(&config, &self.plan));
+        host::set_request_header(
+            "x-envoy-max-retries",
+            &(self.plan.picks.len() - 1).to_string(),
+        );
+        self.has_body = !end_of_stream;
+        self.buffering = self.has_body && config.needs_json_body;
+        let headers = if self.plan.picks.len() > 1 && !config.rewritten_headers.is_empty() {
+            let all = host::request_headers();
+            host::set_property_bytes(
+                CLIENT_HEADERS_KEY,
+                &handoff::encode_client_headers(&all, &config.rewritten_headers),
+            );
+            Some(all)
+        } else {
+            None
+        };
+        if self.buffering {
+            let content_length: Option<u64> = match &headers {
+                Some(all) => parse_number(header_value(all, "content-length")),
+                None => parse_number(host::request_header("content-length").as_deref()),
+            };
+            if content_length.is_some_and(|len| len > config.max_body_bytes) {
+                self.reply_too_large();
+                return Action::Pause;
+            }
+            // A rewritten body has another length: the upstream gets it chunked.
+            host::remove_request_header("content-length");
+        }
+        Action::Continue
+    }
+
+    /// Router mode, response headers: names the provider that answered (the plan's
+    /// entry for the router's last attempt) and counts. An attempt the router could
+    /// not even start (no healthy host, unknown cluster) never met an upstream filter:
+    /// it is recorded here. The router does not retry it, so that client gets
+    /// Envoy's 503; the next requests skip the provider.
+    fn route_response(&mut self, status: u16) -> Action {
+        let attempts = host::property(&["upstream", "request_attempt_count"])
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(1)
+            .max(1);
+        let count = self.plan.picks.len().max(1);
+        let position = usize::try_from(attempts - 1)
+            .unwrap_or(usize::MAX)
+            .min(count - 1);
+        if let Some(pick) = self.plan.picks.get(position) {
+            self.current = pick.index;
+            self.current_record = pick.record;
+        }
+        self.asked = self.plan.indices().take(position + 1).collect();
+        if status >= 400 {
+            let details = host::property(&["response", "code_details"]).unwrap_or_default();
+            let flags = host::property(&["response", "flags"])
+                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                .map(u64::from_le_bytes)
+                .unwrap_or(0);
+            if details != b"via_upstream" && flags & NO_ATTEMPT_FLAGS != 0 {
+                let why = format!(
+                    "Envoy could not start an attempt: {}",
+                    String::from_utf8_lossy(&details)
+                );
+                self.mark_failed(self.current, Failure::Unreachable, None, &why);
+            }
+            if let Some(secs) = self.all_cooling_retry_after() {
+                host::set_response_header("retry-after", &secs);
+            }
+        }
+        host::set_response_header(PROVIDER_HEADER, self.provider_name());
+        self.finish(status);
+        Action::Continue
     }
 
     /// The health view, when this request asks for it (see `healthPath`).
@@ -195,59 +283,27 @@ impl FailoverFilter {
     /// healthy one, or a half-open one whose probe this request manages to claim.
     /// `None` when nothing is available.
     fn choose(&mut self, config: &Config, view: &mut LazyHealth<'_>) -> Option<usize> {
-        let mut skipped: Vec<bool> = Vec::new();
-        loop {
-            let excluded: &[bool] = if skipped.is_empty() {
-                &self.tried
-            } else {
-                &skipped
-            };
-            let i = select::next_choice(config, view, excluded, self.ticket)?;
-            if view.state(i) != State::HalfOpen {
-                self.current_record = view.record(i);
-                self.probe_claim = None;
-                return Some(i);
-            }
-            let now = view.now_ms();
-            let key = &config.providers[i].health_key;
-            match store::update_health_if(&HostSharedData, key, |h| {
-                h.claim_probe(now, &config.failover)
-            }) {
-                Ok(Some(claimed)) => {
-                    log::info!(
-                        "llm-failover: probing provider {} after its cooldown",
-                        config.providers[i].name
-                    );
-                    self.current_record = claimed;
-                    self.probe_claim = Some(claimed.probe_until_ms);
-                    return Some(i);
-                }
-                Ok(None) | Err(_) => {
-                    // Another request probes it: skip it for this one.
-                    if skipped.is_empty() {
-                        skipped = if self.tried.is_empty() {
-                            vec![false; config.providers.len()]
-                        } else {
-                            self.tried.clone()
-                        };
-                    }
-                    if let Some(s) = skipped.get_mut(i) {
-                        *s = true;
-                    }
-                    view.forget(i);
-                }
-            }
+        let pick = attempt::choose(config, &HostSharedData, view, &self.tried, self.ticket)?;
+        if pick.claim.is_some() {
+            log::info!(
+                "llm-failover: probing provider {} after its cooldown",
+                config.providers[pick.index].name
+            );
         }
+        self.current_record = pick.record;
+        self.probe_claim = pick.claim;
+        Some(pick.index)
     }
 
     /// Gives back an unused probe claim (the request was answered by the filter).
     fn release_probe(&mut self) {
-        if let (Some(claim), Some(p)) = (
-            self.probe_claim.take(),
-            self.config.providers.get(self.current),
-        ) {
-            let _ =
-                store::update_health_if(&HostSharedData, &p.health_key, |h| h.release_probe(claim));
+        if let Some(claim) = self.probe_claim.take() {
+            attempt::release(&self.config, &HostSharedData, self.current, claim);
+        }
+        for pick in std::mem::take(&mut self.plan.picks) {
+            if let Some(claim) = pick.claim {
+                attempt::release(&self.config, &HostSharedData, pick.index, claim);
+            }
         }
     }
 
@@ -269,15 +325,12 @@ impl FailoverFilter {
                 return;
             }
         }
-        if self.current_record.after_success().is_some() {
-            if let Some(p) = config.providers.get(self.current) {
-                let _ = store::update_health_if(
-                    &HostSharedData,
-                    &p.health_key,
-                    HealthRecord::after_success,
-                );
-            }
-        }
+        attempt::record_success(
+            &config,
+            &HostSharedData,
+            self.current,
+            Some(self.current_record),
+        );
         self.probe_claim = None;
     }
 
@@ -308,43 +361,18 @@ impl FailoverFilter {
         if index == self.current {
             self.probe_claim = None;
         }
-        let Some(provider) = self.config.providers.get(index) else {
-            return;
-        };
+        let config = Rc::clone(&self.config);
         let now = host::now_ms();
-        let failover = &self.config.failover;
-        let was_cooling = std::cell::Cell::new(false);
-        let result = store::update_health(&HostSharedData, &provider.health_key, |h| {
-            was_cooling.set(h.state(now) == State::Cooling);
-            h.after_failure(failure, evidence_ms, now, failover)
-        });
-        if let Ok(r) = &result {
-            if r.state(now) != State::Healthy && !was_cooling.get() {
-                self.telemetry
-                    .count(metrics::cooldowns(&provider.name, r.reason.as_str()));
-            }
-        }
-        match result {
-            Ok(r) if r.cooling_until_ms > now => log::info!(
-                "llm-failover: provider {} failed ({why}); cooling down for {} ms",
-                provider.name,
-                r.cooling_until_ms - now
-            ),
-            Ok(r) if r.cooling_until_ms != 0 => log::info!(
-                "llm-failover: provider {} failed ({why}); cooling down for 0 ms",
-                provider.name
-            ),
-            Ok(r) => log::info!(
-                "llm-failover: provider {} failed ({why}); {} of {} failures before a cooldown",
-                provider.name,
-                r.failures,
-                failover.consecutive_failures
-            ),
-            Err(e) => log::error!(
-                "llm-failover: provider {} failed ({why}) but its health could not be saved: {e}",
-                provider.name
-            ),
-        }
+        let result = attempt::record_failure(
+            &config,
+            &HostSharedData,
+            self.telemetry.as_ref(),
+            index,
+            failure,
+            evidence_ms,
+            now,
+        );
+        log::info!("{}", attempt::describe(&config, index, &result, why, now));
     }
 
     /// Sends the request on to the next available provider. Returns false when there
@@ -356,7 +384,8 @@ impl FailoverFilter {
             self.failover_started_ms = host::now_ms();
         }
         loop {
-            let mut view = LazyHealth::new(&config);
+            let clock = host::now_ms;
+            let mut view = LazyHealth::new(&config, &HostSharedData, &clock);
             // The same choice as for the routed attempt: a half-open provider is only
             // tried if this request wins its probe claim.
             let Some(next) = self.choose(&config, &mut view) else {
@@ -412,7 +441,8 @@ impl FailoverFilter {
 
     /// `Retry-After` for a failure the client gets while every provider cools down.
     fn all_cooling_retry_after(&self) -> Option<String> {
-        let mut view = LazyHealth::new(&self.config);
+        let clock = host::now_ms;
+        let mut view = LazyHealth::new(&self.config, &HostSharedData, &clock);
         select::retry_after_secs(&self.config, &mut view).map(|s| s.to_string())
     }
 
@@ -422,15 +452,6 @@ impl FailoverFilter {
             .get(self.current)
             .map(|p| p.name.as_str())
             .unwrap_or("")
-    }
-}
-
-/// The `reason` label of a failover.
-fn failover_reason(failure: Failure) -> &'static str {
-    match failure {
-        Failure::Unreachable => "connection",
-        Failure::QuotaSpent => "proactive",
-        Failure::RateLimited | Failure::ServerError => "status",
     }
 }
 
@@ -461,19 +482,14 @@ impl Context for FailoverFilter {
         let status: Option<u16> = parse_number(header_value(&headers, ":status"));
         let body = host::call_response_body(body_size);
         let result = outcome::classify_callout(status, &body, &self.config.failover);
-        if result.is_failure() {
-            let (failure, why) = match (result, status) {
-                (Outcome::ProviderFailure, Some(429)) => {
-                    (Failure::RateLimited, "status 429".to_string())
-                }
-                (Outcome::ProviderFailure, Some(s)) => {
-                    (Failure::ServerError, format!("status {s}"))
-                }
-                _ => (Failure::Unreachable, "no response".to_string()),
+        if let Some((failure, reason)) = attempt::failure_of(result, status.unwrap_or(0)) {
+            let why = match status {
+                Some(s) if result == Outcome::ProviderFailure => format!("status {s}"),
+                _ => "no response".to_string(),
             };
             let evidence = retry_after::failure_delay(&headers, host::now_ms());
             self.mark_failed(self.current, failure, evidence, &why);
-            if self.try_next(failover_reason(failure)) {
+            if self.try_next(reason) {
                 return;
             }
         } else {
@@ -517,7 +533,11 @@ impl HttpContext for FailoverFilter {
             return Action::Pause;
         }
         let config = Rc::clone(&self.config);
-        let mut view = LazyHealth::new(&config);
+        if config.failover.mode == Mode::Router {
+            return self.route_request(end_of_stream);
+        }
+        let clock = host::now_ms;
+        let mut view = LazyHealth::new(&config, &HostSharedData, &clock);
         self.current = match self.choose(&config, &mut view) {
             Some(i) => i,
             None => {
@@ -603,6 +623,11 @@ impl HttpContext for FailoverFilter {
                 }
             }
         }
+        if config.failover.mode == Mode::Router {
+            // Each attempt's upstream filter rewrites the router's copy of the body.
+            self.body_complete = true;
+            return Action::Continue;
+        }
         let provider = &config.providers[self.current];
         if let (Some(model), Some(slots)) = (&provider.model_json, &self.slots) {
             let (replaced, prefix) = body::model_edit(&body, slots, model);
@@ -623,6 +648,9 @@ impl HttpContext for FailoverFilter {
             return Action::Continue;
         };
         let config = Rc::clone(&self.config);
+        if config.failover.mode == Mode::Router {
+            return self.route_response(status);
+        }
         let result = if status < 400 {
             Outcome::Answer
         } else {
@@ -634,20 +662,17 @@ impl HttpContext for FailoverFilter {
                 .unwrap_or(0);
             outcome::classify_routed(status, details.as_deref(), flags, &config.failover)
         };
-        if result.is_failure() {
+        if let Some((failure, reason)) = attempt::failure_of(result, status) {
             let headers = host::response_headers();
-            let (failure, why) = match (result, status) {
-                (Outcome::Unreachable, _) => (
-                    Failure::Unreachable,
-                    format!("unreachable, Envoy answered {status}"),
-                ),
-                (_, 429) => (Failure::RateLimited, "status 429".to_string()),
-                _ => (Failure::ServerError, format!("status {status}")),
+            let why = if result == Outcome::Unreachable {
+                format!("unreachable, Envoy answered {status}")
+            } else {
+                format!("status {status}")
             };
             let evidence = retry_after::failure_delay(&headers, host::now_ms());
             self.mark_failed(self.current, failure, evidence, &why);
             let body_ready = !self.has_body || self.body_complete;
-            if config.can_fail_over && body_ready && self.try_next(failover_reason(failure)) {
+            if config.can_fail_over && body_ready && self.try_next(reason) {
                 self.holding_response = true;
                 return Action::Pause;
             }

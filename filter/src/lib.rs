@@ -8,9 +8,11 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod attempt;
 pub mod body;
 pub mod config;
 pub mod duration;
+pub mod handoff;
 pub mod health;
 pub mod host;
 pub mod http;
@@ -24,6 +26,7 @@ pub mod root;
 pub mod select;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;
 pub mod view;
 
 proxy_wasm::main! {{

@@ -22,6 +22,32 @@ const HOP_HEADERS: [&str; 8] = [
     "expect",
 ];
 
+/// The request headers some provider's edits change: in router mode their client
+/// values are kept for the attempts after the first (see `handoff.rs`).
+pub fn rewritten_headers(providers: &[Provider]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |n: &str| {
+        if !names.iter().any(|have| have == n) {
+            names.push(n.to_string());
+        }
+    };
+    for p in providers {
+        if p.host.is_some() {
+            add(":authority");
+        }
+        if p.path.is_some() {
+            add(":path");
+        }
+        if let Auth::Key { header, .. } = &p.auth {
+            for h in CLIENT_CREDENTIAL_HEADERS {
+                add(h);
+            }
+            add(header);
+        }
+    }
+    names
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit<'a> {
     Set(&'a str, String),

@@ -13,9 +13,15 @@ use crate::http::FailoverFilter;
 use crate::metrics;
 use crate::store;
 use crate::telemetry::Telemetry;
+use crate::upstream::AttemptFilter;
+
+/// The `root_id` of the filter's instances on the provider clusters (router mode).
+pub const UPSTREAM_ROOT_ID: &str = "llm_failover_upstream";
 
 pub struct Root {
     config: Option<Rc<Config>>,
+    /// Running as the upstream filter of each attempt (see `upstream.rs`).
+    upstream: bool,
     /// Per-VM request counter, spreads a group's traffic by weight.
     tickets: Rc<Cell<u64>>,
     telemetry: Rc<Telemetry>,
@@ -25,6 +31,7 @@ impl Default for Root {
     fn default() -> Self {
         Root {
             config: None,
+            upstream: false,
             tickets: Rc::default(),
             telemetry: Telemetry::new(),
         }
@@ -65,8 +72,13 @@ impl RootContext for Root {
             config.groups.len(),
             config.failover.within_request
         );
+        self.upstream =
+            host::property(&["plugin_root_id"]).as_deref() == Some(UPSTREAM_ROOT_ID.as_bytes());
         self.config = Some(Rc::new(config));
-        host::set_tick_period_ms(GAUGE_PERIOD_MS);
+        // One instance publishes the health gauges: the downstream one.
+        if !self.upstream {
+            host::set_tick_period_ms(GAUGE_PERIOD_MS);
+        }
         true
     }
 
@@ -82,6 +94,12 @@ impl RootContext for Root {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
+        if self.upstream {
+            return Some(Box::new(AttemptFilter::new(
+                config,
+                Rc::clone(&self.telemetry),
+            )));
+        }
         let ticket = self.tickets.get();
         self.tickets.set(ticket.wrapping_add(1));
         Some(Box::new(FailoverFilter::new(

@@ -117,6 +117,13 @@ pub mod memory {
         pub data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     }
 
+    impl MemoryStore {
+        /// How many writes were made, over all keys (each bumps its key's CAS).
+        pub fn writes(&self) -> u32 {
+            self.data.borrow().values().map(|(_, cas)| *cas).sum()
+        }
+    }
+
     impl SharedData for MemoryStore {
         fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
             Ok(match self.data.borrow().get(key) {

@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
+RENDER_BIN = ROOT / "target" / "release" / "llm-failover"
 MOCK_BIN = ROOT / "target" / "release" / "llm-mock"
 VENV_BIN = ROOT / ".venv" / "bin"
 LOOPBACK = "127.0.0.1"
@@ -149,7 +150,11 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
               env_keys: list[str] = (), route_timeout: str = "120s", wasm: Path = WASM,
               access_log: str | None = None, ops_port: int | None = None) -> dict:
     """An Envoy bootstrap (as a dict, written as JSON) with the filter in front of
-    `clusters` (name -> loopback port)."""
+    `clusters` (name -> loopback port), wired by hand with `cluster_header` routing:
+    the filter's dispatch mode (a plugin dict without `failover.mode` gets it)."""
+    if not isinstance(plugin, str):
+        plugin = json.loads(json.dumps(plugin))
+        plugin.setdefault("failover", {}).setdefault("mode", "dispatch")
     value = plugin if isinstance(plugin, str) else json.dumps(plugin)
     wasm_filter = {
         "name": "envoy.filters.http.wasm",
@@ -230,20 +235,60 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
     }
 
 
+def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
+           access_log: str | None = None) -> dict:
+    """The router-mode bootstrap `llm-failover render` makes for `plugin` (JSON
+    output), with the access log sent to a file for the tests to read."""
+    d = Path(tempfile.mkdtemp(prefix="llm-failover-render-"))
+    try:
+        (d / "plugin.json").write_text(json.dumps(plugin))
+        r = subprocess.run([str(RENDER_BIN), "render", "--config", str(d / "plugin.json"), "--format", "json",
+                            "--listen", f"{LOOPBACK}:{listen_port}", "--admin", f"{LOOPBACK}:{admin_port}",
+                            "--ops", f"{LOOPBACK}:{ops_port}", "--wasm", str(WASM)],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"render failed: {r.stderr}")
+    cfg = json.loads(r.stdout)
+    cfg["stats_flush_interval"] = "1s"
+    if access_log:
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["access_log"] = [{
+            "name": "envoy.access_loggers.file",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                "path": access_log,
+                "log_format": {"json_format": ACCESS_LOG_FIELDS},
+            },
+        }]
+    return cfg
+
+
 class Envoy:
-    """A real Envoy with the filter, `--concurrency 2`, on loopback."""
+    """A real Envoy with the filter, `--concurrency 2`, on loopback. With `router=True`
+    the wiring is `llm-failover render`'s (providers get `endpoint`s from
+    `clusters`); otherwise the hand-wired dispatch-mode bootstrap above."""
 
     def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
-                 concurrency: int = 2, route_timeout: str = "120s"):
+                 concurrency: int = 2, route_timeout: str = "120s", router: bool = False):
         self.port = free_port()
         self.admin_port = free_port()
         self.ops_port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="llm-failover-envoy-"))
         self.access_log = self.dir / "access.log"
         self.config_path = self.dir / "envoy.json"
-        cfg = bootstrap(plugin, clusters, self.port, self.admin_port, env_keys=sorted((env or {}).keys()),
-                        route_timeout=route_timeout, access_log=str(self.access_log),
-                        ops_port=self.ops_port)
+        if router:
+            plugin = json.loads(json.dumps(plugin))
+            for group in plugin["groups"]:
+                for p in group["providers"]:
+                    if p["cluster"] in clusters and "endpoint" not in p:
+                        p["endpoint"] = f"http://{LOOPBACK}:{clusters[p['cluster']]}"
+            cfg = render(plugin, self.port, self.admin_port, self.ops_port, access_log=str(self.access_log))
+        else:
+            cfg = bootstrap(plugin, clusters, self.port, self.admin_port, env_keys=sorted((env or {}).keys()),
+                            route_timeout=route_timeout, access_log=str(self.access_log),
+                            ops_port=self.ops_port)
         self.config_path.write_text(json.dumps(cfg, indent=1))
         self.log_path = self.dir / "envoy.log"
         self.log_file = open(self.log_path, "w")

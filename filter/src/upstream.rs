@@ -1,0 +1,274 @@
+//! The filter as an upstream HTTP filter on each provider cluster (router mode):
+//! one instance per attempt. It finds its provider in the plan the downstream filter
+//! left in filter state, rewrites the attempt for it (model, host, path, key)
+//! starting from the client's own header values, and records the attempt's outcome
+//! in the provider's health. Envoy's router does the retrying and streams the
+//! winner's answer. Thin glue: decisions come from `attempt.rs`.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::attempt::{self, MetricsSink};
+use crate::body;
+use crate::config::Config;
+use crate::handoff::{self, Step};
+use crate::health::Failure;
+use crate::host::{self, HostSharedData};
+use crate::metrics;
+use crate::outcome::Outcome;
+use crate::retry_after;
+use crate::rewrite::{self, Edit};
+use crate::telemetry::Telemetry;
+
+/// Filter state the downstream filter sets (read back as `wasm.<name>`).
+pub const PLAN_KEY: &str = "llm_failover_plan";
+pub const CLIENT_HEADERS_KEY: &str = "llm_failover_client";
+/// The reason of a request's first failover, for the access log.
+pub const REASON_KEY: &str = "llm_failover_reason";
+/// When the request's first attempt failed (Unix ms), for the failover-time histogram.
+pub const FAILED_AT_KEY: &str = "llm_failover_failed_at";
+
+/// Envoy's response flag for a downstream that went away (`DC`).
+const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
+
+pub struct AttemptFilter {
+    config: Rc<Config>,
+    telemetry: Rc<Telemetry>,
+    plan: Vec<Step>,
+    /// This attempt's place in the plan, and its provider.
+    position: usize,
+    provider: Option<usize>,
+    /// Whether the body is held here to rewrite `model`.
+    buffering: bool,
+    /// Response headers came back: the attempt had an answer (good or failing).
+    answered: bool,
+}
+
+impl AttemptFilter {
+    pub fn new(config: Rc<Config>, telemetry: Rc<Telemetry>) -> Self {
+        Self {
+            config,
+            telemetry,
+            plan: Vec::new(),
+            position: 0,
+            provider: None,
+            buffering: false,
+            answered: false,
+        }
+    }
+
+    /// Which provider this attempt is for: the plan's entry for the router's attempt
+    /// count. Without a plan (the downstream filter is missing) the first provider of
+    /// this cluster, so a hand-wired Envoy still rewrites.
+    fn find_provider(&mut self) -> Option<usize> {
+        let attempt = host::property(&["upstream", "request_attempt_count"])
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(1)
+            .max(1);
+        self.position = usize::try_from(attempt - 1).unwrap_or(usize::MAX);
+        if let Some(plan) = host::property(&[PLAN_KEY])
+            .and_then(|v| handoff::decode_plan(&v, self.config.providers.len()))
+        {
+            self.plan = plan;
+            if let Some(step) = self.plan.get(self.position) {
+                return Some(step.index);
+            }
+        }
+        let cluster = host::property(&["xds", "cluster_name"])?;
+        let found = self
+            .config
+            .providers
+            .iter()
+            .position(|p| p.cluster.as_bytes() == cluster.as_slice());
+        log::warn!(
+            "llm-failover: attempt {attempt} to cluster {} has no plan entry; is the downstream filter missing?",
+            String::from_utf8_lossy(&cluster)
+        );
+        found
+    }
+
+    fn name(&self) -> &str {
+        self.provider
+            .and_then(|i| self.config.providers.get(i))
+            .map(|p| p.name.as_str())
+            .unwrap_or("?")
+    }
+
+    /// A failure of this attempt: recorded, and when the router will send the request
+    /// on (a next provider is in the plan), counted as a failover.
+    fn failed(&mut self, failure: Failure, reason: &'static str, evidence: Option<u64>, why: &str) {
+        let Some(index) = self.provider else { return };
+        let config = Rc::clone(&self.config);
+        let now = host::now_ms();
+        let result = attempt::record_failure(
+            &config,
+            &HostSharedData,
+            self.telemetry.as_ref(),
+            index,
+            failure,
+            evidence,
+            now,
+        );
+        log::info!("{}", attempt::describe(&config, index, &result, why, now));
+        if let Some(next) = self.plan.get(self.position + 1) {
+            if let Some(to) = config.providers.get(next.index) {
+                log::info!("llm-failover: failing over to provider {}", to.name);
+                self.telemetry
+                    .count(metrics::failovers(self.name(), &to.name, reason));
+                if self.position == 0 {
+                    host::set_property(REASON_KEY, reason);
+                    host::set_property(FAILED_AT_KEY, &now.to_string());
+                }
+            }
+        }
+    }
+}
+
+impl MetricsSink for Telemetry {
+    fn count(&self, name: String) {
+        Telemetry::count(self, name);
+    }
+}
+
+impl Context for AttemptFilter {
+    fn on_done(&mut self) -> bool {
+        if self.answered || self.provider.is_none() {
+            return true;
+        }
+        // No response headers: refused, reset or timed out, unless the client went
+        // away (then the router cancelled the attempt, and the provider is not to blame).
+        let details = host::property(&["response", "code_details"]).unwrap_or_default();
+        let flags = host::property(&["response", "flags"])
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        if details == b"downstream_remote_disconnect"
+            || flags & DOWNSTREAM_CONNECTION_TERMINATION != 0
+        {
+            return true;
+        }
+        let why = host::property(&["upstream", "transport_failure_reason"])
+            .filter(|r| !r.is_empty())
+            .map(|r| format!("unreachable: {}", String::from_utf8_lossy(&r)))
+            .unwrap_or_else(|| "no response: reset or timed out".to_string());
+        self.failed(Failure::Unreachable, "connection", None, &why);
+        true
+    }
+}
+
+impl HttpContext for AttemptFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.provider = self.find_provider();
+        let Some(index) = self.provider else {
+            return Action::Continue;
+        };
+        let config = Rc::clone(&self.config);
+        let provider = &config.providers[index];
+        // Later attempts start from the client's values: the earlier attempts'
+        // rewrites are still in the shared header map.
+        let mut original_path = None;
+        if self.position > 0 && !config.rewritten_headers.is_empty() {
+            let client = host::property(&[CLIENT_HEADERS_KEY])
+                .map(|v| handoff::decode_client_headers(&v))
+                .unwrap_or_default();
+            for name in &config.rewritten_headers {
+                match client.iter().find(|(n, _)| n == name) {
+                    Some((_, value)) => {
+                        if name == ":path" {
+                            original_path = String::from_utf8(value.clone()).ok();
+                        }
+                        host::set_request_header_bytes(name, value);
+                    }
+                    None => host::remove_request_header(name),
+                }
+            }
+        } else if provider.path.is_some() {
+            original_path = host::request_header(":path").and_then(|v| String::from_utf8(v).ok());
+        }
+        for edit in rewrite::edits_for(provider, &config.cluster_header, original_path.as_deref()) {
+            match edit {
+                // Router mode routes by the cluster order, not by this header.
+                Edit::Set(name, _) if name == config.cluster_header => {}
+                Edit::Set(name, value) => host::set_request_header(name, &value),
+                Edit::Remove(name) => host::remove_request_header(name),
+            }
+        }
+        self.buffering = !end_of_stream && provider.model_json.is_some();
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.buffering {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let (Some(index), Some(body)) = (self.provider, host::request_body(body_size)) else {
+            return Action::Continue;
+        };
+        let config = Rc::clone(&self.config);
+        // The downstream filter already refused a body that is not JSON.
+        if let (Some(model), Ok(slots)) =
+            (&config.providers[index].model_json, body::inspect(&body))
+        {
+            let (replaced, prefix) = body::model_edit(&body, &slots, model);
+            host::replace_request_body_prefix(replaced, &prefix);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.answered = true;
+        let Some(index) = self.provider else {
+            return Action::Continue;
+        };
+        let status: u16 = host::response_header(":status")
+            .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+            .unwrap_or(0);
+        let config = Rc::clone(&self.config);
+        // Everything an upstream filter sees came from the provider.
+        let outcome = if config.failover.is_failure_status(status) {
+            Outcome::ProviderFailure
+        } else {
+            Outcome::Answer
+        };
+        if let Some((failure, reason)) = attempt::failure_of(outcome, status) {
+            let headers = host::response_headers();
+            let evidence = retry_after::failure_delay(&headers, host::now_ms());
+            self.failed(failure, reason, evidence, &format!("status {status}"));
+            return Action::Continue;
+        }
+        if config.failover.proactive {
+            let headers = host::response_headers();
+            let now = host::now_ms();
+            if let Some(delay) = retry_after::quota_spent(&headers, now) {
+                let result = attempt::record_failure(
+                    &config,
+                    &HostSharedData,
+                    self.telemetry.as_ref(),
+                    index,
+                    Failure::QuotaSpent,
+                    delay,
+                    now,
+                );
+                log::info!(
+                    "{}",
+                    attempt::describe(&config, index, &result, "quota spent", now)
+                );
+                return Action::Continue;
+            }
+        }
+        let reset = self.plan.get(self.position).map(|s| s.reset_on_success);
+        // Without a plan the record is unknown: read it (None) rather than skip a reset.
+        let known = match reset {
+            Some(false) => Some(crate::health::HealthRecord::default()),
+            _ => None,
+        };
+        attempt::record_success(&config, &HostSharedData, index, known);
+        Action::Continue
+    }
+}

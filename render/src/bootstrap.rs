@@ -1,0 +1,403 @@
+//! Builds the Envoy bootstrap for a plugin configuration (router mode wiring).
+
+use llm_failover::config::{Config, Mode};
+use serde_json::{json, Value};
+
+/// The default `.wasm` path, relative to the directory Envoy runs in.
+const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/llm_failover.wasm";
+/// Where Debian and the official Envoy image keep the system CA bundle.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The dynamic metadata namespace the cluster order goes to (see `handoff.rs`).
+const ORDER_NAMESPACE: &str = "llm_failover";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address {
+    pub host: String,
+    pub port: u16,
+}
+
+pub struct Options {
+    pub listen: Address,
+    pub admin: Address,
+    pub ops: Address,
+    pub wasm: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let at = |port| Address {
+            host: "127.0.0.1".to_string(),
+            port,
+        };
+        Self {
+            listen: at(10000),
+            admin: at(9901),
+            ops: at(9902),
+            wasm: DEFAULT_WASM.to_string(),
+        }
+    }
+}
+
+/// Parses `HOST:PORT` for the option `flag`.
+pub fn address(text: &str, flag: &str) -> Result<Address, String> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{flag} {text:?}: expected HOST:PORT"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| format!("{flag} {text:?}: {port:?} is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{flag} {text:?}: no host"));
+    }
+    Ok(Address {
+        host: host.to_string(),
+        port,
+    })
+}
+
+fn socket(a: &Address) -> Value {
+    json!({"socket_address": {"address": a.host, "port_value": a.port}})
+}
+
+/// The rendered bootstrap and warnings for the user.
+pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), String> {
+    // The key's value is the VM's business: render only needs the variable's name.
+    let config = Config::parse(raw.as_bytes(), &|_| Some("set-in-the-vm".to_string()))
+        .map_err(|e| e.to_string())?;
+    if config.failover.mode != Mode::Router {
+        return Err(
+            "render builds the router-mode wiring; this configuration sets failover.mode \
+             \"dispatch\" (route it with cluster_header as the README shows)"
+                .to_string(),
+        );
+    }
+    let mut warnings = Vec::new();
+    let mut env_keys: Vec<String> = Vec::new();
+    for p in &config.providers {
+        if let Some(var) = &p.auth_env {
+            if !env_keys.contains(var) {
+                env_keys.push(var.clone());
+            }
+        }
+    }
+    // One cluster (and one priority group) per distinct cluster name, in provider order.
+    let mut clusters: Vec<&llm_failover::config::Provider> = Vec::new();
+    for p in &config.providers {
+        if !clusters.iter().any(|c| c.cluster == p.cluster) {
+            clusters.push(p);
+        }
+    }
+    let vm_config = json!({
+        "vm_id": "llm_failover",
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": options.wasm}},
+        "environment_variables": {"host_env_keys": env_keys},
+    });
+    let plugin = |name: &str, root_id: &str, configuration: &str| {
+        json!({
+            "name": "envoy.filters.http.wasm",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": name,
+                    "root_id": root_id,
+                    // A VM that panics is reloaded instead of failing every later request.
+                    "failure_policy": "FAIL_RELOAD",
+                    "vm_config": vm_config,
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": configuration,
+                    },
+                },
+            },
+        })
+    };
+    let router = json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    });
+    let order_to_metadata = json!({
+        "name": "envoy.filters.http.header_to_metadata",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+            "request_rules": [{
+                "header": llm_failover::http::ORDER_HEADER,
+                "on_header_present": {
+                    "metadata_namespace": ORDER_NAMESPACE,
+                    "key": "priority_groups",
+                    "type": "PROTOBUF_VALUE",
+                    "encode": "BASE64",
+                },
+                // The header never reaches a provider.
+                "remove": true,
+            }],
+        },
+    });
+    let groups: Vec<Value> = clusters
+        .iter()
+        .map(|p| json!({"name": p.cluster, "clusters": [{"cluster_name": p.cluster, "weight": 1}]}))
+        .collect();
+    let statuses = config.failover.failure_statuses();
+    let route = json!({
+        "match": {"prefix": "/"},
+        "route": {
+            // The filter's attempt order, one cluster per attempt (see README, "How failover works").
+            "inline_cluster_specifier_plugin": {"extension": {
+                "name": "envoy.router.cluster_specifier_plugin.priority_group",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.priority_group.v3.PriorityGroupClusterSpecifier",
+                    "priority_groups": groups,
+                    "override_metadata_namespace": ORDER_NAMESPACE,
+                },
+            }},
+            // No limit on the whole request: an LLM stream may run for minutes. Each
+            // attempt's wait for its first byte is bounded by per_try_timeout.
+            "timeout": "0s",
+            "retry_policy": {
+                "retry_on": "retriable-status-codes,connect-failure,reset",
+                "retriable_status_codes": statuses,
+                // A ceiling; the filter sets x-envoy-max-retries per request to its plan.
+                "num_retries": config.providers.len().saturating_sub(1),
+                "per_try_timeout": format!("{}s", ms_to_secs(config.failover.attempt_timeout_ms)),
+                "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.002s"},
+                "refresh_cluster_on_retry": true,
+            },
+        },
+    });
+    let access_log = json!([{
+        "name": "envoy.access_loggers.stdout",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+            "log_format": {"json_format": {
+                "http.status": "%RESPONSE_CODE%",
+                "provider": "%RESP(X-LLM-PROVIDER)%",
+                "tried": "%FILTER_STATE(wasm.llm_failover_tried:PLAIN)%",
+                "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
+                "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
+                "endpoint": "%UPSTREAM_HOST%",
+                "upstream_cluster": "%UPSTREAM_CLUSTER%",
+                "path": "%REQ(:PATH)%",
+                "duration_ms": "%DURATION%",
+            }},
+        },
+    }]);
+    let hcm = |stat_prefix: &str, routes: Value, filters: Vec<Value>, log: Option<&Value>| {
+        let mut h = json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+            "stat_prefix": stat_prefix,
+            "route_config": {"virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}]},
+            "http_filters": filters,
+        });
+        if let (Some(log), Some(obj)) = (log, h.as_object_mut()) {
+            obj.insert("access_log".to_string(), log.clone());
+        }
+        json!([{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": h,
+        }]}])
+    };
+    let mut ops_config: Value =
+        serde_json::from_str(raw).map_err(|e| format!("plugin configuration: {e}"))?;
+    if let Some(obj) = ops_config.as_object_mut() {
+        obj.insert("healthPath".to_string(), json!("/llm-failover/health"));
+    }
+    let ops_raw = serde_json::to_string(&ops_config).map_err(|e| e.to_string())?;
+    let buffer_limit = config.max_body_bytes.max(1 << 20) + 65_536;
+    let listeners = json!([
+        {
+            "name": "llm",
+            "address": socket(&options.listen),
+            // Request bodies are buffered (checked here, replayed on a retry).
+            "per_connection_buffer_limit_bytes": buffer_limit,
+            "filter_chains": hcm("llm", json!([route]), vec![
+                plugin("llm_failover", "llm_failover", raw),
+                order_to_metadata,
+                refresh_route(),
+                router.clone(),
+            ], Some(&access_log)),
+        },
+        {
+            // The operators' listener: only the health view. Same filter and vm_id, so
+            // it reads the same health; ordinary clients cannot reach it.
+            "name": "ops",
+            "address": socket(&options.ops),
+            "filter_chains": hcm("ops", json!([{
+                "match": {"prefix": "/"},
+                "direct_response": {"status": 404, "body": {"inline_string": "only /llm-failover/health here\n"}},
+            }]), vec![
+                plugin("llm_failover_ops", "llm_failover", &ops_raw),
+                router,
+            ], None),
+        },
+    ]);
+    let upstream_filters = json!([
+        plugin("llm_failover_upstream", llm_failover::root::UPSTREAM_ROOT_ID, raw),
+        {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
+    ]);
+    let mut out_clusters = Vec::new();
+    for p in &clusters {
+        let Some(ep) = &p.endpoint else {
+            warnings.push(format!(
+                "provider {} has no endpoint: define cluster {:?} yourself, with the upstream filters \
+                 this file gives the other clusters",
+                p.name, p.cluster
+            ));
+            continue;
+        };
+        let is_ip = ep.host.parse::<std::net::IpAddr>().is_ok();
+        let mut c = json!({
+            "name": p.cluster,
+            "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
+            "connect_timeout": "5s",
+            "load_assignment": {"cluster_name": p.cluster, "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": ep.host, "port_value": ep.port}}}}]}]},
+            // Every failover is a retry: Envoy's default of 3 concurrent retries per
+            // cluster would turn failovers under load into errors.
+            "circuit_breakers": {"thresholds": [{"max_retries": 1_000_000}]},
+            "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                // The filter rewrites and records every attempt sent to this cluster.
+                "http_filters": upstream_filters,
+            }},
+        });
+        if ep.tls {
+            if let Some(obj) = c.as_object_mut() {
+                obj.insert("transport_socket".to_string(), json!({
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                        "sni": ep.host,
+                        "common_tls_context": {"validation_context": {
+                            "trusted_ca": {"filename": CA_BUNDLE},
+                            "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": ep.host}}],
+                        }},
+                    },
+                }));
+            }
+        }
+        out_clusters.push(c);
+    }
+    let doc = json!({
+        "admin": {"address": socket(&options.admin)},
+        "stats_config": {"stats_tags": stats_tags()},
+        "static_resources": {"listeners": listeners, "clusters": out_clusters},
+    });
+    Ok((doc, warnings))
+}
+
+/// `header_to_metadata` looks up the route before it writes the cluster order into
+/// metadata, so the route (and the first attempt's cluster) would be chosen without
+/// it; this clears the route cache once the order is in place.
+fn refresh_route() -> Value {
+    json!({
+        "name": "envoy.filters.http.lua",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {
+                "inline_string": "function envoy_on_request(request) request:clearRouteCache() end"
+            },
+        },
+    })
+}
+
+/// Prometheus labels from the filter's metric names (README: "Metrics").
+fn stats_tags() -> Value {
+    json!([
+        {"tag_name": "provider", "regex": r"^wasmcustom\.llm_failover\.(?:requests|cooldowns|health)(\.provider\.([^.]+))"},
+        {"tag_name": "status_class", "regex": r"^wasmcustom\.llm_failover\.requests\.provider\.[^.]+(\.status\.([^.]+))$"},
+        {"tag_name": "from", "regex": r"^wasmcustom\.llm_failover\.failovers(\.from\.([^.]+))"},
+        {"tag_name": "to", "regex": r"^wasmcustom\.llm_failover\.failovers\.from\.[^.]+(\.to\.([^.]+))"},
+        {"tag_name": "reason", "regex": r"^wasmcustom\.llm_failover\.(?:failovers\.from\.[^.]+\.to\.[^.]+|cooldowns\.provider\.[^.]+)(\.reason\.([^.]+))$"},
+    ])
+}
+
+/// Milliseconds as Envoy's duration seconds (`"1.5"`).
+fn ms_to_secs(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        (ms / 1000).to_string()
+    } else {
+        format!("{}.{:03}", ms / 1000, ms % 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"{"groups":[
+        {"providers":[{"name":"a","cluster":"ca","endpoint":"http://127.0.0.1:8000"}]},
+        {"providers":[{"name":"b","cluster":"cb","endpoint":"https://api.openai.com",
+                       "policies":{"auth":{"key":{"env":"OPENAI_API_KEY"}}}}]}],
+        "failover":{"onStatus":[429,503],"attemptTimeout":"2.5s"}}"#;
+
+    #[test]
+    fn clusters_come_from_endpoints_with_tls_for_https() {
+        let (doc, warnings) = render(CONFIG, &Options::default()).unwrap();
+        assert!(warnings.is_empty());
+        let clusters = &doc["static_resources"]["clusters"];
+        assert_eq!(clusters[0]["name"], "ca");
+        assert_eq!(clusters[0]["type"], "STATIC");
+        assert!(clusters[0].get("transport_socket").is_none());
+        assert_eq!(clusters[1]["type"], "STRICT_DNS");
+        assert_eq!(
+            clusters[1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+                ["address"]["socket_address"]["port_value"],
+            443
+        );
+        assert_eq!(
+            clusters[1]["transport_socket"]["typed_config"]["sni"],
+            "api.openai.com"
+        );
+    }
+
+    #[test]
+    fn the_retry_policy_follows_the_failover_settings() {
+        let (doc, _) = render(CONFIG, &Options::default()).unwrap();
+        let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"];
+        let retry = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"];
+        assert_eq!(retry["retriable_status_codes"], json!([429, 503]));
+        assert_eq!(retry["per_try_timeout"], "2.500s");
+        assert_eq!(retry["refresh_cluster_on_retry"], true);
+        let env =
+            &hcm["http_filters"][0]["typed_config"]["config"]["vm_config"]["environment_variables"];
+        assert_eq!(env["host_env_keys"], json!(["OPENAI_API_KEY"]));
+    }
+
+    #[test]
+    fn a_configuration_the_filter_refuses_is_refused_with_its_message() {
+        let bad = r#"{"groups":[{"providers":[{"name":"a","cluster":"c","weight":0}]}]}"#;
+        let err = render(bad, &Options::default()).unwrap_err();
+        assert_eq!(
+            err,
+            "invalid llm-failover configuration: groups[0].providers[0].weight: 0 is out of range; a weight is an integer from 1 to 1000000"
+        );
+    }
+
+    #[test]
+    fn a_provider_without_endpoint_is_warned_about() {
+        let cfg = r#"{"groups":[{"providers":[{"name":"a","cluster":"mine"}]}]}"#;
+        let (doc, warnings) = render(cfg, &Options::default()).unwrap();
+        assert_eq!(doc["static_resources"]["clusters"], json!([]));
+        assert!(
+            warnings[0].contains("define cluster \"mine\""),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn addresses_need_a_host_and_a_port() {
+        assert_eq!(
+            address("127.0.0.1:10000", "--listen").unwrap(),
+            Address {
+                host: "127.0.0.1".into(),
+                port: 10000
+            }
+        );
+        assert!(address("10000", "--listen").is_err());
+        assert!(address("127.0.0.1:x", "--listen").is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! `llm-failover`, the project's command-line tool. `render` turns a plugin
+//! configuration into a complete Envoy bootstrap: the provider clusters (from each
+//! provider's `endpoint`), the route whose retries walk the filter's attempt order,
+//! the filter downstream and on every provider cluster, stats tags, a JSON access
+//! log and the operators' health view. Users write the plugin configuration; the
+//! wiring around it is never hand-written.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod bootstrap;
+
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: llm-failover render --config PLUGIN.json [--listen HOST:PORT] \
+[--admin HOST:PORT] [--ops HOST:PORT] [--wasm PATH] [--format yaml|json]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("llm-failover: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<String, String> {
+    let Some((command, rest)) = args.split_first() else {
+        return Err(USAGE.to_string());
+    };
+    if command != "render" {
+        return Err(format!("unknown command {command:?}\n{USAGE}"));
+    }
+    let mut options = bootstrap::Options::default();
+    let mut config_path = None;
+    let mut json = false;
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))
+        };
+        match flag.as_str() {
+            "--config" => config_path = Some(value()?),
+            "--listen" => options.listen = bootstrap::address(&value()?, "--listen")?,
+            "--admin" => options.admin = bootstrap::address(&value()?, "--admin")?,
+            "--ops" => options.ops = bootstrap::address(&value()?, "--ops")?,
+            "--wasm" => options.wasm = value()?,
+            "--format" => {
+                json = match value()?.as_str() {
+                    "json" => true,
+                    "yaml" => false,
+                    other => return Err(format!("--format {other:?}: expected yaml or json")),
+                }
+            }
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let path = config_path.ok_or_else(|| format!("--config is required\n{USAGE}"))?;
+    let raw = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    let (doc, warnings) = bootstrap::render(&raw, &options)?;
+    for w in warnings {
+        eprintln!("llm-failover: warning: {w}");
+    }
+    if json {
+        serde_json::to_string_pretty(&doc)
+            .map(|s| s + "\n")
+            .map_err(|e| e.to_string())
+    } else {
+        let yaml = serde_yaml::to_string(&doc).map_err(|e| e.to_string())?;
+        Ok(format!(
+            "# Rendered by `llm-failover render --config {path}`: edit the plugin\n\
+             # configuration and render again rather than editing this file.\n{yaml}"
+        ))
+    }
+}
