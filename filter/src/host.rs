@@ -123,6 +123,14 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
 
+/// A numeric property Envoy gives as a little-endian u64 (`response.flags`,
+/// `upstream.request_attempt_count`).
+pub fn property_u64(path: &[&str]) -> Option<u64> {
+    property(path)
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map(u64::from_le_bytes)
+}
+
 /// Sends the request to `cluster` outside the routed stream; the answer comes to
 /// `on_http_call_response` with the returned token.
 pub fn dispatch(

@@ -124,13 +124,7 @@ impl FailoverFilter {
         });
         if self.config.failover.mode == Mode::Router {
             if self.asked.len() > 1 {
-                let asked: Vec<&str> = self
-                    .asked
-                    .iter()
-                    .filter_map(|i| self.config.providers.get(*i).map(|p| p.name.as_str()))
-                    .collect();
-                host::set_property("llm_failover_tried", &asked.join(","));
-                host::set_property("llm_failover_attempts", &asked.len().to_string());
+                self.log_asked();
                 // The reason was set by the upstream filter of the first attempt.
                 if let Some(at) = parse_number::<u64>(host::property(&[FAILED_AT_KEY]).as_deref()) {
                     let spent = host::now_ms().saturating_sub(at);
@@ -140,17 +134,22 @@ impl FailoverFilter {
             return;
         }
         if let Some(reason) = self.failover_reason {
-            let asked: Vec<&str> = self
-                .asked
-                .iter()
-                .filter_map(|i| self.config.providers.get(*i).map(|p| p.name.as_str()))
-                .collect();
-            host::set_property("llm_failover_tried", &asked.join(","));
-            host::set_property("llm_failover_attempts", &asked.len().to_string());
+            self.log_asked();
             host::set_property("llm_failover_reason", reason);
             let spent = host::now_ms().saturating_sub(self.failover_started_ms);
             self.telemetry.histogram(metrics::FAILOVER_TIME_MS, spent);
         }
+    }
+
+    /// The providers asked, in order, and how many, for the access log.
+    fn log_asked(&self) {
+        let asked: Vec<&str> = self
+            .asked
+            .iter()
+            .filter_map(|i| self.config.providers.get(*i).map(|p| p.name.as_str()))
+            .collect();
+        host::set_property("llm_failover_tried", &asked.join(","));
+        host::set_property("llm_failover_attempts", &asked.len().to_string());
     }
 
     /// Router mode, request headers: plans the attempts and hands the plan over.
@@ -217,9 +216,7 @@ impl FailoverFilter {
     /// it is recorded here. The router does not retry it, so that client gets
     /// Envoy's 503; the next requests skip the provider.
     fn route_response(&mut self, status: u16) -> Action {
-        let attempts = host::property(&["upstream", "request_attempt_count"])
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_le_bytes)
+        let attempts = host::property_u64(&["upstream", "request_attempt_count"])
             .unwrap_or(1)
             .max(1);
         let count = self.plan.picks.len().max(1);
@@ -233,10 +230,7 @@ impl FailoverFilter {
         self.asked = self.plan.indices().take(position + 1).collect();
         if status >= 400 {
             let details = host::property(&["response", "code_details"]).unwrap_or_default();
-            let flags = host::property(&["response", "flags"])
-                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                .map(u64::from_le_bytes)
-                .unwrap_or(0);
+            let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
             if details != b"via_upstream" && flags & NO_ATTEMPT_FLAGS != 0 {
                 let why = format!(
                     "Envoy could not start an attempt: {}",
@@ -656,10 +650,7 @@ impl HttpContext for FailoverFilter {
         } else {
             let details = host::property(&["response", "code_details"])
                 .and_then(|v| String::from_utf8(v).ok());
-            let flags = host::property(&["response", "flags"])
-                .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-                .map(u64::from_le_bytes)
-                .unwrap_or(0);
+            let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
             outcome::classify_routed(status, details.as_deref(), flags, &config.failover)
         };
         if let Some((failure, reason)) = attempt::failure_of(result, status) {

@@ -63,9 +63,7 @@ impl AttemptFilter {
     /// count. Without a plan (the downstream filter is missing) the first provider of
     /// this cluster, so a hand-wired Envoy still rewrites.
     fn find_provider(&mut self) -> Option<usize> {
-        let attempt = host::property(&["upstream", "request_attempt_count"])
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_le_bytes)
+        let attempt = host::property_u64(&["upstream", "request_attempt_count"])
             .unwrap_or(1)
             .max(1);
         self.position = usize::try_from(attempt - 1).unwrap_or(usize::MAX);
@@ -100,19 +98,10 @@ impl AttemptFilter {
     /// A failure of this attempt: recorded, and when the router will send the request
     /// on (a next provider is in the plan), counted as a failover.
     fn failed(&mut self, failure: Failure, reason: &'static str, evidence: Option<u64>, why: &str) {
-        let Some(index) = self.provider else { return };
+        let Some(now) = self.record(failure, evidence, why) else {
+            return;
+        };
         let config = Rc::clone(&self.config);
-        let now = host::now_ms();
-        let result = attempt::record_failure(
-            &config,
-            &HostSharedData,
-            self.telemetry.as_ref(),
-            index,
-            failure,
-            evidence,
-            now,
-        );
-        log::info!("{}", attempt::describe(&config, index, &result, why, now));
         if let Some(next) = self.plan.get(self.position + 1) {
             if let Some(to) = config.providers.get(next.index) {
                 log::info!("llm-failover: failing over to provider {}", to.name);
@@ -124,6 +113,28 @@ impl AttemptFilter {
                 }
             }
         }
+    }
+}
+
+impl AttemptFilter {
+    /// Records a failure of this attempt's provider and logs it; the time it used.
+    fn record(&self, failure: Failure, evidence: Option<u64>, why: &str) -> Option<u64> {
+        let index = self.provider?;
+        let now = host::now_ms();
+        let result = attempt::record_failure(
+            &self.config,
+            &HostSharedData,
+            self.telemetry.as_ref(),
+            index,
+            failure,
+            evidence,
+            now,
+        );
+        log::info!(
+            "{}",
+            attempt::describe(&self.config, index, &result, why, now)
+        );
+        Some(now)
     }
 }
 
@@ -141,10 +152,7 @@ impl Context for AttemptFilter {
         // No response headers: refused, reset or timed out, unless the client went
         // away (then the router cancelled the attempt, and the provider is not to blame).
         let details = host::property(&["response", "code_details"]).unwrap_or_default();
-        let flags = host::property(&["response", "flags"])
-            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
+        let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
         if details == b"downstream_remote_disconnect"
             || flags & DOWNSTREAM_CONNECTION_TERMINATION != 0
         {
