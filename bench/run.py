@@ -10,6 +10,17 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
   override-2k    llm-failover, two groups, model override, 2 KB body
   override-100k  the same with a 100 KB body
   failover       the primary answers 429 (Retry-After: 0), each request fails over within itself
+  (the rows above: the filter's dispatch mode, wired by hand with `cluster_header`)
+  router-wiring  `llm-failover render`'s wiring (header_to_metadata, Lua route refresh,
+                 priority-group specifier, retry policy) with the wasm filters taken out
+  router-downstream   the same with the downstream filter only (no upstream filters):
+                 with router-wiring and router-2k, where router mode's cost goes
+  router-2k, router-100k, router-failover   override-2k, override-100k and failover in
+                 router mode (the default), as `llm-failover render` wires them
+
+Then time to first event of a streamed answer (llm-mock providers, one request at a
+time): straight to the provider (no wasm), router mode direct and on failover, and
+dispatch mode on failover.
 
 The upstream is a second Envoy answering with `direct_response` behind a buffer filter
 (so it reads the whole body). For each configuration, in rounds (A B C ... A B C ...):
@@ -25,6 +36,7 @@ import os
 import platform
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from harness import LOOPBACK, WASM, envoy_bin, free_port, http, stop_process, wait_until  # noqa: E402
+from harness import (LOOPBACK, WASM, Mock, envoy_bin, free_port, http, render,  # noqa: E402
+                     stop_process, wait_until)
 
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -101,11 +114,40 @@ def wasm_filter(path: Path, plugin: dict | str | None):
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": cfg}}
 
 
-def provider(name, cluster_name, path, model=None):
+def provider(name, cluster_name, path, model=None, endpoint=None):
     p = {"name": name, "cluster": cluster_name, "path": path}
     if model:
         p["openai"] = {"model": model}
+    if endpoint:
+        p["endpoint"] = endpoint
     return p
+
+
+def dispatch(plugin: dict) -> dict:
+    """The same plugin configuration in dispatch mode (the hand-wired rows)."""
+    return dict(plugin, failover={"mode": "dispatch"})
+
+
+def rendered(plugin: dict, downstream: bool = True, upstream: bool = True):
+    """A builder for `llm-failover render`'s bootstrap of `plugin` (router mode), without
+    the access log (the hand-wired rows have none); `downstream=False` / `upstream=False`
+    take the filter out of the listener / the clusters and keep the rest of the wiring."""
+    def build(port, admin):
+        cfg = render(plugin, port, admin, free_port())
+        listener_cfg = cfg["static_resources"]["listeners"][0]
+        hcm = listener_cfg["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm.pop("access_log", None)
+        listener_cfg["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
+        for c in cfg["static_resources"]["clusters"]:
+            c["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
+        if not downstream:
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        if not upstream:
+            for c in cfg["static_resources"]["clusters"]:
+                opts = c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                opts["http_filters"] = [f for f in opts["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        return cfg
+    return build
 
 
 def proxy_configs(upstream_port):
@@ -120,6 +162,13 @@ def proxy_configs(upstream_port):
         {"providers": [provider("primary", "up", "/v1/limited", "gpt-4o-mini")]},
         {"providers": [provider("fallback", "up_fallback", "/v1/chat/completions", "gpt-4o-mini")]}]}
     one = {"groups": [{"providers": [provider("only", "up", "/v1/chat/completions")]}]}
+    endpoint = f"http://{LOOPBACK}:{upstream_port}"
+    router_two = {"groups": [
+        {"providers": [provider("primary", "up", "/v1/chat/completions", "gpt-4o-mini", endpoint)]},
+        {"providers": [provider("fallback", "up_fallback", "/v1/chat/completions", "gpt-4o-mini", endpoint)]}]}
+    router_failing = {"groups": [
+        {"providers": [provider("primary", "up", "/v1/limited", "gpt-4o-mini", endpoint)]},
+        {"providers": [provider("fallback", "up_fallback", "/v1/chat/completions", "gpt-4o-mini", endpoint)]}]}
 
     def make(routes, filters):
         return lambda port, admin: bootstrap(admin, [listener(port, routes, filters)], clusters)
@@ -132,10 +181,15 @@ def proxy_configs(upstream_port):
         "floor-routing": (make(by_header, [wasm_filter(NOOP_WASM, "routing")]), 2048),
         "floor-rewrite": (make(by_header, [wasm_filter(NOOP_WASM, "rewrite")]), 2048),
         "floor-rewrite-100k": (make(by_header, [wasm_filter(NOOP_WASM, "rewrite")]), 100 * 1024),
-        "passthrough": (make(by_header, [wasm_filter(WASM, one)]), 2048),
-        "override-2k": (make(by_header, [wasm_filter(WASM, two_groups)]), 2048),
-        "override-100k": (make(by_header, [wasm_filter(WASM, two_groups)]), 100 * 1024),
-        "failover": (make(by_header, [wasm_filter(WASM, failing)]), 2048),
+        "passthrough": (make(by_header, [wasm_filter(WASM, dispatch(one))]), 2048),
+        "override-2k": (make(by_header, [wasm_filter(WASM, dispatch(two_groups))]), 2048),
+        "override-100k": (make(by_header, [wasm_filter(WASM, dispatch(two_groups))]), 100 * 1024),
+        "failover": (make(by_header, [wasm_filter(WASM, dispatch(failing))]), 2048),
+        "router-wiring": (rendered(router_two, downstream=False, upstream=False), 2048),
+        "router-downstream": (rendered(router_two, upstream=False), 2048),
+        "router-2k": (rendered(router_two), 2048),
+        "router-100k": (rendered(router_two), 100 * 1024),
+        "router-failover": (rendered(router_failing), 2048),
     }
 
 
@@ -205,6 +259,93 @@ def wrk(url, connections, seconds, body_file, cpu, latency=False):
     return result
 
 
+STREAM_BODY = json.dumps({"model": "gpt-4o-mini", "stream": True,
+                          "messages": [{"role": "user", "content": "What is 2+2?"}]}).encode()
+
+
+def first_event_seconds(port: int) -> float:
+    """Seconds from connecting to the first SSE `data:` line of a streamed chat
+    completion; reads the stream to its end (every event) before returning."""
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+               f"Authorization: Bearer client-token\r\nConnection: close\r\n"
+               f"Content-Length: {len(STREAM_BODY)}\r\n\r\n").encode() + STREAM_BODY
+    start = time.perf_counter()
+    first = None
+    seen = b""
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(request)
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            seen += chunk
+            if first is None and b"data:" in seen:
+                first = time.perf_counter() - start
+    if first is None or b"[DONE]" not in seen or not seen.startswith(b"HTTP/1.1 200"):
+        raise SystemExit(f"bench: streamed answer incomplete: {seen[:300]!r}")
+    return first
+
+
+def stream_configs(direct: Mock, limited: Mock, fallback: Mock):
+    """name -> Envoy bootstrap builder for the time-to-first-event runs."""
+    def ep(m):
+        return f"http://{LOOPBACK}:{m.port}"
+
+    def groups(primary: Mock):
+        return {"groups": [
+            {"providers": [provider("primary", "primary", "/v1/chat/completions", endpoint=ep(primary))]},
+            {"providers": [provider("fallback", "fallback", "/v1/chat/completions", endpoint=ep(fallback))]}]}
+
+    by_header = [{"match": {"prefix": "/"}, "route": {"cluster_header": "x-llm-failover-cluster"}}]
+    dispatch_failover = dispatch(groups(limited))
+    for g in dispatch_failover["groups"]:
+        for p in g["providers"]:
+            del p["endpoint"]
+    return {
+        "stream-no-wasm": lambda port, admin: bootstrap(
+            admin, [listener(port, [{"match": {"prefix": "/"}, "route": {"cluster": "direct"}}], [])],
+            [cluster("direct", direct.port)]),
+        "stream-router-direct": rendered(groups(direct)),
+        "stream-router-failover": rendered(groups(limited)),
+        "stream-dispatch-failover": lambda port, admin: bootstrap(
+            admin, [listener(port, by_header, [wasm_filter(WASM, dispatch_failover)])],
+            [cluster("primary", limited.port), cluster("fallback", fallback.port)]),
+    }
+
+
+def measure_first_events(workdir: Path, proxy_cpu, samples: int, rounds: int):
+    """Time to first event per configuration: medians and p90 over `samples` x `rounds`
+    streamed requests, one at a time, configurations interleaved by round."""
+    mocks = [Mock("direct", "--chunk-delay-ms", "5"),
+             Mock("limited", "--failure-injection-rate", "100", "--failure-types", "rate_limit",
+                  "--retry-after", "0"),
+             Mock("fallback", "--chunk-delay-ms", "5")]
+    procs = {}
+    try:
+        for name, builder in stream_configs(*mocks).items():
+            procs[name] = Proc(name, builder, workdir, proxy_cpu)
+        times = {name: [] for name in procs}
+        for _ in range(rounds):
+            for name, p in procs.items():
+                first_event_seconds(p.port)  # warm the connection pools
+                times[name] += [first_event_seconds(p.port) for _ in range(samples)]
+        if not any(r["path"] == "/v1/chat/completions" for r in mocks[1].requests()):
+            raise SystemExit("bench: the failover runs never met the failing primary")
+    finally:
+        for p in procs.values():
+            p.stop()
+        for m in mocks:
+            m.stop()
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        out[name] = {"p50_ms": statistics.median(ts) * 1e3, "p90_ms": ts[int(len(ts) * 0.9)] * 1e3,
+                     "samples": len(ts)}
+        print(f"{name:26s} first event p50 {out[name]['p50_ms']:6.2f} ms  p90 {out[name]['p90_ms']:6.2f} ms",
+              flush=True)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -212,6 +353,8 @@ def main():
     ap.add_argument("--latency-seconds", type=int, default=2, help="length of each 1-connection run (<= 10)")
     ap.add_argument("--only", nargs="*", help="run only these configurations")
     ap.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md and the chart")
+    ap.add_argument("--stream-samples", type=int, default=40,
+                    help="streamed requests per configuration and round for time to first event (0: skip)")
     args = ap.parse_args()
     if not (1 <= args.seconds <= 10 and 1 <= args.latency_seconds <= 10):
         ap.error("each run is bounded to 10 s")
@@ -248,7 +391,7 @@ def main():
                                          bodies[configs[name][1]].read_bytes(), {"content-type": "application/json"})
             if status != 200:
                 raise SystemExit(f"bench: {name} answered {status}: {body[:200]!r}")
-            if name == "failover" and headers.get("x-llm-provider") != "fallback":
+            if name.endswith("failover") and headers.get("x-llm-provider") != "fallback":
                 raise SystemExit(f"bench: failover configuration was served by {headers.get('x-llm-provider')}")
         results = {n: [] for n in names}
         for r in range(args.rounds):
@@ -272,13 +415,19 @@ def main():
             runs = results[name]
             summary[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             summary[name]["rss_mib"] = proxies[name].rss_kib() / 1024
+        for p in procs:
+            p.stop()
+        procs = []
+        first_events = {}
+        if args.stream_samples > 0:
+            first_events = measure_first_events(workdir, proxy_cpu, args.stream_samples, args.rounds)
         elapsed = time.monotonic() - started
     finally:
         for p in procs:
             p.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    report(summary, args, cores, elapsed)
+    report(summary, first_events, args, cores, elapsed)
 
 
 def ratios(summary):
@@ -297,7 +446,19 @@ def ratios(summary):
     return rows
 
 
-def report(summary, args, cores, elapsed):
+def first_event_table(first_events):
+    """Time to first event, each against router mode's direct path."""
+    if not first_events:
+        return "(not measured: --stream-samples 0)"
+    direct = first_events.get("stream-router-direct")
+    lines = ["| path | first event p50 | p90 | p50 over router direct |", "|---|---|---|---|"]
+    for name, r in first_events.items():
+        over = f"{r['p50_ms'] - direct['p50_ms']:+.2f} ms" if direct else "-"
+        lines.append(f"| {name} | {r['p50_ms']:.2f} ms | {r['p90_ms']:.2f} ms | {over} |")
+    return "\n".join(lines)
+
+
+def report(summary, first_events, args, cores, elapsed):
     rows = ratios(summary)
     wasm_size = WASM.stat().st_size
     header = ("| configuration | req/s (32 conn) | vs no wasm | vs do-nothing wasm | p50 (1 conn) | p99 (1 conn) "
@@ -309,11 +470,15 @@ def report(summary, args, cores, elapsed):
                      f"| {r['p50_us']:.0f} us | {r['p99_us']:.0f} us | {fmt(r['p50_added_us'], '+.0f')} us "
                      f"| {r['cpu_us']:.0f} us | {r['rss_mib']:.1f} MiB |")
     table = "\n".join(lines)
+    streams = first_event_table(first_events)
     print()
     print(table)
+    print()
+    print(streams)
     print(f"\n.wasm: {wasm_size} bytes; {args.rounds} rounds; {elapsed:.0f} s")
     out = {"rows": rows, "wasm_bytes": wasm_size, "rounds": args.rounds, "seconds": args.seconds,
-           "latency_seconds": args.latency_seconds, "cores": cores, "elapsed_s": elapsed}
+           "latency_seconds": args.latency_seconds, "cores": cores, "elapsed_s": elapsed,
+           "first_event": first_events, "stream_samples": args.stream_samples}
     (ROOT / "bench" / "results.json").write_text(json.dumps(out, indent=1))
     if args.no_report:
         return
@@ -324,7 +489,7 @@ def report(summary, args, cores, elapsed):
     except (OSError, StopIteration):
         pass
     text = (ROOT / "bench" / "BENCHMARKS.head.md").read_text().format(
-        table=table, cores=cores, cpu=cpu, wasm=wasm_size, rounds=args.rounds, seconds=args.seconds,
+        table=table, streams=streams, stream_samples=args.stream_samples * args.rounds, cores=cores, cpu=cpu, wasm=wasm_size, rounds=args.rounds, seconds=args.seconds,
         latency_seconds=args.latency_seconds, elapsed=f"{elapsed:.0f}",
         envoy=subprocess.run([envoy_bin(), "--version"], capture_output=True, text=True).stdout.split("version:")[-1].strip())
     (ROOT / "BENCHMARKS.md").write_text(text)

@@ -5,8 +5,11 @@ with real Envoy, the built filter and two mock providers.
   group 2: openai-fallback, an OpenAI-style mock that wants the injected key
 
 It sends the lab's three requests, shows the access log, heals the primary, waits
-out its cooldown and shows traffic back on it. Then it stops everything it started."""
+out its cooldown and shows traffic back on it; then breaks the primary again and
+streams an answer through the failover, event by event. Then it stops everything
+it started."""
 
+import http.client
 import json
 import os
 import signal
@@ -30,6 +33,7 @@ PORTS = {"Envoy listener": 10000, "Envoy admin": 9901, "Envoy ops listener": 990
          "fallback mock": 8001}
 DEMO_KEY = "sk-demo-fallback-key"
 RETRY_AFTER = 5  # the lab uses 60; 5 keeps the demo short
+CHUNK_DELAY_MS = 150  # the fallback streams its events this far apart
 
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
 
@@ -85,6 +89,37 @@ def request(n):
     return status, provider
 
 
+def stream(n):
+    """A streamed request (as the OpenAI SDK sends it with stream=True); prints each
+    event as it arrives, with the time since the request was sent."""
+    body = json.dumps({"model": "", "stream": True,
+                       "messages": [{"role": "user", "content": "What is 2+2?"}]})
+    conn = http.client.HTTPConnection("127.0.0.1", 10000, timeout=30)
+    start = time.monotonic()
+    conn.request("POST", "/openai", body, {"content-type": "application/json"})
+    r = conn.getresponse()
+    provider = r.getheader("x-llm-provider", "?")
+    say(f"  Request {n} (streamed): HTTP {r.status} from {BOLD}{provider}{RESET}")
+    times = []
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        line = line.decode().strip()
+        if not line.startswith("data: "):
+            continue
+        at = (time.monotonic() - start) * 1000
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            say(f"    {at:6.0f} ms  [DONE]")
+            break
+        times.append(at)
+        delta = json.loads(data)["choices"][0]["delta"].get("content", "")
+        say(f"    {at:6.0f} ms  event {len(times)}: {delta!r}")
+    conn.close()
+    return r.status, provider, times
+
+
 def main():
     for what in (ENVOY, MOCK):
         if not what.exists():
@@ -119,7 +154,7 @@ def main():
                "--failure-injection-rate", "100", "--failure-types", "rate_limit",
                "--retry-after", str(RETRY_AFTER)], "primary.log")
         start([str(MOCK), "--name", "openai", "--model", "gpt-4o-mini", "--port", "8001",
-               "--api-key", DEMO_KEY], "fallback.log")
+               "--api-key", DEMO_KEY, "--chunk-delay-ms", str(CHUNK_DELAY_MS)], "fallback.log")
         for port in (8000, 8001):
             wait_for(lambda: get(f"http://127.0.0.1:{port}/mock/healthz")[0] == 200, 10, f"mock on {port}")
         say(f"  primary  mock-gpt-4o on :8000, answers every request with 429 and Retry-After: {RETRY_AFTER}")
@@ -168,7 +203,17 @@ def main():
             " the first request after the cooldown probed it, and it answered")
         status, provider = request(4)
 
-        say("Step 6  what an operator sees")
+        say("Step 6  the primary rate-limits again; a streamed answer through the failover")
+        post("http://127.0.0.1:8000/mock/config", {"failure_injection_rate": 100})
+        s_status, s_provider, times = stream(5)
+        streamed = (s_status == 200 and s_provider == "openai-fallback" and len(times) >= 3
+                    and times[-1] - times[0] >= CHUNK_DELAY_MS * (len(times) - 2))
+        if times:
+            say(f"  {DIM}The first event came {times[0]:.0f} ms after the request, the primary's 429 included; the"
+                f" fallback's events then arrived one by one, {CHUNK_DELAY_MS} ms apart, as it sent them"
+                f" (Envoy's own retry streams the winner).{RESET}")
+
+        say("Step 7  what an operator sees")
         say(f"  metrics  {ADMIN}/stats/prometheus")
         _, prom = get(f"{ADMIN}/stats/prometheus")
         for line in prom.decode().splitlines():
@@ -181,7 +226,8 @@ def main():
             last = f", last failure {p['last_failure']} ({p['last_reason']})" if p["last_failure"] else ""
             say(f"    {p['name']}: {p['state']}{last}")
 
-        ok = [r[0] for r in results] == [200, 200, 200] and (status, provider) == (200, "mock-ratelimit-provider")
+        ok = ([r[0] for r in results] == [200, 200, 200] and (status, provider) == (200, "mock-ratelimit-provider")
+              and streamed)
         say()
         say(f"{GREEN if ok else RED}{'Failover and recovery worked' if ok else 'Something went wrong'}{RESET}:"
             " no client saw an error, and traffic returned to the primary by itself.")

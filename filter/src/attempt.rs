@@ -188,6 +188,21 @@ pub fn plan(
     }
 }
 
+/// Whether the downstream filter writes the first attempt's model into the body
+/// itself (router mode): only when that provider overrides the model and so does
+/// every later one in the plan, so no later attempt needs the client's own model
+/// back (each upstream filter after the first rewrites the router's copy for its
+/// provider). Otherwise every attempt's upstream filter rewrites its own.
+pub fn downstream_rewrites_first_body(config: &Config, plan: &Plan) -> bool {
+    let overrides = |i: usize| {
+        config
+            .providers
+            .get(i)
+            .is_some_and(|p| p.model_json.is_some())
+    };
+    !plan.picks.is_empty() && plan.indices().all(overrides)
+}
+
 /// Gives back a probe claim that was not used (or whose answer never came), if the
 /// record still holds that very claim.
 pub fn release(config: &Config, store: &dyn SharedData, index: usize, claim: u64) {
@@ -338,6 +353,31 @@ mod tests {
         now: u64,
     ) -> Recorded {
         record_failure(c, s, &Counted::default(), i, failure, evidence, now).unwrap()
+    }
+
+    #[test]
+    fn the_first_body_is_rewritten_downstream_only_when_every_planned_provider_overrides() {
+        let json = r#"{"groups":[
+          {"providers":[{"name":"a","cluster":"a","openai":{"model":"m-a"}}]},
+          {"providers":[{"name":"b","cluster":"b","openai":{"model":"m-b"}}]},
+          {"providers":[{"name":"c","cluster":"c"}]}]}"#;
+        let c = Config::parse(json.as_bytes(), &|_| None).unwrap();
+        let plan_of = |indices: &[usize]| Plan {
+            picks: indices
+                .iter()
+                .map(|&index| Pick {
+                    index,
+                    record: HealthRecord::default(),
+                    claim: None,
+                })
+                .collect(),
+            all_cooling: false,
+        };
+        assert!(downstream_rewrites_first_body(&c, &plan_of(&[0, 1])));
+        // c sends the client's own model: a later attempt would need it back.
+        assert!(!downstream_rewrites_first_body(&c, &plan_of(&[0, 1, 2])));
+        assert!(!downstream_rewrites_first_body(&c, &plan_of(&[2])));
+        assert!(!downstream_rewrites_first_body(&c, &plan_of(&[])));
     }
 
     #[test]

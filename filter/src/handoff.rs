@@ -2,7 +2,9 @@
 //! mode), and to Envoy's router: pure encodings, no host calls.
 //!
 //! - The plan (`wasm.llm_failover_plan` filter state): provider indices in attempt
-//!   order, `!` after one whose health record must be reset by a success.
+//!   order, `!` after one whose health record must be reset by a success, and a
+//!   leading `=` when the downstream filter rewrote the first attempt's body itself
+//!   (it always rewrites the first attempt's headers).
 //! - The cluster order for the router's priority-group cluster specifier: a
 //!   `google.protobuf.Value` list of `{name: <cluster>}`, serialized and base64'd,
 //!   which `header_to_metadata` turns into dynamic metadata (and removes the header).
@@ -14,9 +16,12 @@
 use crate::attempt::Plan;
 use crate::config::Config;
 
-/// Encodes the plan as `2,0!,1`.
-pub fn encode_plan(plan: &Plan) -> String {
+/// Encodes the plan as `2,0!,1` (`=2,0!,1` with `first_body_rewritten`).
+pub fn encode_plan(plan: &Plan, first_body_rewritten: bool) -> String {
     let mut out = String::new();
+    if first_body_rewritten {
+        out.push('=');
+    }
     for (n, pick) in plan.picks.iter().enumerate() {
         if n > 0 {
             out.push(',');
@@ -37,11 +42,24 @@ pub struct Step {
     pub reset_on_success: bool,
 }
 
+/// A decoded plan, as the upstream filter uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handoff {
+    pub steps: Vec<Step>,
+    /// The first attempt's body already carries its provider's model.
+    pub first_body_rewritten: bool,
+}
+
 /// Decodes `encode_plan`'s output; `None` when it is not one (or names a provider
 /// the configuration does not have).
-pub fn decode_plan(bytes: &[u8], providers: usize) -> Option<Vec<Step>> {
+pub fn decode_plan(bytes: &[u8], providers: usize) -> Option<Handoff> {
     let text = std::str::from_utf8(bytes).ok()?;
-    text.split(',')
+    let (text, first_body_rewritten) = match text.strip_prefix('=') {
+        Some(rest) => (rest, true),
+        None => (text, false),
+    };
+    let steps = text
+        .split(',')
         .map(|item| {
             let (num, reset) = match item.strip_suffix('!') {
                 Some(n) => (n, true),
@@ -53,7 +71,11 @@ pub fn decode_plan(bytes: &[u8], providers: usize) -> Option<Vec<Step>> {
                 reset_on_success: reset,
             })
         })
-        .collect()
+        .collect::<Option<Vec<Step>>>()?;
+    Some(Handoff {
+        steps,
+        first_body_rewritten,
+    })
 }
 
 /// The router's cluster order for this request (see the module doc).
@@ -173,20 +195,33 @@ mod tests {
             picks: vec![pick(1, 0), pick(0, 2)],
             all_cooling: false,
         };
-        let text = encode_plan(&plan);
+        let text = encode_plan(&plan, false);
         assert_eq!(text, "1,0!");
+        let steps = vec![
+            Step {
+                index: 1,
+                reset_on_success: false,
+            },
+            Step {
+                index: 0,
+                reset_on_success: true,
+            },
+        ];
         assert_eq!(
             decode_plan(text.as_bytes(), 2),
-            Some(vec![
-                Step {
-                    index: 1,
-                    reset_on_success: false
-                },
-                Step {
-                    index: 0,
-                    reset_on_success: true
-                }
-            ])
+            Some(Handoff {
+                steps: steps.clone(),
+                first_body_rewritten: false
+            })
+        );
+        let text = encode_plan(&plan, true);
+        assert_eq!(text, "=1,0!");
+        assert_eq!(
+            decode_plan(text.as_bytes(), 2),
+            Some(Handoff {
+                steps,
+                first_body_rewritten: true
+            })
         );
     }
 
@@ -195,6 +230,8 @@ mod tests {
         assert_eq!(decode_plan(b"0,7", 2), None);
         assert_eq!(decode_plan(b"x", 2), None);
         assert_eq!(decode_plan(b"", 2), None);
+        assert_eq!(decode_plan(b"=", 2), None);
+        assert_eq!(decode_plan(b"==0", 2), None);
     }
 
     #[test]

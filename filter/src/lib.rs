@@ -1,10 +1,20 @@
 //! llm-failover: priority-group failover for OpenAI-style LLM traffic, as a
 //! proxy-wasm HTTP filter for Envoy.
 //!
-//! The decisions live in pure modules (config, health, select, outcome, body,
-//! rewrite, retry_after, store) that host unit tests exercise; `host.rs` is the only
-//! module that calls into Envoy, and `root.rs`/`http.rs` are the thin contexts that
-//! gather inputs and apply the decisions.
+//! Two ways to fail over inside a request (`failover.mode`): **router** (default),
+//! where Envoy's router retries on the next provider's cluster and the filter runs
+//! twice, downstream (`http.rs`: plans the attempts, rewrites the first) and as an
+//! upstream filter on each provider cluster (`upstream.rs`: rewrites each later
+//! attempt, records every outcome); and **dispatch**, where the downstream filter
+//! sends further attempts itself with `dispatch_http_call` (`http.rs`).
+//!
+//! The decisions live in pure modules that host unit tests exercise: `attempt` (the
+//! core both modes share: attempt order, probe claims, the outcome-to-failure table,
+//! what each outcome does to a health record), `config`, `health`, `select`,
+//! `outcome`, `handoff` (what the downstream filter hands on), `body`, `rewrite`,
+//! `retry_after`, `store`, `view`. `host.rs` is the only module that calls into Envoy;
+//! `root.rs`, `http.rs` and `upstream.rs` are the thin contexts that gather inputs and
+//! apply the decisions.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 

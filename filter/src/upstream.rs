@@ -1,8 +1,8 @@
 //! The filter as an upstream HTTP filter on each provider cluster (router mode):
 //! one instance per attempt. It finds its provider in the plan the downstream filter
-//! left in filter state, rewrites the attempt for it (model, host, path, key)
-//! starting from the client's own header values, and records the attempt's outcome
-//! in the provider's health. Envoy's router does the retrying and streams the
+//! left in filter state, rewrites every attempt after the first for it (model, host,
+//! path, key) starting from the client's own header values (the downstream filter
+//! rewrites the first), and records the attempt's outcome in the provider's health. Envoy's router does the retrying and streams the
 //! winner's answer. Thin glue: decisions come from `attempt.rs`.
 
 use std::rc::Rc;
@@ -42,6 +42,10 @@ pub struct AttemptFilter {
     provider: Option<usize>,
     /// Whether the body is held here to rewrite `model`.
     buffering: bool,
+    /// The downstream filter's plan was found: it rewrote the first attempt's headers.
+    planned: bool,
+    /// ... and the first attempt's body too.
+    first_body_rewritten: bool,
     /// Response headers came back: the attempt had an answer (good or failing).
     answered: bool,
 }
@@ -55,6 +59,8 @@ impl AttemptFilter {
             position: 0,
             provider: None,
             buffering: false,
+            planned: false,
+            first_body_rewritten: false,
             answered: false,
         }
     }
@@ -67,10 +73,12 @@ impl AttemptFilter {
             .unwrap_or(1)
             .max(1);
         self.position = usize::try_from(attempt - 1).unwrap_or(usize::MAX);
-        if let Some(plan) = host::property(&[PLAN_KEY])
+        if let Some(handoff) = host::property(&[PLAN_KEY])
             .and_then(|v| handoff::decode_plan(&v, self.config.providers.len()))
         {
-            self.plan = plan;
+            self.plan = handoff.steps;
+            self.planned = true;
+            self.first_body_rewritten = handoff.first_body_rewritten;
             if let Some(step) = self.plan.get(self.position) {
                 return Some(step.index);
             }
@@ -175,6 +183,13 @@ impl HttpContext for AttemptFilter {
         };
         let config = Rc::clone(&self.config);
         let provider = &config.providers[index];
+        if self.planned && self.position == 0 {
+            // The downstream filter rewrote the first attempt's headers (and, when it
+            // says so, its body) already.
+            self.buffering =
+                !end_of_stream && provider.model_json.is_some() && !self.first_body_rewritten;
+            return Action::Continue;
+        }
         // Later attempts start from the client's values: the earlier attempts'
         // rewrites are still in the shared header map.
         let mut original_path = None;

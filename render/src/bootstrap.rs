@@ -9,6 +9,8 @@ const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/llm_failover.wasm";
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The dynamic metadata namespace the cluster order goes to (see `handoff.rs`).
 const ORDER_NAMESPACE: &str = "llm_failover";
+/// Below a regular file, so no socket can ever be created there (connect fails with ENOTDIR).
+const NO_HEALTHY_HOST_PIPE: &str = "/dev/null/llm-failover-no-healthy-host";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address {
@@ -251,8 +253,18 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             "name": p.cluster,
             "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
             "connect_timeout": "5s",
-            "load_assignment": {"cluster_name": p.cluster, "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": ep.host, "port_value": ep.port}}}}]}]},
+            "load_assignment": {"cluster_name": p.cluster, "endpoints": [
+                {"lb_endpoints": [{"endpoint": {
+                    "address": {"socket_address": {"address": ep.host, "port_value": ep.port}}}}]},
+                // Envoy's router does not retry "no healthy upstream" (no host to try, no
+                // attempt made). When the provider has no healthy host (DNS gave none,
+                // health checks or outlier detection took them all out), this priority-1
+                // host takes the attempt instead: a Unix socket path that cannot exist,
+                // so the connection fails at once, the upstream filter records the
+                // provider unreachable and the retry goes to the next provider.
+                {"priority": 1, "lb_endpoints": [{"endpoint": {
+                    "address": {"pipe": {"path": NO_HEALTHY_HOST_PIPE}}}}]},
+            ]},
             // Every failover is a retry: Envoy's default of 3 concurrent retries per
             // cluster would turn failovers under load into errors.
             "circuit_breakers": {"thresholds": [{"max_retries": 1_000_000}]},
@@ -263,6 +275,13 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 "http_filters": upstream_filters,
             }},
         });
+        if !is_ip {
+            if let Some(obj) = c.as_object_mut() {
+                // Envoy's default (AUTO) takes an IPv6 answer first even where the
+                // provider is only reachable over IPv4; IPv4 first, IPv6 if that is all.
+                obj.insert("dns_lookup_family".to_string(), json!("V4_PREFERRED"));
+            }
+        }
         if ep.tls {
             if let Some(obj) = c.as_object_mut() {
                 obj.insert("transport_socket".to_string(), json!({
@@ -351,6 +370,21 @@ mod tests {
             clusters[1]["transport_socket"]["typed_config"]["sni"],
             "api.openai.com"
         );
+        assert_eq!(clusters[1]["dns_lookup_family"], "V4_PREFERRED");
+        assert!(clusters[0].get("dns_lookup_family").is_none());
+    }
+
+    #[test]
+    fn every_cluster_has_a_stand_in_for_no_healthy_host() {
+        let (doc, _) = render(CONFIG, &Options::default()).unwrap();
+        for c in doc["static_resources"]["clusters"].as_array().unwrap() {
+            let standin = &c["load_assignment"]["endpoints"][1];
+            assert_eq!(standin["priority"], 1);
+            assert_eq!(
+                standin["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"],
+                NO_HEALTHY_HOST_PIPE
+            );
+        }
     }
 
     #[test]

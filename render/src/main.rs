@@ -73,8 +73,9 @@ fn run(args: &[String]) -> Result<String, String> {
             .map_err(|e| e.to_string())
     } else {
         let yaml = serde_yaml::to_string(&doc).map_err(|e| e.to_string())?;
+        let command = rest.join(" ");
         Ok(format!(
-            "# Rendered by `llm-failover render --config {path}`: edit the plugin\n\
+            "# Rendered by `llm-failover render {command}`: edit the plugin\n\
              # configuration and render again rather than editing this file.\n{yaml}"
         ))
     }

@@ -146,11 +146,21 @@ STATS_TAGS = [
 ]
 
 
+# Dispatch mode needs the whole request before the router starts: Envoy answers a
+# refused connection at once, and after that local reply no more of the body reaches
+# the filter (nothing left to fail over with). The buffer filter holds the headers
+# until the body is complete (README: "Which wiring where").
+BUFFER_FILTER = {"name": "envoy.filters.http.buffer", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+    "max_request_bytes": 1048576}}
+
+
 def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, admin_port: int,
               env_keys: list[str] = (), route_timeout: str = "120s", wasm: Path = WASM,
               access_log: str | None = None, ops_port: int | None = None) -> dict:
     """An Envoy bootstrap (as a dict, written as JSON) with the filter in front of
-    `clusters` (name -> loopback port), wired by hand with `cluster_header` routing:
+    `clusters` (name -> loopback port), wired by hand with `cluster_header` routing
+    and the buffer filter in front:
     the filter's dispatch mode (a plugin dict without `failover.mode` gets it)."""
     if not isinstance(plugin, str):
         plugin = json.loads(json.dumps(plugin))
@@ -181,10 +191,12 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
             "virtual_hosts": [{
                 "name": "llm", "domains": ["*"],
                 "routes": [{"match": {"prefix": "/"},
-                            "route": {"cluster_header": "x-llm-failover-cluster", "timeout": route_timeout}}],
+                            "route": {"cluster_header": "x-llm-failover-cluster", "timeout": route_timeout},
+                            # Read for the cluster, then kept from the provider.
+                            "request_headers_to_remove": ["x-llm-failover-cluster"]}],
             }],
         },
-        "http_filters": [wasm_filter, {"name": "envoy.filters.http.router", "typed_config": {
+        "http_filters": [BUFFER_FILTER, wasm_filter, {"name": "envoy.filters.http.router", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
     }
     if access_log:
@@ -268,10 +280,22 @@ def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
 class Envoy:
     """A real Envoy with the filter, `--concurrency 2`, on loopback. With `router=True`
     the wiring is `llm-failover render`'s (providers get `endpoint`s from
-    `clusters`); otherwise the hand-wired dispatch-mode bootstrap above."""
+    `clusters`; `tweak(cfg)` may then change the rendered bootstrap); otherwise the
+    hand-wired dispatch-mode bootstrap above."""
 
     def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
-                 concurrency: int = 2, route_timeout: str = "120s", router: bool = False):
+                 concurrency: int = 2, route_timeout: str = "120s", router: bool = False, tweak=None):
+        # A port free_port() found can be taken by another process before Envoy binds
+        # it: then start again on other ports (at most three times).
+        for tries_left in (2, 1, 0):
+            try:
+                self._start(plugin, clusters, env, concurrency, route_timeout, router, tweak)
+                return
+            except Exception as e:  # noqa: BLE001 - re-raised unless it was a port clash
+                if tries_left == 0 or "Address already in use" not in str(e):
+                    raise
+
+    def _start(self, plugin, clusters, env, concurrency, route_timeout, router, tweak):
         self.port = free_port()
         self.admin_port = free_port()
         self.ops_port = free_port()
@@ -285,6 +309,8 @@ class Envoy:
                     if p["cluster"] in clusters and "endpoint" not in p:
                         p["endpoint"] = f"http://{LOOPBACK}:{clusters[p['cluster']]}"
             cfg = render(plugin, self.port, self.admin_port, self.ops_port, access_log=str(self.access_log))
+            if tweak:
+                tweak(cfg)
         else:
             cfg = bootstrap(plugin, clusters, self.port, self.admin_port, env_keys=sorted((env or {}).keys()),
                             route_timeout=route_timeout, access_log=str(self.access_log),
@@ -296,7 +322,7 @@ class Envoy:
         proc_env.update(env or {})
         self.proc = subprocess.Popen(
             [envoy_bin(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-             "--disable-hot-restart", "-l", "info", "--component-log-level", "wasm:info",
+             "--disable-hot-restart", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--component-log-level", "wasm:info",
              # Access log files are flushed every 10 s by default; tests read them sooner.
              "--file-flush-interval-msec", "200"],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=proc_env,

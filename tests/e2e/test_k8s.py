@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import ROOT, VENV_BIN, WASM, bootstrap, validate
+from harness import BUFFER_FILTER, ROOT, VENV_BIN, WASM, bootstrap, validate
 
 K8S = ROOT / "k8s"
 SCHEMAS = K8S / "schemas"
@@ -94,6 +94,19 @@ def test_wasmplugin_clusters_follow_istio_naming():
     patch = net["EnvoyFilter"]["spec"]["configPatches"][0]
     assert patch["match"]["routeConfiguration"]["vhost"]["route"]["name"] == route
     assert patch["patch"]["value"]["route"]["cluster_header"] == plugin["clusterHeader"]
+
+
+def test_istio_gateway_gets_the_dispatch_wiring_the_tests_run():
+    """The EnvoyFilter gives Istio's gateway what dispatch mode needs and the e2e tests
+    run with (harness.bootstrap): the buffer filter first, the routing header kept
+    from providers."""
+    net = {d["kind"]: d for d in docs(K8S / "istio" / "networking.yaml")}
+    route_patch, filter_patch = net["EnvoyFilter"]["spec"]["configPatches"]
+    assert route_patch["patch"]["value"]["request_headers_to_remove"] == ["x-llm-failover-cluster"]
+    assert filter_patch["applyTo"] == "HTTP_FILTER" and filter_patch["patch"]["operation"] == "INSERT_FIRST"
+    assert filter_patch["patch"]["value"] == BUFFER_FILTER
+    plugin = docs(K8S / "istio" / "wasmplugin.yaml")[0]["spec"]["pluginConfig"]
+    assert plugin["failover"]["mode"] == "dispatch"
 
 
 def test_plain_envoy_configmap_validates():

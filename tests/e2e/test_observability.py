@@ -128,7 +128,9 @@ def test_demo_runs_and_explains_itself():
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert out.count("HTTP 200 from openai-fallback") == 3
+    assert out.count("HTTP 200 from openai-fallback") == 4  # the lab's three and the streamed one
+    assert "Request 5 (streamed): HTTP 200 from openai-fallback" in out
+    assert "event 7: '4.'" in out
     assert "mock-ratelimit-provider failed (status 429)" in out
     assert "HTTP 200 from mock-ratelimit-provider" in out
     assert "http://127.0.0.1:9901/stats/prometheus" in out
