@@ -66,8 +66,9 @@ def wait_for(check, seconds, what):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if check():
-                return
+            value = check()
+            if value:
+                return value
         except OSError:
             pass
         time.sleep(0.05)
@@ -148,7 +149,10 @@ def main():
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
-        say(f"{BOLD}llm-failover demo{RESET}: Envoy {ENVOY.name} with the filter, two mock providers, all on 127.0.0.1")
+        version = subprocess.run([str(ENVOY), "--version"], capture_output=True, text=True).stdout
+        version = version.split("version:")[-1].strip().split("/")
+        version = version[1] if len(version) > 2 else "(version unknown)"
+        say(f"{BOLD}llm-failover demo{RESET}: Envoy {version} with the filter, two mock providers, all on 127.0.0.1")
         say("Step 1  start the providers")
         start([str(MOCK), "--name", "mock-gpt-4o", "--model", "mock-gpt-4o", "--port", "8000",
                "--failure-injection-rate", "100", "--failure-types", "rate_limit",
@@ -215,13 +219,22 @@ def main():
 
         say("Step 7  what an operator sees")
         say(f"  metrics  {ADMIN}/stats/prometheus")
-        _, prom = get(f"{ADMIN}/stats/prometheus")
+        gauge_value = {"healthy": 0, "cooling": 1, "half_open": 2, "probing": 3}
+
+        def gauges_agree():
+            # The gauges are refreshed once a second: show them once they match the view.
+            view = get(HEALTH)[1]
+            text = get(f"{ADMIN}/stats/prometheus")[1].decode()
+            agree = all(f'llm_failover_health{{provider="{p["name"]}"}} {gauge_value[p["state"]]}' in text
+                        for p in json.loads(view)["providers"])
+            return (view, text.encode()) if agree else None
+
+        view, prom = wait_for(gauges_agree, 5, "the health gauges to match the health view")
         for line in prom.decode().splitlines():
             if line.startswith(("llm_failover_requests", "llm_failover_failovers", "llm_failover_cooldowns",
                                 "llm_failover_health")):
                 say(f"    {line}")
         say(f"  health   {HEALTH}")
-        _, view = get(HEALTH)
         for p in json.loads(view)["providers"]:
             last = f", last failure {p['last_failure']} ({p['last_reason']})" if p["last_failure"] else ""
             say(f"    {p['name']}: {p['state']}{last}")

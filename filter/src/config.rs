@@ -223,6 +223,10 @@ pub struct Provider {
     pub model_json: Option<String>,
     pub host: Option<String>,
     pub path: Option<String>,
+    /// Query parameters this provider needs (`api-version` for Azure OpenAI), already
+    /// percent-encoded, in configuration order. They replace a client parameter of the
+    /// same name; the client's others are kept (see `rewrite.rs`).
+    pub query: Vec<(String, String)>,
     pub weight: u32,
     pub auth: Auth,
     /// The environment variable the injected key comes from (for `render`, which
@@ -236,6 +240,13 @@ pub struct Provider {
     /// Shared-data key of this provider's health: cluster plus model override, so two
     /// models behind one cluster keep separate health.
     pub health_key: String,
+}
+
+impl Provider {
+    /// Whether sending to this provider changes `:path` (its path or its query).
+    pub fn rewrites_path(&self) -> bool {
+        self.path.is_some() || !self.query.is_empty()
+    }
 }
 
 /// A provider's `endpoint` URL, taken apart.
@@ -327,6 +338,9 @@ impl Config {
             "maxBodyBytes",
             "healthPath",
         ])?;
+        if root.get("groups").is_none() && root.get("healthPath").is_some() {
+            return view_only(&root);
+        }
         let groups = root.required("groups")?;
         let Value::Array(groups) = groups else {
             return Err(root.wrong_type("groups", groups, "an array"));
@@ -389,27 +403,7 @@ impl Config {
                 "must be a positive number of bytes",
             ));
         }
-        let health_path = match root.string("healthPath")? {
-            None => None,
-            Some(p)
-                if p.starts_with('/')
-                    && !p.contains('?')
-                    && !p
-                        .bytes()
-                        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) =>
-            {
-                Some(p.to_string())
-            }
-            Some(p) => {
-                return Err(ConfigError::new(
-                    "healthPath",
-                    format!(
-                        "{} must start with '/' and hold no query or whitespace",
-                        quoted(p)
-                    ),
-                ))
-            }
-        };
+        let health_path = health_path(&root)?;
         let needs_json_body = providers.iter().any(|p| p.model.is_some());
         let can_fail_over = failover.within_request && providers.len() > 1;
         let rewritten_headers = crate::rewrite::rewritten_headers(&providers);
@@ -427,13 +421,59 @@ impl Config {
     }
 }
 
+/// `healthPath`, when given.
+fn health_path(root: &Obj<'_>) -> Result<Option<String>, ConfigError> {
+    match root.string("healthPath")? {
+        None => Ok(None),
+        Some(p)
+            if p.starts_with('/')
+                && !p.contains('?')
+                && !p
+                    .bytes()
+                    .any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) =>
+        {
+            Ok(Some(p.to_string()))
+        }
+        Some(p) => Err(ConfigError::new(
+            "healthPath",
+            format!(
+                "{} must start with '/' and hold no query or whitespace",
+                quoted(p)
+            ),
+        )),
+    }
+}
+
+/// `{"healthPath": ...}` alone: an instance that only serves the health view, of the
+/// providers the routing configurations publish (`registry.rs`), and passes every
+/// other request through untouched. No copy of the providers to get wrong.
+fn view_only(root: &Obj<'_>) -> Result<Config, ConfigError> {
+    if let Some((key, _)) = root.members.iter().find(|(k, _)| k != "healthPath") {
+        return Err(ConfigError::new(
+            root.at(key),
+            "a health-view-only configuration (no `groups`) takes only `healthPath`",
+        ));
+    }
+    Ok(Config {
+        rewritten_headers: Vec::new(),
+        health_path: health_path(root)?,
+        providers: Vec::new(),
+        groups: Vec::new(),
+        failover: validate_failover(None)?,
+        cluster_header: DEFAULT_CLUSTER_HEADER.to_string(),
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        needs_json_body: false,
+        can_fail_over: false,
+    })
+}
+
 fn validate_provider(
     rp: Obj<'_>,
     group: usize,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Provider, ConfigError> {
     rp.only(&[
-        "name", "cluster", "endpoint", "openai", "host", "path", "weight", "policies",
+        "name", "cluster", "endpoint", "openai", "host", "path", "query", "weight", "policies",
     ])?;
     let at = rp.path.as_str();
     let name = rp.required_string("name")?.trim().to_string();
@@ -515,6 +555,26 @@ fn validate_provider(
             Some(p.to_string())
         }
     };
+    let query = match rp.object("query")? {
+        None => Vec::new(),
+        Some(q) => {
+            let mut pairs = Vec::new();
+            q.only(
+                &q.members
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )?;
+            for (key, _) in q.members {
+                if key.is_empty() {
+                    return Err(ConfigError::new(q.at(key), "a parameter needs a name"));
+                }
+                let value = q.required_string(key)?;
+                pairs.push((percent_encode(key), percent_encode(value)));
+            }
+            pairs
+        }
+    };
     let weight = match rp.whole_number("weight")? {
         None => 1,
         Some(w) if (1..=MAX_WEIGHT).contains(&w) => w as u32,
@@ -550,8 +610,9 @@ fn validate_provider(
                 return Err(ConfigError::new(
                     format!("{field}.env"),
                     format!(
-                        "environment variable {var} is not set or empty in the Wasm VM \
-                         (list it in vm_config.environment_variables.host_env_keys)"
+                        "environment variable {var} is not set or empty in the Wasm VM: it \
+                         must be exported in Envoy's own environment and listed in \
+                         vm_config.environment_variables.host_env_keys (render lists it)"
                     ),
                 ));
             }
@@ -597,6 +658,7 @@ fn validate_provider(
         model_json,
         host,
         path,
+        query,
         weight,
         auth,
         auth_env,
@@ -604,6 +666,20 @@ fn validate_provider(
         group,
         health_key,
     })
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters, so a configured
+/// query parameter can never end or split the query it is put into.
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `http://host[:port]` or `https://host[:port]` (a trailing `/` is allowed; a path
@@ -1003,5 +1079,20 @@ mod tests {
         )
         .unwrap();
         assert_ne!(c.providers[0].health_key, c.providers[1].health_key);
+    }
+
+    #[test]
+    fn a_health_view_only_configuration_takes_only_health_path() {
+        let c = Config::parse(br#"{"healthPath":"/h"}"#, &|_| None).unwrap();
+        assert!(c.providers.is_empty() && c.groups.is_empty());
+        assert_eq!(c.health_path.as_deref(), Some("/h"));
+        let e = Config::parse(br#"{"healthPath":"/h","maxBodyBytes":5}"#, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("maxBodyBytes: a health-view-only"), "{e}");
+        let e = Config::parse(br#"{"maxBodyBytes":5}"#, &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `groups`"), "{e}");
     }
 }

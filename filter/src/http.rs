@@ -28,6 +28,7 @@ use crate::health::{Failure, HealthRecord};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::{self, Outcome};
+use crate::registry;
 use crate::reply::error_body;
 use crate::retry_after;
 use crate::rewrite::{self, Edit};
@@ -212,14 +213,12 @@ impl FailoverFilter {
         // The first attempt is rewritten here rather than in its upstream filter: the
         // same edits, but one filter instance fewer doing host calls on the common path.
         let provider = &config.providers[first.index];
-        let original_path = match (&provider.path, &headers) {
-            (None, _) => None,
-            (Some(_), Some(all)) => header_value(all, ":path")
+        let original_path = match (provider.rewrites_path(), &headers) {
+            (false, _) => None,
+            (true, Some(all)) => header_value(all, ":path")
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(str::to_string),
-            (Some(_), None) => {
-                host::request_header(":path").and_then(|v| String::from_utf8(v).ok())
-            }
+            (true, None) => host::request_header(":path").and_then(|v| String::from_utf8(v).ok()),
         };
         for edit in rewrite::edits_for(provider, &config.cluster_header, original_path.as_deref()) {
             match edit {
@@ -266,10 +265,18 @@ impl FailoverFilter {
             let details = host::property(&["response", "code_details"]).unwrap_or_default();
             let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
             if details != b"via_upstream" && flags & NO_ATTEMPT_FLAGS != 0 {
-                let why = format!(
-                    "Envoy could not start an attempt: {}",
-                    String::from_utf8_lossy(&details)
-                );
+                let why = if details.starts_with(b"cluster_not_found") {
+                    format!(
+                        "Envoy has no cluster {:?} (a typo in `cluster`? `llm-failover check` \
+                         compares a configuration with an Envoy bootstrap)",
+                        self.config.providers[self.current].cluster
+                    )
+                } else {
+                    format!(
+                        "Envoy could not start an attempt: {}",
+                        String::from_utf8_lossy(&details)
+                    )
+                };
                 self.mark_failed(self.current, Failure::Unreachable, None, &why);
             }
             if let Some(secs) = self.all_cooling_retry_after() {
@@ -291,13 +298,14 @@ impl FailoverFilter {
             return false;
         }
         let now = host::now_ms();
-        let records: Vec<HealthRecord> = self
-            .config
-            .providers
+        // What the routing configurations published, not this configuration's copy.
+        let registry = registry::read(&HostSharedData);
+        let records: Vec<HealthRecord> = registry
+            .entries
             .iter()
             .map(|p| store::read_health(&HostSharedData, &p.health_key))
             .collect();
-        let body = view::health_json(&self.config, &records, now);
+        let body = view::health_json(&registry, &records, now);
         let headers = vec![
             ("content-type".to_string(), "application/json".to_string()),
             ("cache-control".to_string(), "no-store".to_string()),
@@ -582,6 +590,10 @@ impl HttpContext for FailoverFilter {
             return Action::Pause;
         }
         let config = Rc::clone(&self.config);
+        if config.providers.is_empty() {
+            // A health-view-only configuration: everything else passes untouched.
+            return Action::Continue;
+        }
         if config.failover.mode == Mode::Router {
             return self.route_request(end_of_stream);
         }
@@ -619,7 +631,7 @@ impl HttpContext for FailoverFilter {
             } else {
                 None
             };
-            if provider.path.is_some() {
+            if provider.rewrites_path() {
                 self.original_path =
                     host::request_header(":path").and_then(|v| String::from_utf8(v).ok());
             }
@@ -704,7 +716,7 @@ impl HttpContext for FailoverFilter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.phase == Phase::Replied {
+        if self.phase == Phase::Replied || self.config.providers.is_empty() {
             return Action::Continue;
         }
         let Some(status) = parse_number::<u16>(host::response_header(":status").as_deref()) else {

@@ -12,7 +12,7 @@
 //! core both modes share: attempt order, probe claims, the outcome-to-failure table,
 //! what each outcome does to a health record), `config`, `health`, `select`,
 //! `outcome`, `handoff` (what the downstream filter hands on), `body`, `rewrite`,
-//! `retry_after`, `store`, `view`. `host.rs` is the only module that calls into Envoy;
+//! `retry_after`, `store`, `registry` (the providers the view and the gauges read), `view`. `host.rs` is the only module that calls into Envoy;
 //! `root.rs`, `http.rs` and `upstream.rs` are the thin contexts that gather inputs and
 //! apply the decisions.
 
@@ -29,6 +29,7 @@ pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod outcome;
+pub mod registry;
 pub mod reply;
 pub mod retry_after;
 pub mod rewrite;

@@ -35,7 +35,7 @@ pub fn rewritten_headers(providers: &[Provider]) -> Vec<String> {
         if p.host.is_some() {
             add(":authority");
         }
-        if p.path.is_some() {
+        if p.rewrites_path() {
             add(":path");
         }
         if let Auth::Key { header, .. } = &p.auth {
@@ -65,10 +65,10 @@ pub fn edits_for<'a>(
     if let Some(host) = &provider.host {
         edits.push(Edit::Set(":authority", host.clone()));
     }
-    if let Some(path) = &provider.path {
+    if provider.rewrites_path() {
         edits.push(Edit::Set(
             ":path",
-            with_query_of(path, original_path.unwrap_or("")),
+            provider_path(provider, original_path.unwrap_or("")),
         ));
     }
     if let Auth::Key { header, value } = &provider.auth {
@@ -80,11 +80,36 @@ pub fn edits_for<'a>(
     edits
 }
 
-fn with_query_of(path: &str, original: &str) -> String {
-    match original.find('?') {
-        Some(q) => format!("{path}{}", &original[q..]),
-        None => path.to_string(),
+/// The `:path` for `provider` from the client's: the provider's path (or the client's),
+/// then the client's query parameters except those the provider sets, then the
+/// provider's, in configuration order.
+fn provider_path(provider: &Provider, original: &str) -> String {
+    let (client_path, client_query) = match original.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (original, ""),
+    };
+    let mut out = provider.path.as_deref().unwrap_or(client_path).to_string();
+    let sets = |param: &str| {
+        let name = param.split_once('=').map_or(param, |(n, _)| n);
+        provider.query.iter().any(|(n, _)| n == name)
+    };
+    let mut sep = '?';
+    for param in client_query
+        .split('&')
+        .filter(|p| !p.is_empty() && !sets(p))
+    {
+        out.push(sep);
+        out.push_str(param);
+        sep = '&';
     }
+    for (name, value) in &provider.query {
+        out.push(sep);
+        out.push_str(name);
+        out.push('=');
+        out.push_str(value);
+        sep = '&';
+    }
+    out
 }
 
 /// The request for a dispatched attempt: the client's original headers without
@@ -199,10 +224,55 @@ mod tests {
         assert_eq!(get(&h, ":authority"), ["gateway:10000"]);
     }
 
+    fn one(provider: &str) -> Provider {
+        let json = format!(r#"{{"groups":[{{"providers":[{provider}]}}]}}"#);
+        Config::parse(json.as_bytes(), &|_| None)
+            .unwrap()
+            .providers
+            .remove(0)
+    }
+
     #[test]
     fn path_without_query_stays_bare() {
-        assert_eq!(with_query_of("/v1/x", "/openai"), "/v1/x");
-        assert_eq!(with_query_of("/v1/x", "/openai?"), "/v1/x?");
+        let p = one(r#"{"name":"a","cluster":"c","path":"/v1/x"}"#);
+        assert_eq!(provider_path(&p, "/openai"), "/v1/x");
+        assert_eq!(provider_path(&p, "/openai?"), "/v1/x");
+        assert_eq!(provider_path(&p, "/openai?a=1&b"), "/v1/x?a=1&b");
+    }
+
+    #[test]
+    fn provider_query_replaces_the_clients_parameter_of_that_name_and_keeps_the_rest() {
+        let p = one(
+            r#"{"name":"az","cluster":"c","path":"/openai/deployments/d/chat/completions",
+                "query":{"api-version":"2024-10-21"}}"#,
+        );
+        assert_eq!(
+            provider_path(&p, "/v1/chat/completions"),
+            "/openai/deployments/d/chat/completions?api-version=2024-10-21"
+        );
+        assert_eq!(
+            provider_path(&p, "/v1/chat?api-version=old&tag=1&api-version=older"),
+            "/openai/deployments/d/chat/completions?tag=1&api-version=2024-10-21"
+        );
+        // Without a path of its own, the client's path gets the provider's query.
+        let q = one(r#"{"name":"q","cluster":"c","query":{"v":"a b&c=d"}}"#);
+        assert!(q.rewrites_path());
+        assert_eq!(provider_path(&q, "/x?y=1"), "/x?y=1&v=a%20b%26c%3Dd");
+    }
+
+    #[test]
+    fn query_parameters_are_validated() {
+        let bad = r#"{"groups":[{"providers":[{"name":"a","cluster":"c","query":{"v":1}}]}]}"#;
+        let e = Config::parse(bad.as_bytes(), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("groups[0].providers[0].query.v"), "{e}");
+        let dup =
+            r#"{"groups":[{"providers":[{"name":"a","cluster":"c","query":{"v":"1","v":"2"}}]}]}"#;
+        let e = Config::parse(dup.as_bytes(), &|_| None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("given more than once"), "{e}");
     }
 
     #[test]

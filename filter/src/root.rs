@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::host::{self, HostSharedData};
 use crate::http::FailoverFilter;
 use crate::metrics;
+use crate::registry;
 use crate::store;
 use crate::telemetry::Telemetry;
 use crate::upstream::AttemptFilter;
@@ -24,6 +25,9 @@ pub struct Root {
     upstream: bool,
     /// Per-VM request counter, spreads a group's traffic by weight.
     tickets: Rc<Cell<u64>>,
+    /// Per provider: whether this configuration's provider is the registered one,
+    /// i.e. whether this instance publishes its health gauge.
+    publishes: Vec<bool>,
     telemetry: Rc<Telemetry>,
 }
 
@@ -33,6 +37,7 @@ impl Default for Root {
             config: None,
             upstream: false,
             tickets: Rc::default(),
+            publishes: Vec::new(),
             telemetry: Telemetry::new(),
         }
     }
@@ -74,18 +79,35 @@ impl RootContext for Root {
         );
         self.upstream =
             host::property(&["plugin_root_id"]).as_deref() == Some(UPSTREAM_ROOT_ID.as_bytes());
-        self.config = Some(Rc::new(config));
-        // One instance publishes the health gauges: the downstream one.
-        if !self.upstream {
+        // The downstream routing instances publish the providers (for the health view)
+        // and the health gauges; the upstream and the view-only instances neither.
+        if !self.upstream && !config.providers.is_empty() {
+            match registry::publish(&HostSharedData, &config) {
+                Ok((own, conflicts)) => {
+                    for c in &conflicts {
+                        log::error!("llm-failover: {c}; the health view and gauges show the first");
+                    }
+                    self.publishes = own;
+                }
+                Err(e) => {
+                    log::warn!("llm-failover: publishing the providers for the health view: {e}")
+                }
+            }
             host::set_tick_period_ms(GAUGE_PERIOD_MS);
         }
+        self.config = Some(Rc::new(config));
         true
     }
 
     fn on_tick(&mut self) {
         let Some(config) = &self.config else { return };
         let now = host::now_ms();
-        for p in &config.providers {
+        for (p, _) in config
+            .providers
+            .iter()
+            .zip(&self.publishes)
+            .filter(|(_, own)| **own)
+        {
             let state = store::read_health(&HostSharedData, &p.health_key).state(now);
             self.telemetry
                 .gauge(metrics::health(&p.name), metrics::health_value(state));

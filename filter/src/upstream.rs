@@ -208,7 +208,7 @@ impl HttpContext for AttemptFilter {
                     None => host::remove_request_header(name),
                 }
             }
-        } else if provider.path.is_some() {
+        } else if provider.rewrites_path() {
             original_path = host::request_header(":path").and_then(|v| String::from_utf8(v).ok());
         }
         for edit in rewrite::edits_for(provider, &config.cluster_header, original_path.as_deref()) {

@@ -1,9 +1,10 @@
 //! The health view: every provider's breaker state as JSON, for operators. Pure: the
-//! records and the time come in as arguments.
+//! registered providers (`registry.rs`), their records and the time come in as
+//! arguments.
 
-use crate::config::Config;
 use crate::health::{HealthRecord, State};
 use crate::json::quote;
+use crate::registry::Registry;
 
 fn state_name(state: State) -> &'static str {
     match state {
@@ -14,11 +15,13 @@ fn state_name(state: State) -> &'static str {
     }
 }
 
-/// `{"now": ..., "providers": [{"name", "cluster", "group", "state", ...}]}`. Instants
-/// are RFC 3339 (UTC) or null; `cooling_for_ms` is what is left of a cooldown.
-pub fn health_json(config: &Config, records: &[HealthRecord], now_ms: u64) -> String {
+/// `{"now": ..., "providers": [{"name", "cluster", "group", "state", ...}],
+/// "conflicts": [...]}`. Instants are RFC 3339 (UTC) or null; `cooling_for_ms` is what
+/// is left of a cooldown; `conflicts` lists providers two configurations define
+/// differently (see `registry.rs`).
+pub fn health_json(registry: &Registry, records: &[HealthRecord], now_ms: u64) -> String {
     let mut out = format!("{{\"now\":{},\"providers\":[", quote(&rfc3339(now_ms)));
-    for (i, p) in config.providers.iter().enumerate() {
+    for (i, p) in registry.entries.iter().enumerate() {
         let r = records.get(i).copied().unwrap_or_default();
         let state = r.state(now_ms);
         let instant = |ms: u64| {
@@ -61,6 +64,9 @@ pub fn health_json(config: &Config, records: &[HealthRecord], now_ms: u64) -> St
             r.cooldowns,
         ));
     }
+    out.push_str("],\"conflicts\":[");
+    let conflicts: Vec<String> = registry.conflicts.iter().map(|c| quote(c)).collect();
+    out.push_str(&conflicts.join(","));
     out.push_str("]}");
     out
 }
@@ -118,7 +124,9 @@ mod tests {
     fn view_shows_each_providers_state() {
         let json = r#"{"groups":[{"providers":[{"name":"p","cluster":"c","openai":{"model":"m"}}]},
                                   {"providers":[{"name":"f","cluster":"d"}]}]}"#;
-        let config = Config::parse(json.as_bytes(), &|_| None).unwrap();
+        let config = crate::config::Config::parse(json.as_bytes(), &|_| None).unwrap();
+        let mut registry = Registry::default();
+        registry.merge(&config);
         let now = 784_111_777_000;
         let records = [
             HealthRecord {
@@ -131,7 +139,7 @@ mod tests {
             HealthRecord::default(),
         ];
         let v: serde_json::Value =
-            serde_json::from_str(&health_json(&config, &records, now)).unwrap();
+            serde_json::from_str(&health_json(&registry, &records, now)).unwrap();
         let p = &v["providers"][0];
         assert_eq!(p["name"], "p");
         assert_eq!(p["model"], "m");
@@ -146,5 +154,6 @@ mod tests {
             (Some("healthy"), Some(1))
         );
         assert!(f["model"].is_null() && f["last_failure"].is_null());
+        assert_eq!(v["conflicts"], serde_json::json!([]));
     }
 }

@@ -173,7 +173,10 @@ fn serve_api(
             let v = json!({"object": "list", "data": [{"id": state.settings.model, "object": "model", "owned_by": state.settings.name}]});
             let _ = out.respond(json_response(state, 200, &v));
         }
-        ("POST", "/v1/chat/completions") => chat(state, out, &behaviour, body),
+        // OpenAI's path, and every OpenAI-compatible one: Azure OpenAI's
+        // `/openai/deployments/<name>/chat/completions`, Gemini's
+        // `/v1beta/openai/chat/completions`, a local server's `/v1/chat/completions`.
+        ("POST", p) if p.ends_with("/chat/completions") => chat(state, out, &behaviour, body),
         _ => {
             let e = error_json(
                 &format!("Unknown request URL: {method} {path}"),

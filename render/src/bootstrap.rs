@@ -9,6 +9,8 @@ const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/llm_failover.wasm";
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The dynamic metadata namespace the cluster order goes to (see `handoff.rs`).
 const ORDER_NAMESPACE: &str = "llm_failover";
+/// Where the ops listener serves the health view.
+const HEALTH_PATH: &str = "/llm-failover/health";
 /// Below a regular file, so no socket can ever be created there (connect fails with ENOTDIR).
 const NO_HEALTHY_HOST_PIPE: &str = "/dev/null/llm-failover-no-healthy-host";
 
@@ -199,12 +201,8 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             "typed_config": h,
         }]}])
     };
-    let mut ops_config: Value =
-        serde_json::from_str(raw).map_err(|e| format!("plugin configuration: {e}"))?;
-    if let Some(obj) = ops_config.as_object_mut() {
-        obj.insert("healthPath".to_string(), json!("/llm-failover/health"));
-    }
-    let ops_raw = serde_json::to_string(&ops_config).map_err(|e| e.to_string())?;
+    // The view reads the providers the routing filter publishes (same vm_id): no copy.
+    let ops_raw = json!({"healthPath": HEALTH_PATH}).to_string();
     let buffer_limit = config.max_body_bytes.max(1 << 20) + 65_536;
     let listeners = json!([
         {

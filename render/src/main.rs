@@ -3,16 +3,19 @@
 //! provider's `endpoint`), the route whose retries walk the filter's attempt order,
 //! the filter downstream and on every provider cluster, stats tags, a JSON access
 //! log and the operators' health view. Users write the plugin configuration; the
-//! wiring around it is never hand-written.
+//! wiring around it is never hand-written. `check` compares a plugin configuration
+//! with a bootstrap written by hand (a provider whose `cluster` names no cluster).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 mod bootstrap;
+mod check;
 
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: llm-failover render --config PLUGIN.json [--listen HOST:PORT] \
-[--admin HOST:PORT] [--ops HOST:PORT] [--wasm PATH] [--format yaml|json]";
+[--admin HOST:PORT] [--ops HOST:PORT] [--wasm PATH] [--format yaml|json]
+       llm-failover check --config PLUGIN.json --envoy ENVOY.yaml";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,10 +31,42 @@ fn main() -> ExitCode {
     }
 }
 
+fn run_check(args: &[String]) -> Result<String, String> {
+    let (mut plugin, mut envoy) = (None, None);
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .cloned()
+            .ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        match flag.as_str() {
+            "--config" => plugin = Some(value),
+            "--envoy" => envoy = Some(value),
+            other => return Err(format!("unknown option {other:?}\n{USAGE}")),
+        }
+    }
+    let (Some(plugin), Some(envoy)) = (plugin, envoy) else {
+        return Err(format!("check needs --config and --envoy\n{USAGE}"));
+    };
+    let read = |p: &str| std::fs::read_to_string(p).map_err(|e| format!("reading {p}: {e}"));
+    let raw = read(&plugin)?;
+    let bootstrap: serde_json::Value = serde_yaml::from_str(&read(&envoy)?)
+        .map_err(|e| format!("{envoy}: not YAML or JSON: {e}"))?;
+    let problems = check::check(&raw, &bootstrap)?;
+    if problems.is_empty() {
+        Ok(format!("{plugin} fits {envoy}\n"))
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
 fn run(args: &[String]) -> Result<String, String> {
     let Some((command, rest)) = args.split_first() else {
         return Err(USAGE.to_string());
     };
+    if command == "check" {
+        return run_check(rest);
+    }
     if command != "render" {
         return Err(format!("unknown command {command:?}\n{USAGE}"));
     }

@@ -157,7 +157,8 @@ BUFFER_FILTER = {"name": "envoy.filters.http.buffer", "typed_config": {
 
 def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, admin_port: int,
               env_keys: list[str] = (), route_timeout: str = "120s", wasm: Path = WASM,
-              access_log: str | None = None, ops_port: int | None = None) -> dict:
+              access_log: str | None = None, ops_port: int | None = None,
+              ops_plugin: dict | None = None) -> dict:
     """An Envoy bootstrap (as a dict, written as JSON) with the filter in front of
     `clusters` (name -> loopback port), wired by hand with `cluster_header` routing
     and the buffer filter in front:
@@ -215,10 +216,10 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
                                         "typed_config": hcm}]}],
     }]
     if ops_port is not None:
-        # The operators' listener: the same filter (same vm_id, so the same health
-        # data) with the health view switched on; nothing else is routed there.
-        ops_plugin = json.loads(value)
-        ops_plugin["healthPath"] = "/llm-failover/health"
+        # The operators' listener: the filter (same vm_id, so the same shared data)
+        # configured with the health view only; it shows the providers the routing
+        # filter publishes. Nothing else is routed there.
+        ops_plugin = ops_plugin or {"healthPath": "/llm-failover/health"}
         ops_filter = json.loads(json.dumps(wasm_filter))
         ops_filter["typed_config"]["config"]["configuration"]["value"] = json.dumps(ops_plugin)
         ops_hcm = json.loads(json.dumps(hcm))
@@ -284,18 +285,19 @@ class Envoy:
     hand-wired dispatch-mode bootstrap above."""
 
     def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
-                 concurrency: int = 2, route_timeout: str = "120s", router: bool = False, tweak=None):
+                 concurrency: int = 2, route_timeout: str = "120s", router: bool = False, tweak=None,
+                 ops_plugin: dict | None = None):
         # A port free_port() found can be taken by another process before Envoy binds
         # it: then start again on other ports (at most three times).
         for tries_left in (2, 1, 0):
             try:
-                self._start(plugin, clusters, env, concurrency, route_timeout, router, tweak)
+                self._start(plugin, clusters, env, concurrency, route_timeout, router, tweak, ops_plugin)
                 return
             except Exception as e:  # noqa: BLE001 - re-raised unless it was a port clash
                 if tries_left == 0 or "Address already in use" not in str(e):
                     raise
 
-    def _start(self, plugin, clusters, env, concurrency, route_timeout, router, tweak):
+    def _start(self, plugin, clusters, env, concurrency, route_timeout, router, tweak, ops_plugin):
         self.port = free_port()
         self.admin_port = free_port()
         self.ops_port = free_port()
@@ -314,7 +316,7 @@ class Envoy:
         else:
             cfg = bootstrap(plugin, clusters, self.port, self.admin_port, env_keys=sorted((env or {}).keys()),
                             route_timeout=route_timeout, access_log=str(self.access_log),
-                            ops_port=self.ops_port)
+                            ops_port=self.ops_port, ops_plugin=ops_plugin)
         self.config_path.write_text(json.dumps(cfg, indent=1))
         self.log_path = self.dir / "envoy.log"
         self.log_file = open(self.log_path, "w")

@@ -5,6 +5,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from harness import ROOT, http, wait_until
@@ -90,6 +91,40 @@ def test_health_view_on_the_ops_listener_only(failing_primary):
     status, headers, body = http("GET", e.url + "/llm-failover/health")
     assert b'"providers"' not in body
     assert headers.get("x-llm-provider") == "fallback"
+
+
+@pytest.mark.parametrize("ops", ["view-only", "mistyped-copy"])
+def test_health_view_and_gauge_follow_the_routing_configuration(mocks, envoy, ops):
+    """The view lists what the routing filter has, not a copy; a differently
+    configured copy is shown as a conflict; the health gauge has one source and
+    agrees with the view on every scrape."""
+    primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "60")
+    fallback = mocks("fallback")
+    ops_plugin = None
+    if ops == "mistyped-copy":
+        # One provider missing, one model mistyped, as a hand copy can be.
+        copy = config()
+        copy["groups"] = copy["groups"][:1]
+        copy["groups"][0]["providers"][0]["openai"]["model"] = "m1-typo"
+        ops_plugin = dict(copy, healthPath="/llm-failover/health")
+    e = envoy(config(), {"primary": primary.port, "fallback": fallback.port}, ops_plugin=ops_plugin)
+    assert e.post_chat(CHAT)[0] == 200
+    view = e.health()
+    assert [(p["name"], p["model"], p["state"]) for p in view["providers"]] == [
+        ("primary", "m1", "cooling"), ("fallback", "m2", "healthy")]
+    if ops == "mistyped-copy":
+        (conflict,) = view["conflicts"]
+        assert "provider primary is configured twice" in conflict and "m1-typo" in conflict
+        assert "configured twice" in e.log()
+    else:
+        assert view["conflicts"] == []
+    wait_until(lambda: metric(e.prometheus(), "llm_failover_health", provider="primary") == 1, 10,
+               "the primary's health gauge")
+    for _ in range(5):
+        text = e.prometheus()
+        assert metric(text, "llm_failover_health", provider="primary") == 1
+        assert metric(text, "llm_failover_health", provider="fallback") == 0
+        time.sleep(0.3)
 
 
 def test_health_view_shows_probing(mocks, envoy):
