@@ -8,7 +8,7 @@ PY       := $(VENV)/bin/python
 # Pure-logic unit tests also run on the shipping target, in wasmtime (see README).
 WASM_RUNNER := $(CURDIR)/$(PY) $(CURDIR)/tests/wasm_runner.py
 
-.PHONY: all setup test-setup build render demo test unit-test wasm-test lint e2e bench clean
+.PHONY: all setup test-setup build render demo test unit-test wasm-test lint e2e bench fuzz soak clean
 
 all: build
 
@@ -24,6 +24,8 @@ build: setup
 	cargo build --release --target wasm32-wasip1 -p llm-failover
 	wasm-opt $(WASM_OPT_FLAGS) $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	cargo build --release -p llm-mock -p llm-failover-render
+	@# For the FAIL_RELOAD test only: the same filter with a panic trigger.
+	cargo build --release --target wasm32-wasip1 -p llm-failover --features test-panic --target-dir target/test-panic
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 # Renders the shipped Envoy configurations (envoy/, compose/, k8s/envoy/) from their
@@ -65,3 +67,22 @@ bench: build
 	@$(PY) -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
 	cargo build --release --target wasm32-wasip1 -p noop-filter
 	$(PY) bench/run.py
+
+# Coverage-guided fuzzing (cargo fuzz, libFuzzer) of the configuration parser, the body
+# scanner and model edit (against serde_json), and the Retry-After/rate-limit/RFC 3339
+# parsers: FUZZ_SECONDS each (10 minutes by default), then the corpus is minimised.
+# fuzz/corpus/ is committed; `make test` runs every input in it (filter/src/fuzz_checks.rs).
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := config body headers
+fuzz: setup
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$t fuzz/corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	  cargo +nightly fuzz cmin $$t fuzz/corpus/$$t || exit 1; \
+	done
+
+# The soak with faults (tests/soak/soak.py, about 3-5 minutes): writes SOAK.md. A short
+# version (5,000 requests per mode) runs in `make test` (tests/e2e/test_soak.py).
+soak: build
+	$(PY) tests/soak/soak.py

@@ -133,6 +133,17 @@ pub fn model_edit(body: &[u8], slots: &ModelSlots, model_json: &str) -> (usize, 
 }
 
 /// The whole body with its top-level `model` set to `model_json` (see [`model_edit`]).
+/// The compression a body that failed the JSON check starts like (gzip, zstd, zlib),
+/// for a clearer refusal than "not JSON at byte 0".
+pub fn compression_of(body: &[u8]) -> Option<&'static str> {
+    match body {
+        [0x1f, 0x8b, ..] => Some("gzip"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+        [0x78, 0x01 | 0x5e | 0x9c | 0xda, ..] => Some("deflate"),
+        _ => None,
+    }
+}
+
 pub fn with_model(body: &[u8], slots: &ModelSlots, model_json: &str) -> Vec<u8> {
     let (replaced, mut out) = model_edit(body, slots, model_json);
     out.extend_from_slice(&body[replaced..]);
@@ -289,6 +300,15 @@ mod tests {
             }
         }
         assert!(checked > 1_000, "only {checked} valid mutants");
+    }
+
+    #[test]
+    fn compressed_bodies_are_told_by_their_first_bytes() {
+        assert_eq!(compression_of(&[0x1f, 0x8b, 8, 0]), Some("gzip"));
+        assert_eq!(compression_of(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Some("zstd"));
+        assert_eq!(compression_of(&[0x78, 0x9c, 1]), Some("deflate"));
+        assert_eq!(compression_of(b"x{\"model\""), None);
+        assert_eq!(compression_of(b""), None);
     }
 
     #[test]

@@ -604,24 +604,7 @@ fn validate_provider(
                 ));
             }
             auth_env = Some(var.to_string());
-            let key = env(var).unwrap_or_default();
-            let key = key.trim();
-            if key.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{field}.env"),
-                    format!(
-                        "environment variable {var} is not set or empty in the Wasm VM: it \
-                         must be exported in Envoy's own environment and listed in \
-                         vm_config.environment_variables.host_env_keys (render lists it)"
-                    ),
-                ));
-            }
-            if key.bytes().any(|b| b.is_ascii_control()) {
-                return Err(ConfigError::new(
-                    format!("{field}.env"),
-                    format!("environment variable {var} holds control characters"),
-                ));
-            }
+            // What is wrong in the file first; the environment is looked at last.
             let header = match k.string("header")? {
                 None => "authorization".to_string(),
                 Some(h) => validate_header_name(h)
@@ -638,6 +621,24 @@ fn validate_provider(
                 return Err(ConfigError::new(
                     format!("{field}.prefix"),
                     "contains control characters",
+                ));
+            }
+            let key = env(var).unwrap_or_default();
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.env"),
+                    format!(
+                        "environment variable {var} is not set or empty in the Wasm VM: it \
+                         must be exported in Envoy's own environment and listed in \
+                         vm_config.environment_variables.host_env_keys (render lists it)"
+                    ),
+                ));
+            }
+            if key.bytes().any(|b| b.is_ascii_control()) {
+                return Err(ConfigError::new(
+                    format!("{field}.env"),
+                    format!("environment variable {var} holds control characters"),
                 ));
             }
             Auth::Key {

@@ -35,7 +35,7 @@ use crate::rewrite::{self, Edit};
 use crate::select::{self, HealthView};
 use crate::store;
 use crate::telemetry::Telemetry;
-use crate::upstream::{CLIENT_HEADERS_KEY, FAILED_AT_KEY, PLAN_KEY};
+use crate::upstream::{CLIENT_HEADERS_KEY, FAILED_AT_KEY, PLAN_KEY, REFUSED_KEY};
 use crate::view;
 
 /// The request header that carries the cluster order to `header_to_metadata`
@@ -372,6 +372,11 @@ impl FailoverFilter {
 
     fn reply_error(&mut self, status: u16, message: &str, kind: &str, code: &str) {
         self.release_probe();
+        if self.config.failover.mode == Mode::Router {
+            // The router may have started the attempt already; its upstream filter
+            // must not blame the provider for the reset this reply causes.
+            host::set_property(REFUSED_KEY, "1");
+        }
         let headers = vec![("content-type".to_string(), "application/json".to_string())];
         host::send_response(status, &headers, error_body(message, kind, code).as_bytes());
         self.phase = Phase::Replied;
@@ -434,8 +439,8 @@ impl FailoverFilter {
                 self.original_path.as_deref(),
             );
             let mut headers = rewrite::apply_to(&self.original_headers, &edits);
-            // The call names its cluster itself; the routing header is not the provider's.
-            headers.retain(|(n, _)| *n != config.cluster_header);
+            // The call names its cluster itself; routing headers are not the provider's.
+            headers.retain(|(n, _)| *n != config.cluster_header && n != ORDER_HEADER);
             let rewritten;
             let body = match (&self.original_body, &provider.model_json, &self.slots) {
                 (Some(b), Some(model), Some(slots)) => {
@@ -584,6 +589,11 @@ impl Context for FailoverFilter {
 
 impl HttpContext for FailoverFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "test-panic")]
+        #[allow(clippy::panic)]
+        if host::request_header("x-llm-failover-test-panic").is_some() {
+            panic!("x-llm-failover-test-panic asked for a panic");
+        }
         if self.config.health_path.is_some()
             && self.serve_health_view(host::request_header(":path").as_deref())
         {
@@ -682,7 +692,26 @@ impl HttpContext for FailoverFilter {
             match body::inspect(&body) {
                 Ok(slots) => self.slots = Some(slots),
                 Err(e) => {
-                    self.reply_error(400, &e.to_string(), "invalid_request_error", "invalid_json");
+                    // A compressed body is never JSON to the scanner; say why it was refused.
+                    // Told by its first bytes: the request headers cannot be read here (the
+                    // SDK panics on the status Envoy gives once they went on).
+                    match body::compression_of(&body) {
+                        Some(kind) => self.reply_error(
+                            415,
+                            &format!(
+                                "the request body is {kind}-compressed; compressed request \
+                                 bodies are not supported: send the JSON uncompressed"
+                            ),
+                            "invalid_request_error",
+                            "unsupported_content_encoding",
+                        ),
+                        None => self.reply_error(
+                            400,
+                            &e.to_string(),
+                            "invalid_request_error",
+                            "invalid_json",
+                        ),
+                    }
                     return Action::Pause;
                 }
             }

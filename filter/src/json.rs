@@ -227,13 +227,15 @@ impl Scanner<'_> {
     }
 
     fn number(&mut self) -> Result<(), String> {
+        let start = self.i;
         if self.peek() == Some(b'-') {
             self.i += 1;
         }
+        let mut int_digits = 1;
         match self.peek() {
             Some(b'0') => self.i += 1,
             Some(b'1'..=b'9') => {
-                self.digits();
+                int_digits = self.digits();
             }
             _ => return self.err("expected a digit"),
         }
@@ -243,7 +245,9 @@ impl Scanner<'_> {
                 return self.err("expected a digit after the decimal point");
             }
         }
+        let mut exponent = false;
         if let Some(b'e' | b'E') = self.peek() {
+            exponent = true;
             self.i += 1;
             if let Some(b'+' | b'-') = self.peek() {
                 self.i += 1;
@@ -251,6 +255,12 @@ impl Scanner<'_> {
             if self.digits() == 0 {
                 return self.err("expected a digit in the exponent");
             }
+        }
+        // serde_json refuses a number too large for an f64 (found by `make fuzz`:
+        // `7e7777` passed here). Only an exponent or over 300 integer digits can be.
+        if (exponent || int_digits > 300) && too_large_for_f64(&self.b[start..self.i]) {
+            self.i = start;
+            return self.err("number out of range");
         }
         Ok(())
     }
@@ -541,8 +551,123 @@ impl Scanner<'_> {
     }
 }
 
+/// 10^289 to 10^308: the powers of ten by which a u64 significand can overflow an f64
+/// (below 10^289 the product stays under 1.8e19 x 1e288).
+const POW10_HIGH: [f64; 20] = [
+    1e289, 1e290, 1e291, 1e292, 1e293, 1e294, 1e295, 1e296, 1e297, 1e298, 1e299, 1e300, 1e301,
+    1e302, 1e303, 1e304, 1e305, 1e306, 1e307, 1e308,
+];
+
+/// Whether serde_json refuses a well-formed JSON number as "number out of range".
+/// Follows its float parsing step by step (without its `float_roundtrip` feature): a
+/// u64 significand of the leading digits (integer digits past overflow raise the
+/// exponent, fraction digits past it are dropped), times a power of ten. So it agrees
+/// with serde_json even at the boundary, where its rounding differs from a correctly
+/// rounded parse, and needs no float parser (18 KB more .wasm).
+fn too_large_for_f64(number: &[u8]) -> bool {
+    let text = number.strip_prefix(b"-").unwrap_or(number);
+    let would_overflow =
+        |s: u64, d: u64| s >= u64::MAX / 10 && (s > u64::MAX / 10 || d > u64::MAX % 10);
+    let mut i = 0;
+    let mut significand: u64 = 0;
+    let mut exponent: i32 = 0;
+    let mut long = false;
+    while let Some(c @ b'0'..=b'9') = text.get(i).copied() {
+        let d = u64::from(c - b'0');
+        if long || would_overflow(significand, d) {
+            long = true;
+            exponent = exponent.saturating_add(1);
+        } else {
+            significand = significand * 10 + d;
+        }
+        i += 1;
+    }
+    if text.get(i) == Some(&b'.') {
+        i += 1;
+        let mut dropping = false;
+        while let Some(c @ b'0'..=b'9') = text.get(i).copied() {
+            let d = u64::from(c - b'0');
+            if dropping || would_overflow(significand, d) {
+                dropping = true;
+            } else {
+                significand = significand * 10 + d;
+                exponent -= 1;
+            }
+            i += 1;
+        }
+    }
+    if let Some(b'e' | b'E') = text.get(i) {
+        i += 1;
+        let positive = match text.get(i) {
+            Some(b'-') => {
+                i += 1;
+                false
+            }
+            Some(b'+') => {
+                i += 1;
+                true
+            }
+            _ => true,
+        };
+        let mut exp: i32 = 0;
+        while let Some(c @ b'0'..=b'9') = text.get(i).copied() {
+            let d = i32::from(c - b'0');
+            if exp >= i32::MAX / 10 && (exp > i32::MAX / 10 || d > i32::MAX % 10) {
+                // serde_json: an exponent beyond i32 is out of range unless it makes
+                // the number zero.
+                return significand != 0 && positive;
+            }
+            exp = exp * 10 + d;
+            i += 1;
+        }
+        exponent = if positive {
+            exponent.saturating_add(exp)
+        } else {
+            exponent.saturating_sub(exp)
+        };
+    }
+    if significand == 0 || exponent < 289 {
+        return false;
+    }
+    match POW10_HIGH.get((exponent - 289) as usize) {
+        Some(pow) => (significand as f64 * pow).is_infinite(),
+        None => true, // beyond 10^308
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn numbers_beyond_an_f64_are_refused_like_serde_json_does() {
+        let long_ones = "1".repeat(309);
+        let long_twos = format!("2{}", "0".repeat(308));
+        for n in [
+            "1e308",
+            "1.7976931348623157e308",
+            "1.8e308",
+            "1e309",
+            "-1e309",
+            "0e99999",
+            "0.0000001e315",
+            "10e308",
+            "1e-400",
+            "7e7777",
+            "1.7976931348623158e308",
+            "17976931348623158e292",
+            "1797693134862315708e290",
+            "1e2147483648",
+            "0e2147483648",
+            "1e-2147483649",
+            long_ones.as_str(),
+            long_twos.as_str(),
+        ] {
+            let ours = too_large_for_f64(n.as_bytes());
+            let theirs = serde_json::from_str::<serde_json::Value>(n).is_err();
+            assert_eq!(ours, theirs, "{n}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -22,6 +22,8 @@ pub mod attempt;
 pub mod body;
 pub mod config;
 pub mod duration;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz_checks;
 pub mod handoff;
 pub mod health;
 pub mod host;

@@ -174,6 +174,16 @@ fn parse_millis(value: &str) -> Option<u64> {
 
 /// An RFC 3339 instant (`2026-11-24T15:04:05Z`, with optional fraction and offset) as
 /// Unix milliseconds.
+/// Days in `month` (1-12) of `year`, by the Gregorian calendar.
+fn days_in_month(year: u64, month: u64) -> u64 {
+    match month {
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
 pub fn parse_rfc3339_ms(value: &str) -> Option<u64> {
     let b = value.as_bytes();
     let num = |range: std::ops::Range<usize>| -> Option<u64> {
@@ -196,7 +206,7 @@ pub fn parse_rfc3339_ms(value: &str) -> Option<u64> {
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
     if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
+        || !(1..=days_in_month(year, month)).contains(&day)
         || hour > 23
         || minute > 59
         || second > 60
@@ -306,6 +316,26 @@ mod tests {
         ];
         for (value, want) in cases {
             assert_eq!(parse_rfc3339_ms(value), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn impossible_dates_are_rejected() {
+        for value in [
+            "2026-02-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-11-00T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(value), None, "{value:?}");
+        }
+        for value in [
+            "2024-02-29T00:00:00Z",
+            "2000-02-29T00:00:00Z",
+            "2026-12-31T23:59:59Z",
+        ] {
+            assert!(parse_rfc3339_ms(value).is_some(), "{value:?}");
         }
     }
 

@@ -29,6 +29,9 @@ pub const CLIENT_HEADERS_KEY: &str = "llm_failover_client";
 pub const REASON_KEY: &str = "llm_failover_reason";
 /// When the request's first attempt failed (Unix ms), for the failover-time histogram.
 pub const FAILED_AT_KEY: &str = "llm_failover_failed_at";
+/// Set when the downstream filter refused the request itself (400, 413): the attempt
+/// the router had started is then reset by the gateway, not by the provider.
+pub const REFUSED_KEY: &str = "llm_failover_refused";
 
 /// Envoy's response flag for a downstream that went away (`DC`).
 const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
@@ -163,6 +166,7 @@ impl Context for AttemptFilter {
         let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
         if details == b"downstream_remote_disconnect"
             || flags & DOWNSTREAM_CONNECTION_TERMINATION != 0
+            || host::property(&[REFUSED_KEY]).is_some()
         {
             return true;
         }

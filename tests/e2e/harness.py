@@ -118,6 +118,38 @@ class Mock:
             os.unlink(self.log.name)
 
 
+MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
+CHAT = {"model": "", "messages": MESSAGES}
+
+
+def provider(name: str, cluster: str | None = None, **extra) -> dict:
+    """A provider for the tests: its cluster named after it, the chat path."""
+    p = {"name": name, "cluster": cluster or name, "path": "/v1/chat/completions"}
+    p.update(extra)
+    return p
+
+
+def config(*groups: list[dict], **failover) -> dict:
+    """A plugin configuration with one group per list of providers."""
+    cfg = {"groups": [{"providers": list(g)} for g in groups]}
+    if failover:
+        cfg["failover"] = failover
+    return cfg
+
+
+def served_by(envoy, body=CHAT, headers=None) -> tuple[int, str | None]:
+    """(status, x-llm-provider) of one chat request."""
+    status, h, _ = envoy.post_chat(body, headers)
+    return status, h.get("x-llm-provider")
+
+
+def sdk(envoy, key: str = "client-token"):
+    """The official OpenAI client, no retries of its own, pointed at the gateway."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{envoy.url}/openai", api_key=key, max_retries=0, timeout=30)
+
+
 def plugin_config(groups: list[list[dict]], **top) -> dict:
     """A plugin configuration with `groups` given as lists of provider objects."""
     cfg = {"groups": [{"providers": g} for g in groups]}
@@ -134,6 +166,9 @@ ACCESS_LOG_FIELDS = {
     "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "path": "%REQ(:PATH)%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "flags": "%RESPONSE_FLAGS%",
+    "soak_id": "%REQ(X-SOAK-ID)%",
 }
 
 # Prometheus labels from the filter's metric names (same as envoy/envoy.yaml).
@@ -175,6 +210,7 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
                 "name": "llm_failover",
                 "root_id": "llm_failover",
                 "failure_policy": "FAIL_RELOAD",
+                "reload_config": {"backoff": {"base_interval": "0.01s", "max_interval": "1s"}},
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
                 "vm_config": {
                     "vm_id": "llm_failover",
@@ -193,8 +229,9 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
                 "name": "llm", "domains": ["*"],
                 "routes": [{"match": {"prefix": "/"},
                             "route": {"cluster_header": "x-llm-failover-cluster", "timeout": route_timeout},
-                            # Read for the cluster, then kept from the provider.
-                            "request_headers_to_remove": ["x-llm-failover-cluster"]}],
+                            # The routing header is read for the cluster, then kept from the
+                            # provider, like router mode's order header.
+                            "request_headers_to_remove": ["x-llm-failover-cluster", "x-llm-failover-order"]}],
             }],
         },
         "http_filters": [BUFFER_FILTER, wasm_filter, {"name": "envoy.filters.http.router", "typed_config": {
@@ -248,8 +285,14 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
     }
 
 
+def insert_before_router(cfg: dict, http_filter: dict):
+    """Puts `http_filter` just before the router on the LLM listener (the first)."""
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"].insert(len(hcm["http_filters"]) - 1, http_filter)
+
+
 def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
-           access_log: str | None = None) -> dict:
+           access_log: str | None = None, wasm: Path = WASM) -> dict:
     """The router-mode bootstrap `llm-failover render` makes for `plugin` (JSON
     output), with the access log sent to a file for the tests to read."""
     d = Path(tempfile.mkdtemp(prefix="llm-failover-render-"))
@@ -257,7 +300,7 @@ def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
         (d / "plugin.json").write_text(json.dumps(plugin))
         r = subprocess.run([str(RENDER_BIN), "render", "--config", str(d / "plugin.json"), "--format", "json",
                             "--listen", f"{LOOPBACK}:{listen_port}", "--admin", f"{LOOPBACK}:{admin_port}",
-                            "--ops", f"{LOOPBACK}:{ops_port}", "--wasm", str(WASM)],
+                            "--ops", f"{LOOPBACK}:{ops_port}", "--wasm", str(wasm)],
                            capture_output=True, text=True, timeout=30)
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -281,23 +324,25 @@ def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
 class Envoy:
     """A real Envoy with the filter, `--concurrency 2`, on loopback. With `router=True`
     the wiring is `llm-failover render`'s (providers get `endpoint`s from
-    `clusters`; `tweak(cfg)` may then change the rendered bootstrap); otherwise the
-    hand-wired dispatch-mode bootstrap above."""
+    `clusters`); otherwise the hand-wired dispatch-mode bootstrap above. `tweak(cfg)`
+    may then change the bootstrap."""
 
     def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
                  concurrency: int = 2, route_timeout: str = "120s", router: bool = False, tweak=None,
-                 ops_plugin: dict | None = None):
+                 ops_plugin: dict | None = None, wasm: Path = WASM, wasm_log: str = "info"):
         # A port free_port() found can be taken by another process before Envoy binds
         # it: then start again on other ports (at most three times).
         for tries_left in (2, 1, 0):
             try:
-                self._start(plugin, clusters, env, concurrency, route_timeout, router, tweak, ops_plugin)
+                self._start(plugin, clusters, env, concurrency, route_timeout, router, tweak, ops_plugin, wasm,
+                            wasm_log)
                 return
             except Exception as e:  # noqa: BLE001 - re-raised unless it was a port clash
                 if tries_left == 0 or "Address already in use" not in str(e):
                     raise
 
-    def _start(self, plugin, clusters, env, concurrency, route_timeout, router, tweak, ops_plugin):
+    def _start(self, plugin, clusters, env, concurrency, route_timeout, router, tweak, ops_plugin, wasm,
+               wasm_log):
         self.port = free_port()
         self.admin_port = free_port()
         self.ops_port = free_port()
@@ -310,13 +355,14 @@ class Envoy:
                 for p in group["providers"]:
                     if p["cluster"] in clusters and "endpoint" not in p:
                         p["endpoint"] = f"http://{LOOPBACK}:{clusters[p['cluster']]}"
-            cfg = render(plugin, self.port, self.admin_port, self.ops_port, access_log=str(self.access_log))
-            if tweak:
-                tweak(cfg)
+            cfg = render(plugin, self.port, self.admin_port, self.ops_port, access_log=str(self.access_log),
+                         wasm=wasm)
         else:
             cfg = bootstrap(plugin, clusters, self.port, self.admin_port, env_keys=sorted((env or {}).keys()),
                             route_timeout=route_timeout, access_log=str(self.access_log),
-                            ops_port=self.ops_port, ops_plugin=ops_plugin)
+                            ops_port=self.ops_port, ops_plugin=ops_plugin, wasm=wasm)
+        if tweak:
+            tweak(cfg)
         self.config_path.write_text(json.dumps(cfg, indent=1))
         self.log_path = self.dir / "envoy.log"
         self.log_file = open(self.log_path, "w")
@@ -324,7 +370,7 @@ class Envoy:
         proc_env.update(env or {})
         self.proc = subprocess.Popen(
             [envoy_bin(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-             "--disable-hot-restart", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--component-log-level", "wasm:info",
+             "--disable-hot-restart", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--component-log-level", f"wasm:{wasm_log}",
              # Access log files are flushed every 10 s by default; tests read them sooner.
              "--file-flush-interval-msec", "200"],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=proc_env,

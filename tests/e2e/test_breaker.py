@@ -4,28 +4,20 @@ thresholds, backoff, provider rate-limit headers and proactive cooldown."""
 import json
 import re
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from harness import wait_until
-
-CHAT = {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]}
+from harness import CHAT, config, provider, served_by, wait_until
 
 
-def provider(name, **extra):
-    p = {"name": name, "cluster": name, "path": "/v1/chat/completions"}
-    p.update(extra)
-    return p
 
 
-def config(*names, **failover):
-    return {"groups": [{"providers": [provider(n)]} for n in names], "failover": failover}
+
+def chain(*names, **failover):
+    """One group per named provider, in order."""
+    return config(*([provider(n)] for n in names), **failover)
 
 
-def served_by(envoy, timeout=30):
-    status, h, _ = envoy.post_chat(CHAT)
-    return status, h.get("x-llm-provider")
 
 
 def cooldowns(envoy, name):
@@ -69,20 +61,24 @@ def burst(envoy, count):
     return results
 
 
-def until(deadline):
-    """Waits for a point in time (a cooldown's end), not for a condition."""
-    time.sleep(max(0.0, deadline - time.monotonic()))
+def state(envoy, name):
+    """The provider's breaker state, as the health view shows it."""
+    return {p["name"]: p["state"] for p in envoy.health()["providers"]}[name]
+
+
+def wait_for_state(envoy, name, wanted, timeout=10):
+    """Polls the health view until the provider is in `wanted` (e.g. its cooldown ended)."""
+    wait_until(lambda: state(envoy, name) == wanted, timeout, f"{name} to be {wanted}")
 
 
 def test_exactly_one_probe_when_a_cooldown_ends(mocks, envoy):
     primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "2")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback"), {"primary": primary.port, "fallback": fallback.port})
-    failed_at = time.monotonic()
+    e = envoy(chain("primary", "fallback"), {"primary": primary.port, "fallback": fallback.port})
     assert served_by(e) == (200, "fallback")
     # Healed, but slow: the probe is still under way while the burst arrives.
     primary.configure(failure_injection_rate=0, latency_ms=1500)
-    until(failed_at + 2.2)
+    wait_for_state(e, "primary", "half_open")
     results = burst(e, 50)
     assert all(status == 200 for status, _ in results), results
     assert sum(1 for _, p in results if p == "primary") == 1, results
@@ -98,12 +94,11 @@ def test_failover_within_a_request_also_claims_the_probe(mocks, envoy):
     second = mocks("second", "--failure-injection-rate", "100", "--retry-after", "1")
     third = mocks("third")
     # `first` stays in rotation (threshold not reached), so every request fails over.
-    e = envoy(config("first", "second", "third", consecutiveFailures=1000),
+    e = envoy(chain("first", "second", "third", consecutiveFailures=1000),
               {"first": first.port, "second": second.port, "third": third.port})
-    failed_at = time.monotonic()
     assert served_by(e) == (200, "third")
     second.configure(failure_injection_rate=0, latency_ms=1500)
-    until(failed_at + 1.2)
+    wait_for_state(e, "second", "half_open")
     results = burst(e, 20)
     assert all(status == 200 for status, _ in results), results
     assert sum(1 for _, p in results if p == "second") == 1, results
@@ -113,12 +108,12 @@ def test_failover_within_a_request_also_claims_the_probe(mocks, envoy):
 def test_probe_whose_connection_is_reset_reopens_the_cooldown(mocks, envoy):
     primary = mocks("primary", "--failure-injection-rate", "100")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback", defaultCooldown="1s", maxCooldown="10s"),
+    e = envoy(chain("primary", "fallback", defaultCooldown="1s", maxCooldown="10s"),
               {"primary": primary.port, "fallback": fallback.port})
     assert served_by(e) == (200, "fallback")
     assert wait_for_cooldowns(e, "primary", 1) == [1000]
     primary.configure(failure_injection_rate=0, latency_ms=5000)
-    until(time.monotonic() + 1.1)
+    wait_for_state(e, "primary", "half_open")
     result = {}
     probe = threading.Thread(target=lambda: result.setdefault("r", served_by(e)))
     probe.start()
@@ -134,22 +129,20 @@ def test_probe_whose_connection_is_reset_reopens_the_cooldown(mocks, envoy):
 def test_probe_that_never_answers_lets_another_probe_after_probe_timeout(mocks, envoy):
     primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "1")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback", probeTimeout="1500ms"),
+    e = envoy(chain("primary", "fallback", probeTimeout="1500ms"),
               {"primary": primary.port, "fallback": fallback.port}, route_timeout="30s")
-    failed_at = time.monotonic()
     assert served_by(e) == (200, "fallback")
     primary.configure(failure_injection_rate=0, latency_ms=20_000)  # answers far too late
-    until(failed_at + 1.1)
+    wait_for_state(e, "primary", "half_open")
     in_background(e)
     wait_until(lambda: len(primary.chat_requests()) == 2, 5, "the first probe")
-    claimed_at = time.monotonic()
     # While the claim holds, others go to the fallback without touching the primary.
     for _ in range(3):
         assert served_by(e) == (200, "fallback")
     assert len(primary.chat_requests()) == 2
-    assert time.monotonic() - claimed_at < 1.4, "the check above must run inside the claim"
+    assert state(e, "primary") == "probing", "the check above must run inside the claim"
     # The claim expires: the next request probes again.
-    until(claimed_at + 1.6)
+    wait_for_state(e, "primary", "half_open")
     in_background(e)
     wait_until(lambda: len(primary.chat_requests()) == 3, 5, "a second probe after the claim expired")
 
@@ -159,11 +152,10 @@ def test_a_probe_whose_client_goes_away_gives_its_claim_back(mocks, envoy):
 
     primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "1")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback"), {"primary": primary.port, "fallback": fallback.port})
-    failed_at = time.monotonic()
+    e = envoy(chain("primary", "fallback"), {"primary": primary.port, "fallback": fallback.port})
     assert served_by(e) == (200, "fallback")
     primary.configure(failure_injection_rate=0, latency_ms=10_000)
-    until(failed_at + 1.1)
+    wait_for_state(e, "primary", "half_open")
     body = json.dumps(CHAT).encode()
     c = sock.create_connection(("127.0.0.1", e.port))
     c.sendall(b"POST /openai HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -178,7 +170,7 @@ def test_a_probe_whose_client_goes_away_gives_its_claim_back(mocks, envoy):
 def test_server_errors_below_and_at_the_threshold(mocks, envoy):
     primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "server_error")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback", consecutiveFailures=3),
+    e = envoy(chain("primary", "fallback", consecutiveFailures=3),
               {"primary": primary.port, "fallback": fallback.port})
     for n in (1, 2):
         assert served_by(e) == (200, "fallback")
@@ -194,7 +186,7 @@ def test_server_errors_below_and_at_the_threshold(mocks, envoy):
 def test_a_success_resets_the_failure_count(mocks, envoy):
     primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "server_error")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback", consecutiveFailures=2),
+    e = envoy(chain("primary", "fallback", consecutiveFailures=2),
               {"primary": primary.port, "fallback": fallback.port}, concurrency=1)
     assert served_by(e) == (200, "fallback")
     primary.configure(failure_injection_rate=0)
@@ -207,7 +199,7 @@ def test_a_success_resets_the_failure_count(mocks, envoy):
 def test_rate_limit_ignores_the_threshold(mocks, envoy):
     primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "30")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback", consecutiveFailures=5),
+    e = envoy(chain("primary", "fallback", consecutiveFailures=5),
               {"primary": primary.port, "fallback": fallback.port})
     assert served_by(e) == (200, "fallback")
     assert wait_for_cooldowns(e, "primary", 1) == [30_000]
@@ -216,12 +208,12 @@ def test_rate_limit_ignores_the_threshold(mocks, envoy):
 def test_backoff_doubles_without_retry_after_and_stops_at_max(mocks, envoy):
     primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "server_error")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback", defaultCooldown="300ms", maxCooldown="1s"),
+    e = envoy(chain("primary", "fallback", defaultCooldown="300ms", maxCooldown="1s"),
               {"primary": primary.port, "fallback": fallback.port})
     for n in range(1, 5):
         assert served_by(e) == (200, "fallback")
-        lengths = wait_for_cooldowns(e, "primary", n)
-        until(time.monotonic() + lengths[-1] / 1000 + 0.05)
+        wait_for_cooldowns(e, "primary", n)
+        wait_for_state(e, "primary", "half_open")
     assert cooldowns(e, "primary") == [300, 600, 1000, 1000]
 
 
@@ -244,7 +236,7 @@ RFC3339_IN_30S = object()
 def test_provider_rate_limit_headers_set_the_cooldown(mocks, envoy, headers, expected_ms):
     primary = mocks("primary", "--failure-injection-rate", "100")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback", defaultCooldown="7s", maxCooldown="600s"),
+    e = envoy(chain("primary", "fallback", defaultCooldown="7s", maxCooldown="600s"),
               {"primary": primary.port, "fallback": fallback.port})
     if RFC3339_IN_30S in headers.values():
         at = (datetime.now(timezone.utc) + timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -265,7 +257,7 @@ def test_proactive_cooldown_when_the_quota_is_spent(mocks, envoy, proactive):
     primary = mocks("primary", "--header", "x-ratelimit-remaining-requests: 0",
                     "--header", "x-ratelimit-reset-requests: 20s")
     fallback = mocks("fallback")
-    e = envoy(config("primary", "fallback", proactive=proactive),
+    e = envoy(chain("primary", "fallback", proactive=proactive),
               {"primary": primary.port, "fallback": fallback.port})
     assert served_by(e) == (200, "primary")
     if proactive:

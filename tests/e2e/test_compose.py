@@ -10,7 +10,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 import yaml
 from harness import ROOT, WASM, validate, wait_until
 

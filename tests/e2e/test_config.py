@@ -2,11 +2,12 @@
 
 import json
 import re
+import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
-from harness import ROOT, bootstrap, validate
+from harness import RENDER_BIN, ROOT, bootstrap, validate
 
 GOOD_PROVIDER = {"name": "a", "cluster": "a"}
 
@@ -33,7 +34,7 @@ def providers(*ps):
 def test_shipped_configs_validate(name, env):
     r = validate(ROOT / "envoy" / name, env)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"configuration 'envoy/{name}' OK" in r.stdout + r.stderr or "OK" in r.stdout + r.stderr
+    assert f"configuration '{ROOT / 'envoy' / name}' OK" in r.stdout + r.stderr
 
 
 def test_shipped_config_without_its_key_is_refused_with_the_field_named():
@@ -69,6 +70,65 @@ BAD = [
 ]
 
 
+def _provider(**p):
+    return {"name": "a", "cluster": "a", **p}
+
+
+def _top(**t):
+    return json.dumps({"groups": [{"providers": [_provider()]}], **t})
+
+
+def _failover(**f):
+    return _top(failover=f)
+
+
+def _providers(*ps):
+    return json.dumps({"groups": [{"providers": list(ps)}]})
+
+
+# More bad configurations, each with the field its message must start with.
+BAD_FIELDS = [
+    (json.dumps({"groups": {}}), "groups"),
+    (json.dumps({"groups": [{"providers": [1]}]}), "groups[0].providers[0]"),
+    (json.dumps({"groups": [{"providers": [{"cluster": "a"}]}]}), "groups[0].providers[0]"),
+    (_providers(_provider(name="  ")), "groups[0].providers[0].name"),
+    (_providers(_provider(name="a b")), "groups[0].providers[0].name"),
+    (json.dumps({"groups": [{"providers": [{"name": "a"}]}]}), "groups[0].providers[0]"),
+    (_providers(_provider(cluster="")), "groups[0].providers[0].cluster"),
+    (_providers(_provider(openai={"model": ""})), "groups[0].providers[0].openai.model"),
+    (_providers(_provider(openai={"model": "m", "temperature": 1})), "groups[0].providers[0].openai.temperature"),
+    (_providers(_provider(host="a/b")), "groups[0].providers[0].host"),
+    (_providers(_provider(path="v1")), "groups[0].providers[0].path"),
+    (_providers(_provider(path="/v1?x=1")), "groups[0].providers[0].path"),
+    (_providers(_provider(query={"v": 1})), "groups[0].providers[0].query.v"),
+    (_providers(_provider(query=["api-version"])), "groups[0].providers[0].query"),
+    (_providers(_provider(endpoint="ftp://x")), "groups[0].providers[0].endpoint"),
+    (_providers(_provider(endpoint="https://api.openai.com/v1")), "groups[0].providers[0].endpoint"),
+    (_providers(_provider(weight=2000000)), "groups[0].providers[0].weight"),
+    (_providers(_provider(weight=1.5)), "groups[0].providers[0].weight"),
+    (_providers(_provider(weight=1e999)), "not valid JSON"),
+    (_providers(_provider(policies={"auth": {"passthrough": {}, "key": {"env": "K"}}})), "groups[0].providers[0].policies.auth"),
+    (_providers(_provider(policies={"auth": {"key": {"env": "OPENAI_API_KEY", "header": "x y"}}})), "groups[0].providers[0].policies.auth.key.header"),
+    (_providers(_provider(policies={"auth": {"key": {"env": ""}}})), "groups[0].providers[0].policies.auth.key.env"),
+    (_failover(retries=3), "failover.retries"),
+    (_failover(onStatus=429), "failover.onStatus"),
+    (_failover(onStatus=[600]), "failover.onStatus[0]"),
+    (_failover(defaultCooldown="10m", maxCooldown="1m"), "failover.defaultCooldown"),
+    (_failover(maxCooldown="0s"), "failover.maxCooldown"),
+    (_failover(consecutiveFailures=0), "failover.consecutiveFailures"),
+    (_failover(mode="retry"), "failover.mode"),
+    (_failover(withinRequest="yes"), "failover.withinRequest"),
+    (_failover(probeTimeout="200h"), "failover.probeTimeout"),
+    (_failover(attemptTimeout="-1s"), "failover.attemptTimeout"),
+    (_top(maxBodyBytes=0), "maxBodyBytes"),
+    (_top(healthPath="health"), "healthPath"),
+    (json.dumps({"healthPath": "/h", "failover": {}}), "failover"),
+    (json.dumps({"groups": [{"providers": [_provider(name=f"p{i}", cluster=f"c{i}") for i in range(65)]}]}), "groups[0].providers"),
+    (json.dumps({"groups": [{"providers": [_provider()], "weight": 1}]}), "groups[0].weight"),
+]
+BAD += [(value, f"{field}: " if field != "not valid JSON" else field) for value, field in BAD_FIELDS]
+
+
 @pytest.mark.parametrize("value,message", BAD, ids=[m.split(":")[0][:40] for _, m in BAD])
 def test_bad_config_is_refused_with_one_line_naming_the_field(value, message):
     r = validate(write_config(value))
@@ -80,3 +140,22 @@ def test_bad_config_is_refused_with_one_line_naming_the_field(value, message):
     assert len({re.sub(r"^\[.*?\]\s*", "", l.split("wasm log", 1)[-1]) for l in lines}) == 1
     assert message in lines[0], lines[0]
     assert "panicked" not in out
+
+
+# render checks everything but whether a key variable is set (it is, where Envoy runs).
+RENDER_BAD = [(v, m) for v, m in BAD if v and "is not set" not in m]
+
+
+@pytest.mark.parametrize("value,message", RENDER_BAD, ids=[m.split(":")[0][:40] for _, m in RENDER_BAD])
+def test_render_refuses_each_bad_config_with_the_filters_message(value, message, tmp_path):
+    path = tmp_path / "plugin.json"
+    path.write_text(value)
+    r = subprocess.run([str(RENDER_BIN), "render", "--config", str(path)], capture_output=True, text=True,
+                       timeout=30, env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "sk-x"})
+    assert r.returncode == 1 and r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("llm-failover: invalid llm-failover configuration: ") and message in line, line
+
+
+def test_the_bad_config_matrix_is_large():
+    assert len(BAD) >= 50

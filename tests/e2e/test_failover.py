@@ -6,32 +6,16 @@ from email.utils import formatdate
 
 import openai
 import pytest
-from harness import wait_until
-
-MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
-CHAT = {"model": "", "messages": MESSAGES}
+from harness import CHAT, MESSAGES, config, insert_before_router, provider, sdk, served_by, wait_until
 
 
-def provider(name, cluster=None, **extra):
-    p = {"name": name, "cluster": cluster or name, "path": "/v1/chat/completions"}
-    p.update(extra)
-    return p
 
 
-def config(*groups, **failover):
-    cfg = {"groups": [{"providers": list(g)} for g in groups]}
-    if failover:
-        cfg["failover"] = failover
-    return cfg
 
 
-def sdk(envoy, key="client-token"):
-    return openai.OpenAI(base_url=f"{envoy.url}/openai", api_key=key, max_retries=0, timeout=30)
 
 
-def served_by(envoy, body=CHAT, headers=None):
-    status, h, _ = envoy.post_chat(body, headers)
-    return status, h.get("x-llm-provider")
+
 
 
 def test_lab_sequence_with_within_request_false(mocks, envoy):
@@ -243,13 +227,26 @@ def test_upstream_timeout_counts_as_failure(mocks, envoy):
     assert time.monotonic() - started < 0.9, "the slow primary should be cooling, not tried again"
 
 
-def test_envoy_local_reply_is_not_a_provider_failure(mocks, envoy):
-    """A 404 for a path the provider does not serve is the provider's answer and not
-    in onStatus: it passes through and leaves health alone."""
+# Envoy's own 503 for requests marked `x-test-fault` (a fault filter after the
+# llm-failover filter): an Envoy local reply, not a provider's answer.
+FAULT_FILTER = {"name": "envoy.filters.http.fault", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "abort": {"http_status": 503, "percentage": {"numerator": 100, "denominator": "HUNDRED"}},
+    "headers": [{"name": "x-test-fault", "present_match": True}]}}
+
+
+@pytest.mark.parametrize("router", [True, False], ids=["router", "dispatch"])
+def test_envoy_local_reply_is_not_a_provider_failure(mocks, envoy, router):
+    """A 503 that Envoy itself answers (here a fault filter's abort; a local rate limit's
+    429 is the same) passes through untouched: no cooldown, no failover, and the next
+    request goes to the primary."""
     primary = mocks("primary")
     fallback = mocks("fallback")
-    e = envoy(config([{"name": "primary", "cluster": "primary"}], [provider("fallback")]),
-              {"primary": primary.port, "fallback": fallback.port})
-    status, h, _ = e.post_chat(CHAT, path="/nope")
-    assert (status, h["x-llm-provider"]) == (404, "primary")
-    assert served_by(e, headers=None) == (404, "primary")
+    e = envoy(config([provider("primary")], [provider("fallback")]),
+              {"primary": primary.port, "fallback": fallback.port}, router=router,
+              tweak=lambda cfg: insert_before_router(cfg, FAULT_FILTER))
+    status, h, body = e.post_chat(CHAT, {"x-test-fault": "1"})
+    assert status == 503 and b"fault filter abort" in body, body
+    assert primary.chat_requests() == [] and fallback.chat_requests() == []
+    assert [p["state"] for p in e.health()["providers"]] == ["healthy", "healthy"]
+    assert served_by(e, headers=None) == (200, "primary")

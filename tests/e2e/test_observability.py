@@ -1,16 +1,15 @@
 """Metrics, access log fields and the health view, read from real Envoy after real traffic."""
 
-import json
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
-from harness import ROOT, http, wait_until
+from harness import CHAT, ROOT, http, wait_until
 
-CHAT = {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]}
 
 
 def config(within_request=True):
@@ -128,16 +127,13 @@ def test_health_view_and_gauge_follow_the_routing_configuration(mocks, envoy, op
 
 
 def test_health_view_shows_probing(mocks, envoy):
-    import threading
-    import time
-
     primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "1")
     fallback = mocks("fallback")
     e = envoy(config(), {"primary": primary.port, "fallback": fallback.port})
-    failed_at = time.monotonic()
     assert e.post_chat(CHAT)[0] == 200
     primary.configure(failure_injection_rate=0, latency_ms=3000)
-    time.sleep(max(0.0, failed_at + 1.1 - time.monotonic()))
+    wait_until(lambda: {p["name"]: p["state"] for p in e.health()["providers"]}["primary"] == "half_open", 5,
+               "the primary's cooldown to end")
     def probe():
         try:
             e.post_chat(CHAT)

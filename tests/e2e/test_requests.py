@@ -4,16 +4,12 @@ import json
 import socket
 import time
 
-import openai
 import pytest
-from harness import LOOPBACK
+from harness import LOOPBACK, MESSAGES, sdk
 
-MESSAGES = [{"role": "user", "content": "What is 2+2?"}]
 SECRET = "sk-injected-secret-4711"
 
 
-def sdk(envoy, key="client-token"):
-    return openai.OpenAI(base_url=f"{envoy.url}/openai", api_key=key, max_retries=0, timeout=30)
 
 
 def header_values(request, name):

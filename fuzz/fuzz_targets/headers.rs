@@ -1,0 +1,6 @@
+//! `make fuzz`: the checks in filter/src/fuzz_checks.rs, coverage-guided.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    llm_failover::fuzz_checks::headers(data);
+});

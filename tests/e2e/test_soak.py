@@ -1,0 +1,28 @@
+"""The soak with faults, short (5,000 requests per mode, 64 clients): nothing lost,
+nothing executed twice, no provider sees another's model or key, no VM reload.
+`make soak` is the long one (SOAK.md)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from harness import ROOT
+
+
+@pytest.mark.parametrize("mode", ["router", "dispatch"])
+def test_short_soak_loses_nothing(mode):
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "soak" / "soak.py"), "--requests", "5000",
+                        "--clients", "64", "--modes", mode, "--max-seconds", "120", "--no-report",
+                        "--tempo", "0.3", "--pace", "0.06"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert r.returncode == 0, (r.stderr[-2000:], result)
+    assert result["requests"] == 5000 and result["answered_200"] == 5000
+    for key in ("lost", "executed_twice", "wrong_model_or_key", "vm_reloads", "panics"):
+        assert result[key] == 0, (key, result)
+    # The faults were met: the primary answered and failed, and both providers served.
+    assert result["served_by_primary"] > 0 and result["served_by_fallback"] > 0, result
+    assert sum(n for kind, n in result["primary_outcomes"].items() if kind != "ok") > 0, result
+    assert result["breaker_at_end"]["fallback"] == "healthy"
+    assert result["recovery_s"] < 5
