@@ -30,7 +30,9 @@ GATEWAY = "http://127.0.0.1:10000/openai"
 ADMIN = "http://127.0.0.1:9901"
 HEALTH = "http://127.0.0.1:9902/llm-failover/health"
 PORTS = {"Envoy listener": 10000, "Envoy admin": 9901, "Envoy ops listener": 9902, "primary mock": 8000,
-         "fallback mock": 8001}
+         "fallback mock": 8001, "second Envoy (step 7)": 10010, "its admin": 9911, "its ops listener": 9912}
+RENDER = ROOT / "target" / "release" / "llm-failover"
+SLOW_S = 10  # the primary's answer time in step 7
 DEMO_KEY = "sk-demo-fallback-key"
 RETRY_AFTER = 5  # the lab uses 60; 5 keeps the demo short
 CHUNK_DELAY_MS = 150  # the fallback streams its events this far apart
@@ -217,7 +219,33 @@ def main():
                 f" fallback's events then arrived one by one, {CHUNK_DELAY_MS} ms apart, as it sent them"
                 f" (Envoy's own retry streams the winner).{RESET}")
 
-        say("Step 7  what an operator sees")
+        say(f"Step 7  the primary gets slow ({SLOW_S} s per answer); firstByteTimeout: 1s moves on after 1 s")
+        post("http://127.0.0.1:8000/mock/config", {"failure_injection_rate": 0, "latency_ms": SLOW_S * 1000})
+        plugin = json.loads((ROOT / "envoy" / "llm-failover.json").read_text())
+        plugin["failover"]["firstByteTimeout"] = "1s"
+        (workdir / "slow.json").write_text(json.dumps(plugin))
+        rendered = subprocess.run([str(RENDER), "render", "--config", str(workdir / "slow.json"),
+                                   "--listen", "127.0.0.1:10010", "--admin", "127.0.0.1:9911",
+                                   "--ops", "127.0.0.1:9912"], capture_output=True, text=True, cwd=ROOT, check=True)
+        (workdir / "slow.yaml").write_text(rendered.stdout)
+        say("  a second Envoy from `llm-failover render` of the same configuration plus"
+            ' "firstByteTimeout": "1s", on :10010')
+        second = start([str(ENVOY), "-c", str(workdir / "slow.yaml"), "--concurrency", "2", "--disable-hot-restart",
+                        "-l", "warning"], "envoy-slow.log", env)
+        wait_for(lambda: second.poll() is None and get("http://127.0.0.1:9911/ready")[1].strip() == b"LIVE", 20,
+                 "the second Envoy")
+        asked = time.monotonic()
+        s_status, s_headers, _ = post("http://127.0.0.1:10010/openai",
+                                      {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]})
+        took = time.monotonic() - asked
+        fast = s_status == 200 and s_headers.get("x-llm-provider") == "openai-fallback" and took < 3
+        say(f"  {GREEN if fast else RED}HTTP {s_status}{RESET} from {BOLD}{s_headers.get('x-llm-provider')}{RESET}"
+            f" after {took:.1f} s, instead of waiting {SLOW_S} s for the primary")
+        second.terminate()
+        second.wait(10)
+        post("http://127.0.0.1:8000/mock/config", {"latency_ms": 0})
+
+        say("Step 8  what an operator sees")
         say(f"  metrics  {ADMIN}/stats/prometheus")
         gauge_value = {"healthy": 0, "cooling": 1, "half_open": 2, "probing": 3}
 
@@ -240,7 +268,7 @@ def main():
             say(f"    {p['name']}: {p['state']}{last}")
 
         ok = ([r[0] for r in results] == [200, 200, 200] and (status, provider) == (200, "mock-ratelimit-provider")
-              and streamed)
+              and streamed and fast)
         say()
         say(f"{GREEN if ok else RED}{'Failover and recovery worked' if ok else 'Something went wrong'}{RESET}:"
             " no client saw an error, and traffic returned to the primary by itself.")

@@ -285,6 +285,8 @@ pub struct Failover {
     /// Cool a provider down when a successful answer says its quota is spent.
     pub proactive: bool,
     pub attempt_timeout_ms: u64,
+    /// `firstByteTimeout`: router mode's per-attempt wait for response headers, when set.
+    pub first_byte_timeout_ms: Option<u64>,
 }
 
 impl Failover {
@@ -785,6 +787,8 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         "defaultCooldown",
         "maxCooldown",
         "attemptTimeout",
+        "firstByteTimeout",
+        "hedgeAfter",
         "consecutiveFailures",
         "probeTimeout",
         "proactive",
@@ -878,8 +882,42 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
             ))
         }
     };
+    // Off unless given: an attempt without response headers this long is abandoned
+    // (router mode: Envoy's per-try timeout), counted as a `timeout` failure.
+    let first_byte_timeout_ms = match raw.string("firstByteTimeout")? {
+        None => None,
+        Some(text) => {
+            let ms = parse_duration_ms(text)
+                .map_err(|m| ConfigError::new(raw.at("firstByteTimeout"), m))?;
+            if ms == 0 {
+                return Err(ConfigError::new(
+                    "failover.firstByteTimeout",
+                    "must be longer than 0s",
+                ));
+            }
+            if mode == Mode::Dispatch {
+                return Err(ConfigError::new(
+                    "failover.firstByteTimeout",
+                    "needs router mode (dispatch mode cannot abandon its routed attempt); \
+                     in dispatch mode attemptTimeout limits the dispatched attempts",
+                ));
+            }
+            Some(ms)
+        }
+    };
+    if raw.get("hedgeAfter").is_some() {
+        // Measured in Envoy 1.40: a hedged attempt (route hedge_policy on the per-try
+        // timeout) keeps the first attempt's cluster, so the "hedge" would reach the
+        // same provider, rewritten for another one. Refused until that is solved.
+        return Err(ConfigError::new(
+            "failover.hedgeAfter",
+            "is not supported yet: Envoy 1.40 sends a hedged attempt to the first \
+             attempt's cluster, not to the next provider's; use firstByteTimeout",
+        ));
+    }
     Ok(Failover {
         mode,
+        first_byte_timeout_ms,
         on_status,
         within_request: raw.boolean("withinRequest")?.unwrap_or(true),
         consecutive_failures,
@@ -1095,5 +1133,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("missing field `groups`"), "{e}");
+    }
+
+    #[test]
+    fn first_byte_timeout_is_off_by_default_and_needs_router_mode() {
+        let one = |failover: &str| {
+            Config::parse(
+                format!(r#"{{"groups":[{{"providers":[{{"name":"a","cluster":"a"}}]}}],"failover":{failover}}}"#)
+                    .as_bytes(),
+                &|_| None,
+            )
+        };
+        assert_eq!(one("{}").unwrap().failover.first_byte_timeout_ms, None);
+        assert_eq!(
+            one(r#"{"firstByteTimeout":"750ms"}"#)
+                .unwrap()
+                .failover
+                .first_byte_timeout_ms,
+            Some(750)
+        );
+        let e = one(r#"{"firstByteTimeout":"1s","mode":"dispatch"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("failover.firstByteTimeout: needs router mode"),
+            "{e}"
+        );
+        let e = one(r#"{"firstByteTimeout":"0s"}"#).unwrap_err().to_string();
+        assert!(
+            e.contains("failover.firstByteTimeout: must be longer than 0s"),
+            "{e}"
+        );
+        let e = one(r#"{"hedgeAfter":"1s"}"#).unwrap_err().to_string();
+        assert!(
+            e.contains("failover.hedgeAfter: is not supported yet"),
+            "{e}"
+        );
     }
 }

@@ -28,6 +28,10 @@ pub enum Reason {
     Unreachable,
     /// A successful answer said its quota was spent.
     Proactive,
+    /// No response headers within `firstByteTimeout`.
+    Timeout,
+    /// Its stream broke off (no terminal event, or reset mid-way).
+    BrokenStream,
 }
 
 impl Reason {
@@ -37,6 +41,8 @@ impl Reason {
             Reason::Status => 1,
             Reason::Unreachable => 2,
             Reason::Proactive => 3,
+            Reason::Timeout => 4,
+            Reason::BrokenStream => 5,
         }
     }
 
@@ -46,6 +52,8 @@ impl Reason {
             1 => Reason::Status,
             2 => Reason::Unreachable,
             3 => Reason::Proactive,
+            4 => Reason::Timeout,
+            5 => Reason::BrokenStream,
             _ => return None,
         })
     }
@@ -56,6 +64,8 @@ impl Reason {
             Reason::Status => "status",
             Reason::Unreachable => "connection",
             Reason::Proactive => "proactive",
+            Reason::Timeout => "timeout",
+            Reason::BrokenStream => "broken_stream",
         }
     }
 }
@@ -69,6 +79,11 @@ pub enum Failure {
     ServerError,
     /// Refused, reset or timed out: counts toward `consecutiveFailures`.
     Unreachable,
+    /// No response headers within `firstByteTimeout`: counts toward `consecutiveFailures`.
+    Timeout,
+    /// A stream that ended without its terminal event, or was reset mid-way: counts
+    /// toward `consecutiveFailures`.
+    BrokenStream,
     /// A 2xx whose rate-limit headers say the quota is spent; acts at once.
     QuotaSpent,
 }
@@ -185,7 +200,10 @@ impl HealthRecord {
         failover: &Failover,
     ) -> HealthRecord {
         let state = self.state(now_ms);
-        let counted = matches!(failure, Failure::ServerError | Failure::Unreachable);
+        let counted = matches!(
+            failure,
+            Failure::ServerError | Failure::Unreachable | Failure::Timeout | Failure::BrokenStream
+        );
         // 5xx and connection failures are often transient: below the threshold they
         // are only counted. 429 and a spent quota are the provider's own word.
         if counted && state == State::Healthy && self.failures + 1 < failover.consecutive_failures {
@@ -214,6 +232,8 @@ impl HealthRecord {
             reason: match failure {
                 Failure::RateLimited | Failure::ServerError => Reason::Status,
                 Failure::Unreachable => Reason::Unreachable,
+                Failure::Timeout => Reason::Timeout,
+                Failure::BrokenStream => Reason::BrokenStream,
                 Failure::QuotaSpent => Reason::Proactive,
             },
             last_failure_ms: now_ms,

@@ -109,6 +109,23 @@ pub fn request_body(size: usize) -> Option<Vec<u8>> {
     .flatten()
 }
 
+/// The response body chunk passing now.
+pub fn response_body(size: usize) -> Option<Vec<u8>> {
+    log_err(
+        "reading the response body",
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size),
+    )
+    .flatten()
+}
+
+/// Appends `data` to the response body chunk passing now (`len` bytes long).
+pub fn append_response_body(len: usize, data: &[u8]) {
+    log_err(
+        "appending to the response body",
+        hostcalls::set_buffer(BufferType::HttpResponseBody, len, 0, data),
+    );
+}
+
 /// Replaces the first `old_len` bytes of the buffered request body with `prefix`
 /// (Envoy drains that many bytes from the front and prepends the new ones).
 pub fn replace_request_body_prefix(old_len: usize, prefix: &[u8]) {

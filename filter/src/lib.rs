@@ -37,6 +37,7 @@ pub mod retry_after;
 pub mod rewrite;
 pub mod root;
 pub mod select;
+pub mod sse;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

@@ -20,6 +20,7 @@ use crate::metrics;
 use crate::outcome::Outcome;
 use crate::retry_after;
 use crate::rewrite::{self, Edit};
+use crate::sse::{self, StreamWatch};
 use crate::telemetry::Telemetry;
 
 /// Filter state the downstream filter sets (read back as `wasm.<name>`).
@@ -32,6 +33,8 @@ pub const FAILED_AT_KEY: &str = "llm_failover_failed_at";
 /// Set when the downstream filter refused the request itself (400, 413): the attempt
 /// the router had started is then reset by the gateway, not by the provider.
 pub const REFUSED_KEY: &str = "llm_failover_refused";
+/// `broken` or `reset` when the answer's stream broke off, for the access log.
+pub const STREAM_KEY: &str = "llm_failover_stream";
 
 /// Envoy's response flag for a downstream that went away (`DC`).
 const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
@@ -51,6 +54,14 @@ pub struct AttemptFilter {
     first_body_rewritten: bool,
     /// Response headers came back: the attempt had an answer (good or failing).
     answered: bool,
+    /// When the attempt started (Unix ms), kept only with `firstByteTimeout`.
+    started_ms: u64,
+    /// A streamed (SSE) success being watched for its end.
+    stream: Option<StreamWatch>,
+    /// Whether bytes may be added to that stream (no `content-length`).
+    can_append: bool,
+    /// The stream's last chunk passed.
+    stream_ended: bool,
 }
 
 impl AttemptFilter {
@@ -65,6 +76,10 @@ impl AttemptFilter {
             planned: false,
             first_body_rewritten: false,
             answered: false,
+            started_ms: 0,
+            stream: None,
+            can_append: false,
+            stream_ended: false,
         }
     }
 
@@ -128,6 +143,19 @@ impl AttemptFilter {
 }
 
 impl AttemptFilter {
+    /// Watches a successful streamed (SSE) answer for its end; `header` reads a
+    /// response header.
+    fn watch_stream(&mut self, status: u16, header: impl Fn(&str) -> Option<Vec<u8>>) {
+        if !(200..300).contains(&status) {
+            return;
+        }
+        let sse = header("content-type").is_some_and(|v| v.starts_with(b"text/event-stream"));
+        if sse {
+            self.stream = Some(StreamWatch::default());
+            self.can_append = header("content-length").is_none();
+        }
+    }
+
     /// Records a failure of this attempt's provider and logs it; the time it used.
     fn record(&self, failure: Failure, evidence: Option<u64>, why: &str) -> Option<u64> {
         let index = self.provider?;
@@ -157,18 +185,35 @@ impl MetricsSink for Telemetry {
 
 impl Context for AttemptFilter {
     fn on_done(&mut self) -> bool {
-        if self.answered || self.provider.is_none() {
+        if self.provider.is_none() {
+            return true;
+        }
+        if self.answered {
+            // A stream reset after its headers, unless the client went away.
+            if self.stream.as_ref().is_some_and(|w| !w.finished())
+                && !self.stream_ended
+                && !client_went_away()
+            {
+                self.broken_stream("reset");
+            }
             return true;
         }
         // No response headers: refused, reset or timed out, unless the client went
         // away (then the router cancelled the attempt, and the provider is not to blame).
-        let details = host::property(&["response", "code_details"]).unwrap_or_default();
-        let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
-        if details == b"downstream_remote_disconnect"
-            || flags & DOWNSTREAM_CONNECTION_TERMINATION != 0
-            || host::property(&[REFUSED_KEY]).is_some()
-        {
+        if client_went_away() || host::property(&[REFUSED_KEY]).is_some() {
             return true;
+        }
+        if let Some(limit) = self.config.failover.first_byte_timeout_ms {
+            // Envoy's per-try timer and ours start a hair apart.
+            if self.started_ms > 0 && host::now_ms().saturating_sub(self.started_ms) + 50 >= limit {
+                self.failed(
+                    Failure::Timeout,
+                    "timeout",
+                    None,
+                    &format!("no response headers within firstByteTimeout ({limit} ms)"),
+                );
+                return true;
+            }
         }
         let why = host::property(&["upstream", "transport_failure_reason"])
             .filter(|r| !r.is_empty())
@@ -176,6 +221,23 @@ impl Context for AttemptFilter {
             .unwrap_or_else(|| "no response: reset or timed out".to_string());
         self.failed(Failure::Unreachable, "connection", None, &why);
         true
+    }
+}
+
+/// The client went away: the router cancelled the attempt, the provider is not to blame.
+fn client_went_away() -> bool {
+    let details = host::property(&["response", "code_details"]).unwrap_or_default();
+    let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
+    details == b"downstream_remote_disconnect" || flags & DOWNSTREAM_CONNECTION_TERMINATION != 0
+}
+
+impl AttemptFilter {
+    /// The answer's stream broke off (`how`: `broken` without its end, `reset`):
+    /// a failure of the provider, shown in the access log.
+    fn broken_stream(&mut self, how: &str) {
+        host::set_property(STREAM_KEY, how);
+        let why = format!("its stream broke off ({how})");
+        let _ = self.record(Failure::BrokenStream, None, &why);
     }
 }
 
@@ -187,6 +249,9 @@ impl HttpContext for AttemptFilter {
         };
         let config = Rc::clone(&self.config);
         let provider = &config.providers[index];
+        if config.failover.first_byte_timeout_ms.is_some() {
+            self.started_ms = host::now_ms();
+        }
         if self.planned && self.position == 0 {
             // The downstream filter rewrote the first attempt's headers (and, when it
             // says so, its body) already.
@@ -248,6 +313,28 @@ impl HttpContext for AttemptFilter {
         Action::Continue
     }
 
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(watch) = self.stream.as_mut() else {
+            return Action::Continue;
+        };
+        if !watch.finished() {
+            if let Some(chunk) = host::response_body(body_size) {
+                watch.feed(&chunk);
+            }
+        }
+        if end_of_stream {
+            self.stream_ended = true;
+            if !watch.finished() {
+                self.broken_stream("broken");
+                if self.can_append {
+                    // The client's SDK then raises instead of returning half an answer.
+                    host::append_response_body(body_size, sse::error_event(self.name()).as_bytes());
+                }
+            }
+        }
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.answered = true;
         let Some(index) = self.provider else {
@@ -271,6 +358,12 @@ impl HttpContext for AttemptFilter {
         }
         if config.failover.proactive {
             let headers = host::response_headers();
+            self.watch_stream(status, |name| {
+                headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone())
+            });
             let now = host::now_ms();
             if let Some(delay) = retry_after::quota_spent(&headers, now) {
                 let result = attempt::record_failure(
@@ -288,6 +381,9 @@ impl HttpContext for AttemptFilter {
                 );
                 return Action::Continue;
             }
+        }
+        if !config.failover.proactive {
+            self.watch_stream(status, host::response_header);
         }
         let reset = self.plan.get(self.position).map(|s| s.reset_on_success);
         // Without a plan the record is unknown: read it (None) rather than skip a reset.

@@ -175,7 +175,10 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 "retriable_status_codes": statuses,
                 // A ceiling; the filter sets x-envoy-max-retries per request to its plan.
                 "num_retries": config.providers.len().saturating_sub(1),
-                "per_try_timeout": format!("{}s", ms_to_secs(config.failover.attempt_timeout_ms)),
+                // firstByteTimeout when set, else attemptTimeout: either way only the wait
+                // for response headers (a stream that has started is not cut).
+                "per_try_timeout": format!("{}s", ms_to_secs(
+                    config.failover.first_byte_timeout_ms.unwrap_or(config.failover.attempt_timeout_ms))),
                 "retry_back_off": {"base_interval": "0.001s", "max_interval": "0.002s"},
                 "refresh_cluster_on_retry": true,
             },
@@ -191,6 +194,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 "tried": "%FILTER_STATE(wasm.llm_failover_tried:PLAIN)%",
                 "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
                 "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
+                "stream": "%FILTER_STATE(wasm.llm_failover_stream:PLAIN)%",
                 "endpoint": "%UPSTREAM_HOST%",
                 "upstream_cluster": "%UPSTREAM_CLUSTER%",
                 "path": "%REQ(:PATH)%",

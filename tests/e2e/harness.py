@@ -164,6 +164,7 @@ ACCESS_LOG_FIELDS = {
     "tried": "%FILTER_STATE(wasm.llm_failover_tried:PLAIN)%",
     "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
     "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
+    "stream": "%FILTER_STATE(wasm.llm_failover_stream:PLAIN)%",
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "path": "%REQ(:PATH)%",
     "details": "%RESPONSE_CODE_DETAILS%",

@@ -159,7 +159,9 @@ def test_demo_runs_and_explains_itself():
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    assert out.count("HTTP 200 from openai-fallback") == 4  # the lab's three and the streamed one
+    # The lab's three, the streamed one, and the one firstByteTimeout sent on (step 7).
+    assert out.count("HTTP 200 from openai-fallback") == 5
+    assert re.search(r"HTTP 200 from openai-fallback after 1\.\d s, instead of waiting 10 s", out)
     assert "Request 5 (streamed): HTTP 200 from openai-fallback" in out
     assert "event 7: '4.'" in out
     assert "mock-ratelimit-provider failed (status 429)" in out

@@ -1,0 +1,150 @@
+"""Before and after the first byte (router mode): a provider that says nothing is
+abandoned after `firstByteTimeout`, and a stream that breaks off counts as the
+provider's failure, with the client told."""
+
+import json
+import socket
+import threading
+import time
+
+import openai
+import pytest
+from harness import LOOPBACK, MESSAGES, config, provider, wait_until
+
+CHUNK_DELAY = ["--chunk-delay-ms", "100"]
+
+
+class Provider:
+    """A loopback provider that misbehaves on purpose: `silent` reads the request and
+    never answers (and notes when Envoy closes the connection); `broken` streams two
+    events and ends the stream cleanly but without `[DONE]`; `reset` streams one event
+    and resets the connection."""
+
+    def __init__(self, mode):
+        self.sock = socket.socket()
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.mode = mode
+        self.closed_at = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
+
+    def one(self, conn):
+        conn.settimeout(10)
+        try:
+            conn.recv(65536)
+            if self.mode == "silent":
+                if conn.recv(1) == b"":  # Envoy gave up on us
+                    self.closed_at.append(time.monotonic())
+                return
+            event = 'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m",' \
+                    '"choices":[{"index":0,"delta":{"content":"half"},"finish_reason":null}]}\n\n'
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            chunk = lambda s: b"%x\r\n%s\r\n" % (len(s), s.encode())  # noqa: E731
+            conn.sendall(head + chunk(event))
+            time.sleep(0.1)
+            if self.mode == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.close()
+                return
+            conn.sendall(chunk(event) + b"0\r\n\r\n")
+            time.sleep(0.5)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def providers():
+    made = []
+
+    def make(mode):
+        p = Provider(mode)
+        made.append(p)
+        return p
+    yield make
+    for p in made:
+        p.stop()
+
+
+def sdk(envoy):
+    return openai.OpenAI(base_url=f"{envoy.url}/v1", api_key="client-token", max_retries=0, timeout=30)
+
+
+def test_first_byte_timeout_moves_on_and_closes_the_silent_attempt(mocks, envoy, providers):
+    silent = providers("silent")
+    fallback = mocks("fallback", *CHUNK_DELAY)
+    e = envoy(config([provider("primary")], [provider("fallback")], firstByteTimeout="500ms"),
+              {"primary": silent.port, "fallback": fallback.port}, router=True)
+    start = time.monotonic()
+    raw = sdk(e).chat.completions.with_raw_response.create(model="m", messages=MESSAGES, stream=True)
+    times = [time.monotonic() - start for _ in raw.parse()]
+    assert raw.headers["x-llm-provider"] == "fallback"
+    # 0.5 s for the primary, then the fallback's own time (its first event at once).
+    assert 0.5 <= times[0] < 0.8, times
+    assert times[-1] - times[0] > 0.5, "events arrive one by one"
+    wait_until(lambda: silent.closed_at, 5, "Envoy to close the abandoned attempt's connection")
+    assert silent.closed_at[0] - start < 1.0
+    log = e.access_log_lines(1)[0]
+    assert (log["tried"], log["failover_reason"]) == ("primary,fallback", "timeout")
+    view = {p["name"]: p for p in e.health()["providers"]}
+    assert (view["primary"]["state"], view["primary"]["last_reason"]) == ("cooling", "timeout")
+
+
+def test_first_byte_timeout_respects_the_failure_threshold(mocks, envoy, providers):
+    silent = providers("silent")
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], firstByteTimeout="300ms",
+                     consecutiveFailures=2),
+              {"primary": silent.port, "fallback": fallback.port}, router=True)
+    status, headers, _ = e.post_chat({"model": "m", "messages": MESSAGES}, path="/v1/chat/completions")
+    assert (status, headers["x-llm-provider"]) == (200, "fallback")
+    view = {p["name"]: p for p in e.health()["providers"]}["primary"]
+    assert (view["state"], view["consecutive_failures"]) == ("healthy", 1)
+
+
+@pytest.mark.parametrize("mode", ["broken", "reset"])
+def test_a_stream_that_breaks_off_is_the_providers_failure(mocks, envoy, providers, mode):
+    bad = providers(mode)
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")]),
+              {"primary": bad.port, "fallback": fallback.port}, router=True)
+    got = []
+    with pytest.raises((openai.APIError, Exception)) as raised:
+        for chunk in sdk(e).chat.completions.create(model="m", messages=MESSAGES, stream=True):
+            got.append(chunk.choices[0].delta.content)
+    assert got and got[0] == "half", "the client had the first part"
+    if mode == "broken":
+        # The stream ended cleanly but unfinished: the filter appends an error event.
+        assert isinstance(raised.value, openai.APIError) and "broke off" in str(raised.value), raised.value
+    log = e.access_log_lines(1)[0]
+    assert log["stream"] == mode
+    view = {p["name"]: p for p in e.health()["providers"]}["primary"]
+    assert (view["state"], view["last_reason"]) == ("cooling", "broken_stream")
+    wait_until(lambda: 'llm_failover_cooldowns{provider="primary",reason="broken_stream"} 1' in e.prometheus(),
+               10, "the cooldown metric")
+    # The next request goes to the fallback.
+    status, headers, _ = e.post_chat({"model": "m", "messages": MESSAGES}, path="/v1/chat/completions")
+    assert (status, headers["x-llm-provider"]) == (200, "fallback")
+
+
+def test_first_byte_timeout_needs_router_mode(tmp_path):
+    import subprocess
+
+    from harness import RENDER_BIN
+    bad = tmp_path / "p.json"
+    bad.write_text(json.dumps(config([provider("a")], mode="dispatch", firstByteTimeout="1s")))
+    r = subprocess.run([str(RENDER_BIN), "render", "--config", str(bad)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "failover.firstByteTimeout: needs router mode" in r.stderr
