@@ -286,7 +286,7 @@ def first_event_seconds(port: int) -> float:
     return first
 
 
-def stream_configs(direct: Mock, limited: Mock, fallback: Mock):
+def stream_configs(direct: Mock, limited: Mock, fallback: Mock, slow: Mock):
     """name -> Envoy bootstrap builder for the time-to-first-event runs."""
     def ep(m):
         return f"http://{LOOPBACK}:{m.port}"
@@ -310,6 +310,11 @@ def stream_configs(direct: Mock, limited: Mock, fallback: Mock):
         "stream-dispatch-failover": lambda port, admin: bootstrap(
             admin, [listener(port, by_header, [wasm_filter(WASM, dispatch_failover)])],
             [cluster("primary", limited.port), cluster("fallback", fallback.port)]),
+        # The primary takes 1 s before its headers: waited for, or left after 200 ms.
+        # (A 1 ms cooldown, so that every request meets the slow primary again.)
+        "stream-slow-primary": rendered(groups(slow)),
+        "stream-slow-primary-first-byte-200ms": rendered(dict(groups(slow), failover={
+            "firstByteTimeout": "200ms", "defaultCooldown": "1ms", "maxCooldown": "1ms"})),
     }
 
 
@@ -319,7 +324,8 @@ def measure_first_events(workdir: Path, proxy_cpu, samples: int, rounds: int):
     mocks = [Mock("direct", "--chunk-delay-ms", "5"),
              Mock("limited", "--failure-injection-rate", "100", "--failure-types", "rate_limit",
                   "--retry-after", "0"),
-             Mock("fallback", "--chunk-delay-ms", "5")]
+             Mock("fallback", "--chunk-delay-ms", "5"),
+             Mock("slow", "--chunk-delay-ms", "5", "--latency-ms", "1000")]
     procs = {}
     try:
         for name, builder in stream_configs(*mocks).items():
@@ -328,7 +334,9 @@ def measure_first_events(workdir: Path, proxy_cpu, samples: int, rounds: int):
         for _ in range(rounds):
             for name, p in procs.items():
                 first_event_seconds(p.port)  # warm the connection pools
-                times[name] += [first_event_seconds(p.port) for _ in range(samples)]
+                # The slow-primary paths take about 1 s a request: fewer of them.
+                n = max(3, samples // 8) if "slow" in name else samples
+                times[name] += [first_event_seconds(p.port) for _ in range(n)]
         if not any(r["path"] == "/v1/chat/completions" for r in mocks[1].requests()):
             raise SystemExit("bench: the failover runs never met the failing primary")
     finally:

@@ -60,8 +60,11 @@ pub struct AttemptFilter {
     stream: Option<StreamWatch>,
     /// Whether bytes may be added to that stream (no `content-length`).
     can_append: bool,
-    /// The stream's last chunk passed.
-    stream_ended: bool,
+    /// The answer's last byte passed (streamed or not).
+    response_ended: bool,
+    /// The answer was not a failure (a failing one is recorded already, and Envoy
+    /// drops its body when it retries).
+    good_answer: bool,
 }
 
 impl AttemptFilter {
@@ -79,7 +82,8 @@ impl AttemptFilter {
             started_ms: 0,
             stream: None,
             can_append: false,
-            stream_ended: false,
+            response_ended: false,
+            good_answer: false,
         }
     }
 
@@ -189,10 +193,14 @@ impl Context for AttemptFilter {
             return true;
         }
         if self.answered {
-            // A stream reset after its headers, unless the client went away.
-            if self.stream.as_ref().is_some_and(|w| !w.finished())
-                && !self.stream_ended
+            // An answer reset after its headers (streamed or not), unless the client
+            // went away: its bytes went out, so it cannot be sent elsewhere, but it is
+            // the provider's failure.
+            if self.good_answer
+                && !self.response_ended
+                && !self.stream.as_ref().is_some_and(StreamWatch::finished)
                 && !client_went_away()
+                && host::property(&[REFUSED_KEY]).is_none()
             {
                 self.broken_stream("reset");
             }
@@ -313,8 +321,14 @@ impl HttpContext for AttemptFilter {
         Action::Continue
     }
 
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.response_ended = true;
+        Action::Continue
+    }
+
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(watch) = self.stream.as_mut() else {
+            self.response_ended |= end_of_stream;
             return Action::Continue;
         };
         if !watch.finished() {
@@ -323,7 +337,7 @@ impl HttpContext for AttemptFilter {
             }
         }
         if end_of_stream {
-            self.stream_ended = true;
+            self.response_ended = true;
             if !watch.finished() {
                 self.broken_stream("broken");
                 if self.can_append {
@@ -335,8 +349,9 @@ impl HttpContext for AttemptFilter {
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         self.answered = true;
+        self.response_ended = end_of_stream;
         let Some(index) = self.provider else {
             return Action::Continue;
         };
@@ -356,6 +371,7 @@ impl HttpContext for AttemptFilter {
             self.failed(failure, reason, evidence, &format!("status {status}"));
             return Action::Continue;
         }
+        self.good_answer = true;
         if config.failover.proactive {
             let headers = host::response_headers();
             self.watch_stream(status, |name| {
