@@ -46,8 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from harness import (LOOPBACK, WASM, Mock, envoy_bin, free_port, http, render,  # noqa: E402
-                     stop_process, wait_until)
+from harness import (LOOPBACK, WASM, Mock, envoy_bin, free_port, http, llm_hcm,  # noqa: E402
+                     render, stop_process, wait_until)
 
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 HZ = os.sysconf("SC_CLK_TCK")
@@ -134,10 +134,9 @@ def rendered(plugin: dict, downstream: bool = True, upstream: bool = True):
     take the filter out of the listener / the clusters and keep the rest of the wiring."""
     def build(port, admin):
         cfg = render(plugin, port, admin, free_port())
-        listener_cfg = cfg["static_resources"]["listeners"][0]
-        hcm = listener_cfg["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm = llm_hcm(cfg)
         hcm.pop("access_log", None)
-        listener_cfg["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
+        cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
         for c in cfg["static_resources"]["clusters"]:
             c["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
         if not downstream:

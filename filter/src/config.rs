@@ -91,7 +91,7 @@ impl<'a> Obj<'a> {
 
     /// Refuses members not in `known` and members given twice.
     fn only(&self, known: &[&str]) -> Result<(), ConfigError> {
-        for (i, (key, _)) in self.members.iter().enumerate() {
+        for (key, _) in self.members {
             if !known.contains(&key.as_str()) {
                 let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
                 return Err(ConfigError::new(
@@ -102,6 +102,13 @@ impl<'a> Obj<'a> {
                     ),
                 ));
             }
+        }
+        self.unique()
+    }
+
+    /// Refuses members given twice.
+    fn unique(&self) -> Result<(), ConfigError> {
+        for (i, (key, _)) in self.members.iter().enumerate() {
             if self.members[..i].iter().any(|(k, _)| k == key) {
                 return Err(ConfigError::new(
                     join(&self.path, key),
@@ -561,12 +568,7 @@ fn validate_provider(
         None => Vec::new(),
         Some(q) => {
             let mut pairs = Vec::new();
-            q.only(
-                &q.members
-                    .iter()
-                    .map(|(k, _)| k.as_str())
-                    .collect::<Vec<_>>(),
-            )?;
+            q.unique()?;
             for (key, _) in q.members {
                 if key.is_empty() {
                     return Err(ConfigError::new(q.at(key), "a parameter needs a name"));

@@ -22,7 +22,7 @@ use proxy_wasm::types::Action;
 
 use crate::attempt::{self, LazyHealth, Plan};
 use crate::body::{self, ModelSlots};
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Provider};
 use crate::handoff;
 use crate::health::{Failure, HealthRecord};
 use crate::host::{self, HostSharedData};
@@ -220,14 +220,7 @@ impl FailoverFilter {
                 .map(str::to_string),
             (true, None) => host::request_header(":path").and_then(|v| String::from_utf8(v).ok()),
         };
-        for edit in rewrite::edits_for(provider, &config.cluster_header, original_path.as_deref()) {
-            match edit {
-                // Router mode routes by the cluster order, not by this header.
-                Edit::Set(name, _) if name == config.cluster_header => {}
-                Edit::Set(name, value) => host::set_request_header(name, &value),
-                Edit::Remove(name) => host::remove_request_header(name),
-            }
-        }
+        apply_edits(&config, provider, original_path.as_deref());
         if self.phase == Phase::Buffering {
             let content_length: Option<u64> = match &headers {
                 Some(all) => parse_number(header_value(all, "content-length")),
@@ -508,6 +501,19 @@ impl FailoverFilter {
     }
 }
 
+/// Sends the live request to `provider` (`rewrite::edits_for`); in router mode without
+/// the routing header, since the router routes by the cluster order.
+pub(crate) fn apply_edits(config: &Config, provider: &Provider, original_path: Option<&str>) {
+    let router = config.failover.mode == Mode::Router;
+    for edit in rewrite::edits_for(provider, &config.cluster_header, original_path) {
+        match edit {
+            Edit::Set(name, _) if router && name == config.cluster_header => {}
+            Edit::Set(name, value) => host::set_request_header(name, &value),
+            Edit::Remove(name) => host::remove_request_header(name),
+        }
+    }
+}
+
 /// The phase a request enters once its headers are handled.
 fn body_phase(end_of_stream: bool, buffer: bool) -> Phase {
     match (end_of_stream, buffer) {
@@ -653,17 +659,7 @@ impl HttpContext for FailoverFilter {
             return Action::Pause;
         }
 
-        let edits = rewrite::edits_for(
-            provider,
-            &config.cluster_header,
-            self.original_path.as_deref(),
-        );
-        for edit in edits {
-            match edit {
-                Edit::Set(name, value) => host::set_request_header(name, &value),
-                Edit::Remove(name) => host::remove_request_header(name),
-            }
-        }
+        apply_edits(&config, provider, self.original_path.as_deref());
         if self.phase != Phase::Sent && provider.model.is_some() {
             // The rewritten body has another length; without this the upstream would
             // get a truncated body or wait for bytes that never come.

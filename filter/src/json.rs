@@ -412,6 +412,11 @@ pub fn decode_string(raw: &[u8]) -> Option<String> {
 }
 
 /// `text` as a JSON string literal, quotes included.
+/// `quote(text)`, or `null` for none.
+pub fn quote_or_null(text: Option<&str>) -> String {
+    text.map(quote).unwrap_or_else(|| "null".to_string())
+}
+
 pub fn quote(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('"');

@@ -8,7 +8,7 @@
 //! and shown by the view, and that configuration publishes no gauge for it.
 
 use crate::config::Config;
-use crate::json::{self, quote, Value};
+use crate::json::{self, quote, quote_or_null, Value};
 use crate::store::{SharedData, StoreError};
 
 /// Shared-data key of the registry (one per VM id).
@@ -84,10 +84,7 @@ impl Registry {
                     "[{},{},{},{},{}]",
                     quote(&e.name),
                     quote(&e.cluster),
-                    e.model
-                        .as_deref()
-                        .map(quote)
-                        .unwrap_or_else(|| "null".into()),
+                    quote_or_null(e.model.as_deref()),
                     e.group,
                     quote(&e.health_key)
                 )

@@ -19,7 +19,6 @@ use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::Outcome;
 use crate::retry_after;
-use crate::rewrite::{self, Edit};
 use crate::sse::{self, StreamWatch};
 use crate::telemetry::Telemetry;
 
@@ -288,14 +287,7 @@ impl HttpContext for AttemptFilter {
         } else if provider.rewrites_path() {
             original_path = host::request_header(":path").and_then(|v| String::from_utf8(v).ok());
         }
-        for edit in rewrite::edits_for(provider, &config.cluster_header, original_path.as_deref()) {
-            match edit {
-                // Router mode routes by the cluster order, not by this header.
-                Edit::Set(name, _) if name == config.cluster_header => {}
-                Edit::Set(name, value) => host::set_request_header(name, &value),
-                Edit::Remove(name) => host::remove_request_header(name),
-            }
-        }
+        crate::http::apply_edits(&config, provider, original_path.as_deref());
         self.buffering = !end_of_stream && provider.model_json.is_some();
         Action::Continue
     }

@@ -3,7 +3,7 @@
 //! arguments.
 
 use crate::health::{HealthRecord, State};
-use crate::json::quote;
+use crate::json::{quote, quote_or_null};
 use crate::registry::Registry;
 
 fn state_name(state: State) -> &'static str {
@@ -41,10 +41,7 @@ pub fn health_json(registry: &Registry, records: &[HealthRecord], now_ms: u64) -
              \"cooldowns_in_a_row\":{}}}",
             quote(&p.name),
             quote(&p.cluster),
-            p.model
-                .as_deref()
-                .map(quote)
-                .unwrap_or_else(|| "null".into()),
+            quote_or_null(p.model.as_deref()),
             p.group,
             state_name(state),
             if state == State::Cooling {

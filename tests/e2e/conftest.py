@@ -1,6 +1,6 @@
 import pytest
 
-from harness import MOCK_BIN, WASM, Envoy, Mock
+from harness import MOCK_BIN, WASM, Envoy, Mock, RawProvider
 
 
 def pytest_sessionstart(session):
@@ -37,3 +37,19 @@ def envoy():
     yield start
     for e in started:
         e.stop()
+
+
+@pytest.fixture
+def raw_providers():
+    """Factory: raw_providers('silent' | 'reset' | 'broken-stream' | 'reset-stream') ->
+    RawProvider (see harness), all stopped after the test."""
+    started = []
+
+    def start(mode):
+        p = RawProvider(mode)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()

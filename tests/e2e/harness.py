@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,6 +73,61 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+class RawProvider:
+    """A loopback provider that misbehaves on purpose: `reset` resets the connection
+    once the request arrived; `silent` reads the request and never answers (and notes
+    when Envoy closes the connection); `broken-stream` streams two events and ends the
+    stream cleanly but without `[DONE]`; `reset-stream` streams one event and resets
+    the connection."""
+
+    def __init__(self, mode):
+        self.sock = socket.socket()
+        self.sock.bind((LOOPBACK, 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.mode = mode
+        self.closed_at = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
+
+    def one(self, conn):
+        conn.settimeout(10)
+        try:
+            conn.recv(65536)
+            if self.mode == "reset":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                return
+            if self.mode == "silent":
+                if conn.recv(1) == b"":  # Envoy gave up on us
+                    self.closed_at.append(time.monotonic())
+                return
+            event = 'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m",' \
+                    '"choices":[{"index":0,"delta":{"content":"half"},"finish_reason":null}]}\n\n'
+            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            chunk = lambda s: b"%x\r\n%s\r\n" % (len(s), s.encode())  # noqa: E731
+            conn.sendall(head + chunk(event))
+            time.sleep(0.1)
+            if self.mode == "reset-stream":
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                return
+            conn.sendall(chunk(event) + b"0\r\n\r\n")
+            time.sleep(0.5)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.sock.close()
 
 
 class Mock:
@@ -239,14 +295,7 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
             "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
     }
     if access_log:
-        hcm["access_log"] = [{
-            "name": "envoy.access_loggers.file",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": access_log,
-                "log_format": {"json_format": ACCESS_LOG_FIELDS},
-            },
-        }]
+        hcm["access_log"] = file_access_log(access_log)
     listeners = [{
         "name": "llm",
         "address": {"socket_address": {"address": LOOPBACK, "port_value": listen_port}},
@@ -286,10 +335,27 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
     }
 
 
+def llm_hcm(cfg: dict) -> dict:
+    """The HTTP connection manager of the LLM listener (the first) of a bootstrap."""
+    return cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def file_access_log(path: str) -> list[dict]:
+    """An access log of ACCESS_LOG_FIELDS as JSON lines in `path`."""
+    return [{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path,
+            "log_format": {"json_format": ACCESS_LOG_FIELDS},
+        },
+    }]
+
+
 def insert_before_router(cfg: dict, http_filter: dict):
-    """Puts `http_filter` just before the router on the LLM listener (the first)."""
-    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    hcm["http_filters"].insert(len(hcm["http_filters"]) - 1, http_filter)
+    """Puts `http_filter` just before the router on the LLM listener."""
+    filters = llm_hcm(cfg)["http_filters"]
+    filters.insert(len(filters) - 1, http_filter)
 
 
 def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
@@ -310,15 +376,7 @@ def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
     cfg = json.loads(r.stdout)
     cfg["stats_flush_interval"] = "1s"
     if access_log:
-        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["access_log"] = [{
-            "name": "envoy.access_loggers.file",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-                "path": access_log,
-                "log_format": {"json_format": ACCESS_LOG_FIELDS},
-            },
-        }]
+        llm_hcm(cfg)["access_log"] = file_access_log(access_log)
     return cfg
 
 

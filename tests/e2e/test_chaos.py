@@ -6,7 +6,6 @@ import json
 import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from harness import LOOPBACK, ROOT, Mock, config, free_port, http, provider, served_by, wait_until

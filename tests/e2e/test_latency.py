@@ -3,88 +3,21 @@ abandoned after `firstByteTimeout`, and a stream that breaks off counts as the
 provider's failure, with the client told."""
 
 import json
-import socket
-import threading
 import time
 
 import openai
 import pytest
-from harness import LOOPBACK, MESSAGES, config, provider, wait_until
+from harness import MESSAGES, config, provider, wait_until
 
 CHUNK_DELAY = ["--chunk-delay-ms", "100"]
-
-
-class Provider:
-    """A loopback provider that misbehaves on purpose: `silent` reads the request and
-    never answers (and notes when Envoy closes the connection); `broken` streams two
-    events and ends the stream cleanly but without `[DONE]`; `reset` streams one event
-    and resets the connection."""
-
-    def __init__(self, mode):
-        self.sock = socket.socket()
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.mode = mode
-        self.closed_at = []
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.one, args=(conn,), daemon=True).start()
-
-    def one(self, conn):
-        conn.settimeout(10)
-        try:
-            conn.recv(65536)
-            if self.mode == "silent":
-                if conn.recv(1) == b"":  # Envoy gave up on us
-                    self.closed_at.append(time.monotonic())
-                return
-            event = 'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m",' \
-                    '"choices":[{"index":0,"delta":{"content":"half"},"finish_reason":null}]}\n\n'
-            head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-            chunk = lambda s: b"%x\r\n%s\r\n" % (len(s), s.encode())  # noqa: E731
-            conn.sendall(head + chunk(event))
-            time.sleep(0.1)
-            if self.mode == "reset":
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                conn.close()
-                return
-            conn.sendall(chunk(event) + b"0\r\n\r\n")
-            time.sleep(0.5)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def stop(self):
-        self.sock.close()
-
-
-@pytest.fixture
-def providers():
-    made = []
-
-    def make(mode):
-        p = Provider(mode)
-        made.append(p)
-        return p
-    yield make
-    for p in made:
-        p.stop()
 
 
 def sdk(envoy):
     return openai.OpenAI(base_url=f"{envoy.url}/v1", api_key="client-token", max_retries=0, timeout=30)
 
 
-def test_first_byte_timeout_moves_on_and_closes_the_silent_attempt(mocks, envoy, providers):
-    silent = providers("silent")
+def test_first_byte_timeout_moves_on_and_closes_the_silent_attempt(mocks, envoy, raw_providers):
+    silent = raw_providers("silent")
     fallback = mocks("fallback", *CHUNK_DELAY)
     e = envoy(config([provider("primary")], [provider("fallback")], firstByteTimeout="500ms"),
               {"primary": silent.port, "fallback": fallback.port}, router=True)
@@ -103,8 +36,8 @@ def test_first_byte_timeout_moves_on_and_closes_the_silent_attempt(mocks, envoy,
     assert (view["primary"]["state"], view["primary"]["last_reason"]) == ("cooling", "timeout")
 
 
-def test_first_byte_timeout_respects_the_failure_threshold(mocks, envoy, providers):
-    silent = providers("silent")
+def test_first_byte_timeout_respects_the_failure_threshold(mocks, envoy, raw_providers):
+    silent = raw_providers("silent")
     fallback = mocks("fallback")
     e = envoy(config([provider("primary")], [provider("fallback")], firstByteTimeout="300ms",
                      consecutiveFailures=2),
@@ -116,8 +49,8 @@ def test_first_byte_timeout_respects_the_failure_threshold(mocks, envoy, provide
 
 
 @pytest.mark.parametrize("mode", ["broken", "reset"])
-def test_a_stream_that_breaks_off_is_the_providers_failure(mocks, envoy, providers, mode):
-    bad = providers(mode)
+def test_a_stream_that_breaks_off_is_the_providers_failure(mocks, envoy, raw_providers, mode):
+    bad = raw_providers(f"{mode}-stream")
     fallback = mocks("fallback")
     e = envoy(config([provider("primary")], [provider("fallback")]),
               {"primary": bad.port, "fallback": fallback.port}, router=True)

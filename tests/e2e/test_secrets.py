@@ -7,7 +7,7 @@ import json
 
 import openai
 import pytest
-from harness import ROOT, config, http, provider
+from harness import config, http, provider
 
 KEYS = {"a": "sk-secret-a-3f9c", "b": "sk-secret-b-71de", "c": "sk-secret-c-0b2a"}
 

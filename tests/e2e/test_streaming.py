@@ -2,16 +2,14 @@
 with the filter on every attempt; the fallback's stream arrives event by event."""
 
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from harness import LOOPBACK, MESSAGES, RENDER_BIN, ROOT, config, free_port, provider
+from harness import MESSAGES, RENDER_BIN, ROOT, config, free_port, provider
 
 # The fallback streams 9 events 200 ms apart: about 1.6 s from first to last.
 CHUNK_DELAY = ["--chunk-delay-ms", "200"]
@@ -19,58 +17,6 @@ CHUNK_DELAY = ["--chunk-delay-ms", "200"]
 
 
 
-
-
-class RawServer:
-    """A loopback TCP server that misbehaves: `reset` closes each connection with a
-    RST once the request arrived; `silent` reads and never answers."""
-
-    def __init__(self, mode):
-        self.sock = socket.socket()
-        self.sock.bind((LOOPBACK, 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.mode = mode
-        self.held = []
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.settimeout(5)
-            try:
-                conn.recv(65536)
-            except OSError:
-                pass
-            if self.mode == "reset":
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                conn.close()
-            else:
-                self.held.append(conn)
-
-    def stop(self):
-        self.sock.close()
-        for c in self.held:
-            c.close()
-
-
-@pytest.fixture
-def raw_servers():
-    started = []
-
-    def start(mode):
-        s = RawServer(mode)
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def stream_times(envoy, model="m"):
@@ -108,8 +54,8 @@ def test_stream_fails_over_after_a_failing_status(mocks, envoy, failure):
 
 
 @pytest.mark.parametrize("fault", ["refused", "reset"])
-def test_stream_fails_over_when_the_provider_cannot_be_reached(mocks, envoy, raw_servers, fault):
-    port = free_port() if fault == "refused" else raw_servers("reset").port
+def test_stream_fails_over_when_the_provider_cannot_be_reached(mocks, envoy, raw_providers, fault):
+    port = free_port() if fault == "refused" else raw_providers("reset").port
     fallback = mocks("fallback", *CHUNK_DELAY)
     e = envoy(config([provider("primary")], [provider("fallback")]),
               {"primary": port, "fallback": fallback.port}, router=True)
@@ -151,8 +97,8 @@ def test_providers_by_host_name_are_served(mocks, envoy):
     assert len(primary.chat_requests()) == 1
 
 
-def test_stream_fails_over_after_an_attempt_timeout(mocks, envoy, raw_servers):
-    silent = raw_servers("silent")
+def test_stream_fails_over_after_an_attempt_timeout(mocks, envoy, raw_providers):
+    silent = raw_providers("silent")
     fallback = mocks("fallback", *CHUNK_DELAY)
     e = envoy(config([provider("primary")], [provider("fallback")], attemptTimeout="1s"),
               {"primary": silent.port, "fallback": fallback.port}, router=True)
