@@ -294,6 +294,9 @@ pub struct Failover {
     pub attempt_timeout_ms: u64,
     /// `firstByteTimeout`: router mode's per-attempt wait for response headers, when set.
     pub first_byte_timeout_ms: Option<u64>,
+    /// `hedgeAfter`: router mode's wait for response headers before the next provider
+    /// is asked too (`hedge.rs`), when set.
+    pub hedge_after_ms: Option<u64>,
 }
 
 impl Failover {
@@ -907,21 +910,45 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
             Some(ms)
         }
     };
-    if raw.get("hedgeAfter").is_some() {
-        // Measured in Envoy 1.40: a hedged attempt (route hedge_policy on the per-try
-        // timeout) keeps the first attempt's cluster, so the "hedge" would reach the
-        // same provider, rewritten for another one. Refused until that is solved.
-        return Err(ConfigError::new(
-            "failover.hedgeAfter",
-            "is not supported yet: Envoy 1.40 sends a hedged attempt to the first \
-             attempt's cluster, not to the next provider's; use firstByteTimeout",
-        ));
-    }
+    let within_request = raw.boolean("withinRequest")?.unwrap_or(true);
+    // Off unless given: after this long without response headers the next provider is
+    // asked too (router mode; see hedge.rs).
+    let hedge_after_ms = match raw.string("hedgeAfter")? {
+        None => None,
+        Some(text) => {
+            let ms =
+                parse_duration_ms(text).map_err(|m| ConfigError::new(raw.at("hedgeAfter"), m))?;
+            let refuse = |m: String| Err(ConfigError::new("failover.hedgeAfter", m));
+            if ms == 0 {
+                return refuse("must be longer than 0s".to_string());
+            }
+            if mode == Mode::Dispatch {
+                return refuse(
+                    "needs router mode (dispatch mode has no upstream filter to cancel a hedge with)"
+                        .to_string(),
+                );
+            }
+            if !within_request {
+                return refuse(
+                    "needs withinRequest: a hedge sends the request to a second provider"
+                        .to_string(),
+                );
+            }
+            if let Some(fbt) = first_byte_timeout_ms.filter(|fbt| ms >= *fbt) {
+                return refuse(format!(
+                    "{text} must be shorter than firstByteTimeout ({fbt} ms), which would \
+                     abandon the attempt before the hedge is sent"
+                ));
+            }
+            Some(ms)
+        }
+    };
     Ok(Failover {
         mode,
         first_byte_timeout_ms,
+        hedge_after_ms,
         on_status,
-        within_request: raw.boolean("withinRequest")?.unwrap_or(true),
+        within_request,
         consecutive_failures,
         probe_timeout_ms,
         proactive: raw.boolean("proactive")?.unwrap_or(true),
@@ -1166,10 +1193,35 @@ mod tests {
             e.contains("failover.firstByteTimeout: must be longer than 0s"),
             "{e}"
         );
-        let e = one(r#"{"hedgeAfter":"1s"}"#).unwrap_err().to_string();
-        assert!(
-            e.contains("failover.hedgeAfter: is not supported yet"),
-            "{e}"
+        assert_eq!(one("{}").unwrap().failover.hedge_after_ms, None);
+        assert_eq!(
+            one(r#"{"hedgeAfter":"250ms"}"#)
+                .unwrap()
+                .failover
+                .hedge_after_ms,
+            Some(250)
         );
+        for (raw, want) in [
+            (
+                r#"{"hedgeAfter":"0s"}"#,
+                "failover.hedgeAfter: must be longer than 0s",
+            ),
+            (
+                r#"{"hedgeAfter":"1s","mode":"dispatch"}"#,
+                "failover.hedgeAfter: needs router mode",
+            ),
+            (
+                r#"{"hedgeAfter":"1s","withinRequest":false}"#,
+                "failover.hedgeAfter: needs withinRequest",
+            ),
+            (
+                r#"{"hedgeAfter":"2s","firstByteTimeout":"2s"}"#,
+                "failover.hedgeAfter: 2s must be shorter than firstByteTimeout (2000 ms)",
+            ),
+            (r#"{"hedgeAfter":"soon"}"#, "failover.hedgeAfter"),
+        ] {
+            let e = one(raw).unwrap_err().to_string();
+            assert!(e.contains(want), "{raw}: {e}");
+        }
     }
 }

@@ -255,3 +255,15 @@ pub fn set_tick_period_ms(ms: u64) {
         hostcalls::set_tick_period(Duration::from_millis(ms)),
     );
 }
+
+/// Makes the next host calls act on context `id` (a request of this VM) instead of
+/// the one the callback came for; false when that context is gone.
+pub fn act_for(id: u32) -> bool {
+    hostcalls::set_effective_context(id).is_ok()
+}
+
+/// Resets the stream of the context acting now (see [`act_for`]); for an upstream
+/// filter, that attempt's connection is closed.
+pub fn reset_stream() {
+    log_err("resetting the stream", hostcalls::reset_http_request());
+}

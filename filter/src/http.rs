@@ -15,6 +15,7 @@
 //! healthy, headers read individually unless a failover copy is needed, the body
 //! buffered only when it must be rewritten, checked or kept.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
@@ -25,6 +26,8 @@ use crate::body::{self, ModelSlots};
 use crate::config::{Config, Mode, Provider};
 use crate::handoff;
 use crate::health::{Failure, HealthRecord};
+use crate::hedge::{self, Candidate, Ending, Hedges, HEDGE_KEY};
+use crate::hedging;
 use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::{self, Outcome};
@@ -47,7 +50,7 @@ pub const ORDER_HEADER: &str = "x-llm-failover-order";
 const NO_ATTEMPT_FLAGS: u64 = (1 << 1) | (1 << 24);
 
 /// Names the provider whose answer the client got.
-const PROVIDER_HEADER: &str = "x-llm-provider";
+pub const PROVIDER_HEADER: &str = "x-llm-provider";
 
 /// Where a request stands in this filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,10 +101,22 @@ pub struct FailoverFilter {
     failover_started_ms: u64,
     /// Router mode: the attempt order handed to the router.
     plan: Plan,
+    /// This request's context id (the key of its hedge).
+    context_id: u32,
+    /// This worker's hedges (see `hedge.rs`), and this request's copy for its hedge
+    /// until its body is complete (`hedgeAfter` only).
+    hedges: Rc<RefCell<Hedges>>,
+    hedge_request: Option<hedge::Request>,
 }
 
 impl FailoverFilter {
-    pub fn new(config: Rc<Config>, ticket: u64, telemetry: Rc<Telemetry>) -> Self {
+    pub fn new(
+        config: Rc<Config>,
+        ticket: u64,
+        telemetry: Rc<Telemetry>,
+        context_id: u32,
+        hedges: Rc<RefCell<Hedges>>,
+    ) -> Self {
         Self {
             config,
             ticket,
@@ -121,6 +136,9 @@ impl FailoverFilter {
             failover_reason: None,
             failover_started_ms: 0,
             plan: Plan::default(),
+            context_id,
+            hedges,
+            hedge_request: None,
         }
     }
 
@@ -186,7 +204,9 @@ impl FailoverFilter {
                 );
             }
         }
-        self.phase = body_phase(end_of_stream, config.needs_json_body);
+        let hedging = config.failover.hedge_after_ms.is_some() && self.plan.picks.len() > 1;
+        // A hedge needs the whole body, kept.
+        self.phase = body_phase(end_of_stream, config.needs_json_body || hedging);
         self.rewrite_first_body = self.phase == Phase::Buffering
             && attempt::downstream_rewrites_first_body(&config, &self.plan);
         host::set_property(
@@ -200,16 +220,28 @@ impl FailoverFilter {
             &(self.plan.picks.len() - 1).to_string(),
         );
         // The client's values, before the first attempt's rewrite below changes them.
-        let headers = if self.plan.picks.len() > 1 && !config.rewritten_headers.is_empty() {
-            let all = host::request_headers();
-            host::set_property_bytes(
-                CLIENT_HEADERS_KEY,
-                &handoff::encode_client_headers(&all, &config.rewritten_headers),
-            );
-            Some(all)
-        } else {
-            None
-        };
+        let headers =
+            if hedging || (self.plan.picks.len() > 1 && !config.rewritten_headers.is_empty()) {
+                let all = host::request_headers();
+                if !config.rewritten_headers.is_empty() {
+                    host::set_property_bytes(
+                        CLIENT_HEADERS_KEY,
+                        &handoff::encode_client_headers(&all, &config.rewritten_headers),
+                    );
+                }
+                Some(all)
+            } else {
+                None
+            };
+        if let (true, Some(all)) = (hedging, &headers) {
+            self.hedge_request = Some(hedge::Request {
+                headers: all.clone(),
+                body: None,
+            });
+            if end_of_stream {
+                self.wait_for_hedge(None);
+            }
+        }
         // The first attempt is rewritten here rather than in its upstream filter: the
         // same edits, but one filter instance fewer doing host calls on the common path.
         let provider = &config.providers[first.index];
@@ -279,6 +311,67 @@ impl FailoverFilter {
         host::set_response_header(PROVIDER_HEADER, self.provider_name());
         self.finish(status);
         Action::Continue
+    }
+
+    /// The whole request went to the router: it is hedged if no response headers
+    /// come within `hedgeAfter` (see `hedge.rs`).
+    fn wait_for_hedge(&mut self, body: Option<Vec<u8>>) {
+        let (Some(after), Some(mut request)) = (
+            self.config.failover.hedge_after_ms,
+            self.hedge_request.take(),
+        ) else {
+            return;
+        };
+        let Some(first) = self.plan.first() else {
+            return;
+        };
+        request.body = body;
+        let candidates = self
+            .plan
+            .picks
+            .iter()
+            .skip(1)
+            .map(|p| Candidate {
+                index: p.index,
+                claimed: p.claim.is_some(),
+            })
+            .collect();
+        self.hedges.borrow_mut().wait(
+            self.context_id,
+            host::now_ms(),
+            after,
+            first.index,
+            candidates,
+            request,
+        );
+    }
+
+    /// Router mode with `hedgeAfter`, response headers: either the hedge's answer
+    /// (the root sent it as this request's reply) or the routed attempt's, which
+    /// cancels a hedge that is out.
+    fn hedged_response(&mut self, status: u16, ending: Ending) -> Action {
+        let config = Rc::clone(&self.config);
+        let name = |i: usize| config.providers[i].name.as_str();
+        match ending {
+            Ending::HedgeWon { from, to } => {
+                self.current = to;
+                self.asked = vec![from, to];
+                self.telemetry
+                    .count(metrics::hedges(name(from), name(to), name(to)));
+                self.finish(status);
+                self.phase = Phase::Replied;
+                Action::Continue
+            }
+            Ending::RoutedWon { id, from, to } => {
+                hedging::cancel(id);
+                let action = self.route_response(status);
+                host::set_property(HEDGE_KEY, &format!("{}:lost", name(to)));
+                self.telemetry
+                    .count(metrics::hedges(name(from), name(to), self.provider_name()));
+                action
+            }
+            Ending::None => self.route_response(status),
+        }
     }
 
     /// The health view, when this request asks for it (see `healthPath`).
@@ -726,6 +819,9 @@ impl HttpContext for FailoverFilter {
                 host::replace_request_body_prefix(replaced, &prefix);
             }
             self.phase = Phase::Sent;
+            if self.hedge_request.is_some() {
+                self.wait_for_hedge(Some(body));
+            }
             return Action::Continue;
         }
         let provider = &config.providers[self.current];
@@ -749,7 +845,11 @@ impl HttpContext for FailoverFilter {
         };
         let config = Rc::clone(&self.config);
         if config.failover.mode == Mode::Router {
-            return self.route_response(status);
+            if config.failover.hedge_after_ms.is_none() {
+                return self.route_response(status);
+            }
+            let ending = self.hedges.borrow_mut().end(self.context_id);
+            return self.hedged_response(status, ending);
         }
         let result = if status < 400 {
             Outcome::Answer
@@ -787,6 +887,12 @@ impl HttpContext for FailoverFilter {
         // went away mid-probe): give it back rather than block probing for
         // `probeTimeout`.
         self.release_probe();
+        if self.config.failover.hedge_after_ms.is_some() {
+            // The client left before any answer: its hedge is not wanted either.
+            if let Ending::RoutedWon { id, .. } = self.hedges.borrow_mut().end(self.context_id) {
+                hedging::cancel(id);
+            }
+        }
     }
 
     fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {

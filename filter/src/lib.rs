@@ -26,6 +26,8 @@ pub mod duration;
 pub mod fuzz_checks;
 pub mod handoff;
 pub mod health;
+pub mod hedge;
+pub mod hedging;
 pub mod host;
 pub mod http;
 pub mod json;

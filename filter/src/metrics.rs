@@ -1,6 +1,6 @@
 //! Metric names. Envoy shows a wasm metric as `wasmcustom.<name>`; the bootstrap's
 //! `stats_config.stats_tags` (see `envoy/envoy.yaml` and the README) turn the
-//! `.provider.<p>`, `.status.<class>`, `.from.<a>`, `.to.<b>` and `.reason.<r>`
+//! `.provider.<p>`, `.status.<class>`, `.from.<a>`, `.to.<b>`, `.reason.<r>` and `.winner.<w>`
 //! segments into Prometheus labels. Pure: registering and counting is `host.rs`'s.
 
 use crate::health::State;
@@ -26,6 +26,13 @@ pub fn status_class(status: u16) -> usize {
 /// another within itself.
 pub fn failovers(from: &str, to: &str, reason: &str) -> String {
     format!("llm_failover.failovers.from.{from}.to.{to}.reason.{reason}")
+}
+
+/// `llm_failover_hedges{from, to, winner}`: hedges sent (`hedgeAfter`), from the
+/// provider that had not answered to the one also asked, and whose answer the
+/// client got.
+pub fn hedges(from: &str, to: &str, winner: &str) -> String {
+    format!("llm_failover.hedges.from.{from}.to.{to}.winner.{winner}")
 }
 
 /// `llm_failover_cooldowns{provider, reason}`: cooldowns started.
@@ -78,6 +85,10 @@ mod tests {
             "llm_failover.cooldowns.provider.a.reason.proactive"
         );
         assert_eq!(health("a"), "llm_failover.health.provider.a");
+        assert_eq!(
+            hedges("a", "b", "b"),
+            "llm_failover.hedges.from.a.to.b.winner.b"
+        );
         assert_eq!(health_value(State::Probing), 3);
     }
 }

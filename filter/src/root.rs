@@ -1,13 +1,15 @@
 //! The root context: loads and validates the plugin configuration once per VM and
 //! hands it to every request's filter.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use crate::config::Config;
+use crate::hedge::{self, Hedges, Live};
+use crate::hedging::{self, Hedger};
 use crate::host::{self, HostSharedData};
 use crate::http::FailoverFilter;
 use crate::metrics;
@@ -29,6 +31,14 @@ pub struct Root {
     /// i.e. whether this instance publishes its health gauge.
     publishes: Vec<bool>,
     telemetry: Rc<Telemetry>,
+    /// With `hedgeAfter`: this worker's requests that may still be hedged (shared
+    /// with their filters) and what sends their hedges.
+    hedges: Rc<RefCell<Hedges>>,
+    hedger: Option<Hedger>,
+    /// The upstream instance's hedges out (shared with their filters).
+    live: Rc<RefCell<Live>>,
+    /// When the health gauges were last refreshed.
+    gauges_at_ms: u64,
 }
 
 impl Default for Root {
@@ -39,6 +49,10 @@ impl Default for Root {
             tickets: Rc::default(),
             publishes: Vec::new(),
             telemetry: Telemetry::new(),
+            hedges: Rc::default(),
+            hedger: None,
+            live: Rc::default(),
+            gauges_at_ms: 0,
         }
     }
 }
@@ -47,7 +61,20 @@ impl Default for Root {
 /// the clock, with no request to notice it).
 const GAUGE_PERIOD_MS: u64 = 1_000;
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        // The only calls a root sends are hedges.
+        if let Some(hedger) = &self.hedger {
+            hedger.answer(token_id, body_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -95,13 +122,40 @@ impl RootContext for Root {
             }
             host::set_tick_period_ms(GAUGE_PERIOD_MS);
         }
-        self.config = Some(Rc::new(config));
+        let config = Rc::new(config);
+        if config.failover.hedge_after_ms.is_some() && !config.providers.is_empty() {
+            hedging::prepare_store();
+            if self.upstream {
+                hedging::note_upstream_root();
+            } else {
+                self.hedger = Some(Hedger::new(
+                    Rc::clone(&config),
+                    Rc::clone(&self.hedges),
+                    Rc::clone(&self.telemetry),
+                ));
+            }
+            // Both instances watch their hedges on this tick (see hedge.rs).
+            host::set_tick_period_ms(hedge::POLL_MS);
+        }
+        self.config = Some(config);
         true
     }
 
     fn on_tick(&mut self) {
         let Some(config) = &self.config else { return };
         let now = host::now_ms();
+        if self.upstream {
+            hedging::poll_cancels(&self.live);
+            return;
+        }
+        if let Some(hedger) = &self.hedger {
+            hedger.tick(now);
+        }
+        // A tick may come a hair early; the gauges are refreshed about once a period.
+        if now.saturating_sub(self.gauges_at_ms) + hedge::POLL_MS < GAUGE_PERIOD_MS {
+            return;
+        }
+        self.gauges_at_ms = now;
         for (p, _) in config
             .providers
             .iter()
@@ -114,12 +168,14 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
         if self.upstream {
             return Some(Box::new(AttemptFilter::new(
                 config,
                 Rc::clone(&self.telemetry),
+                context_id,
+                Rc::clone(&self.live),
             )));
         }
         let ticket = self.tickets.get();
@@ -128,6 +184,8 @@ impl RootContext for Root {
             config,
             ticket,
             Rc::clone(&self.telemetry),
+            context_id,
+            Rc::clone(&self.hedges),
         )))
     }
 

@@ -105,6 +105,33 @@ pub fn update_health_if(
     Err(StoreError::Contended(key.to_string()))
 }
 
+/// Read-modify-write of a plain value (not a health record) with compare-and-swap;
+/// gives back what was written. `change` gets the current value, if any.
+pub fn update_value(
+    store: &dyn SharedData,
+    key: &str,
+    change: impl Fn(Option<&[u8]>) -> Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = store.get(key)?;
+        let next = change(bytes.as_deref());
+        match store.set(key, &next, cas) {
+            Ok(()) => return Ok(next),
+            Err(StoreError::CasMismatch) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Contended(key.to_string()))
+}
+
+/// Creates a plain value if it does not exist yet (see [`ensure_exists`]).
+pub fn ensure_value(store: &dyn SharedData, key: &str, initial: &[u8]) -> Result<(), StoreError> {
+    match store.get(key)? {
+        (Some(_), _) => Ok(()),
+        (None, _) => store.set(key, initial, None),
+    }
+}
+
 /// In-memory shared data with Envoy's CAS semantics, for tests.
 #[cfg(test)]
 pub mod memory {

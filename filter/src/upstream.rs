@@ -5,6 +5,7 @@
 //! rewrites the first), and records the attempt's outcome in the provider's health. Envoy's router does the retrying and streams the
 //! winner's answer. Thin glue: decisions come from `attempt.rs`.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
@@ -15,6 +16,7 @@ use crate::body;
 use crate::config::Config;
 use crate::handoff::{self, Step};
 use crate::health::Failure;
+use crate::hedge::{self, Live, HEDGE_HEADER};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::Outcome;
@@ -64,10 +66,20 @@ pub struct AttemptFilter {
     /// The answer was not a failure (a failing one is recorded already, and Envoy
     /// drops its body when it retries).
     good_answer: bool,
+    context_id: u32,
+    /// This attempt is hedge `id` (sent by the downstream root, see `hedge.rs`), and
+    /// this worker's hedges out.
+    hedge_id: Option<u64>,
+    live: Rc<RefCell<Live>>,
 }
 
 impl AttemptFilter {
-    pub fn new(config: Rc<Config>, telemetry: Rc<Telemetry>) -> Self {
+    pub fn new(
+        config: Rc<Config>,
+        telemetry: Rc<Telemetry>,
+        context_id: u32,
+        live: Rc<RefCell<Live>>,
+    ) -> Self {
         Self {
             config,
             telemetry,
@@ -83,6 +95,9 @@ impl AttemptFilter {
             can_append: false,
             response_ended: false,
             good_answer: false,
+            context_id,
+            hedge_id: None,
+            live,
         }
     }
 
@@ -104,6 +119,9 @@ impl AttemptFilter {
                 return Some(step.index);
             }
         }
+        if let Some(index) = self.hedge() {
+            return Some(index);
+        }
         let cluster = host::property(&["xds", "cluster_name"])?;
         let found = self
             .config
@@ -115,6 +133,23 @@ impl AttemptFilter {
             String::from_utf8_lossy(&cluster)
         );
         found
+    }
+
+    /// A hedge (a call, so without a plan) names its provider in its header, which
+    /// is taken off here. Without a hedge's header: `None`.
+    fn hedge(&mut self) -> Option<usize> {
+        let value = host::request_header(HEDGE_HEADER)?;
+        host::remove_request_header(HEDGE_HEADER);
+        let (id, index) = hedge::parse_mark(&value)?;
+        self.config.providers.get(index)?;
+        self.hedge_id = Some(id);
+        // Its record is unknown here: a success reads it and resets it if needed.
+        self.plan = vec![Step {
+            index,
+            reset_on_success: true,
+        }];
+        self.live.borrow_mut().started(id, self.context_id);
+        Some(index)
     }
 
     fn name(&self) -> &str {
@@ -188,6 +223,12 @@ impl MetricsSink for Telemetry {
 
 impl Context for AttemptFilter {
     fn on_done(&mut self) -> bool {
+        if let Some(id) = self.hedge_id.take() {
+            if self.live.borrow_mut().ended(id, self.context_id) {
+                // Cancelled by the gateway: the routed attempt won.
+                return true;
+            }
+        }
         if self.provider.is_none() {
             return true;
         }
@@ -289,6 +330,11 @@ impl HttpContext for AttemptFilter {
         }
         crate::http::apply_edits(&config, provider, original_path.as_deref());
         self.buffering = !end_of_stream && provider.model_json.is_some();
+        if self.buffering && self.hedge_id.is_some() {
+            // Envoy gave the call the client body's length; the rewrite changes it.
+            // (A routed attempt's was removed by the downstream filter.)
+            host::remove_request_header("content-length");
+        }
         Action::Continue
     }
 

@@ -98,7 +98,20 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         "code": {"local": {"filename": options.wasm}},
         "environment_variables": {"host_env_keys": env_keys},
     });
-    let plugin = |name: &str, root_id: &str, configuration: &str| {
+    // The upstream filter runs in a VM of its own (same vm_id, so the same shared
+    // data): a hedge's call starts its upstream filter from inside the downstream
+    // VM's tick, which one VM cannot take (see the filter's hedging.rs).
+    let mut upstream_vm_config = vm_config.clone();
+    if let Some(obj) = upstream_vm_config.as_object_mut() {
+        obj.insert(
+            "configuration".to_string(),
+            json!({
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": "upstream",
+            }),
+        );
+    }
+    let plugin_in = |vm_config: &Value, name: &str, root_id: &str, configuration: &str| {
         json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
@@ -120,6 +133,9 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 },
             },
         })
+    };
+    let plugin = |name: &str, root_id: &str, configuration: &str| {
+        plugin_in(&vm_config, name, root_id, configuration)
     };
     let router = json!({
         "name": "envoy.filters.http.router",
@@ -156,7 +172,8 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         "match": {"prefix": "/"},
         // Dispatch mode's routing header means nothing here; a client-sent one is not
         // passed on to a provider.
-        "request_headers_to_remove": [config.cluster_header],
+        // Nor is a hedge's mark (only the filter's own calls carry one).
+        "request_headers_to_remove": [config.cluster_header, llm_failover::hedge::HEDGE_HEADER],
         "route": {
             // The filter's attempt order, one cluster per attempt (see README, "How failover works").
             "inline_cluster_specifier_plugin": {"extension": {
@@ -195,6 +212,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
                 "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
                 "stream": "%FILTER_STATE(wasm.llm_failover_stream:PLAIN)%",
+                "hedge": "%FILTER_STATE(wasm.llm_failover_hedge:PLAIN)%",
                 "endpoint": "%UPSTREAM_HOST%",
                 "upstream_cluster": "%UPSTREAM_CLUSTER%",
                 "path": "%REQ(:PATH)%",
@@ -248,7 +266,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         },
     ]);
     let upstream_filters = json!([
-        plugin("llm_failover_upstream", llm_failover::root::UPSTREAM_ROOT_ID, raw),
+        plugin_in(&upstream_vm_config, "llm_failover_upstream", llm_failover::root::UPSTREAM_ROOT_ID, raw),
         {"name": "envoy.filters.http.upstream_codec", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
     ]);
@@ -341,8 +359,9 @@ fn stats_tags() -> Value {
     json!([
         {"tag_name": "provider", "regex": r"^wasmcustom\.llm_failover\.(?:requests|cooldowns|health)(\.provider\.([^.]+))"},
         {"tag_name": "status_class", "regex": r"^wasmcustom\.llm_failover\.requests\.provider\.[^.]+(\.status\.([^.]+))$"},
-        {"tag_name": "from", "regex": r"^wasmcustom\.llm_failover\.failovers(\.from\.([^.]+))"},
-        {"tag_name": "to", "regex": r"^wasmcustom\.llm_failover\.failovers\.from\.[^.]+(\.to\.([^.]+))"},
+        {"tag_name": "from", "regex": r"^wasmcustom\.llm_failover\.(?:failovers|hedges)(\.from\.([^.]+))"},
+        {"tag_name": "to", "regex": r"^wasmcustom\.llm_failover\.(?:failovers|hedges)\.from\.[^.]+(\.to\.([^.]+))"},
+        {"tag_name": "winner", "regex": r"^wasmcustom\.llm_failover\.hedges\.from\.[^.]+\.to\.[^.]+(\.winner\.([^.]+))$"},
         {"tag_name": "reason", "regex": r"^wasmcustom\.llm_failover\.(?:failovers\.from\.[^.]+\.to\.[^.]+|cooldowns\.provider\.[^.]+)(\.reason\.([^.]+))$"},
     ])
 }

@@ -89,6 +89,7 @@ class RawProvider:
         self.port = self.sock.getsockname()[1]
         self.mode = mode
         self.closed_at = []
+        self.received = []
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self):
@@ -102,13 +103,17 @@ class RawProvider:
     def one(self, conn):
         conn.settimeout(10)
         try:
-            conn.recv(65536)
+            self.received.append(conn.recv(65536))
             if self.mode == "reset":
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 return
             if self.mode == "silent":
-                if conn.recv(1) == b"":  # Envoy gave up on us
-                    self.closed_at.append(time.monotonic())
+                # Read whatever else comes (the body may follow the headers) until
+                # Envoy gives up on us and closes.
+                conn.settimeout(30)
+                while conn.recv(65536):
+                    pass
+                self.closed_at.append(time.monotonic())
                 return
             event = 'data: {"id":"c","object":"chat.completion.chunk","created":0,"model":"m",' \
                     '"choices":[{"index":0,"delta":{"content":"half"},"finish_reason":null}]}\n\n'
@@ -221,6 +226,7 @@ ACCESS_LOG_FIELDS = {
     "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
     "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
     "stream": "%FILTER_STATE(wasm.llm_failover_stream:PLAIN)%",
+    "hedge": "%FILTER_STATE(wasm.llm_failover_hedge:PLAIN)%",
     "upstream_cluster": "%UPSTREAM_CLUSTER%",
     "path": "%REQ(:PATH)%",
     "details": "%RESPONSE_CODE_DETAILS%",
@@ -479,11 +485,12 @@ class Envoy:
             return entries if len(entries) >= count else None
         return wait_until(lines, timeout, f"{count} access log lines")
 
-    def post_chat(self, body: dict | bytes, headers: dict | None = None, path: str = "/openai"):
+    def post_chat(self, body: dict | bytes, headers: dict | None = None, path: str = "/openai",
+                  timeout: float = 30):
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         h = {"content-type": "application/json"}
         h.update(headers or {})
-        return http("POST", self.url + path, data, h, timeout=30)
+        return http("POST", self.url + path, data, h, timeout=timeout)
 
     def stop(self):
         stop_process(self.proc)

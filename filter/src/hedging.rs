@@ -1,0 +1,215 @@
+//! Hedging's host side (what it decides is `hedge.rs`): the root context of each
+//! worker sends due hedges from its tick and answers the client with a hedge that
+//! won; the cancel list in shared data tells the hedge's upstream filter to reset it.
+//!
+//! A hedge is a `dispatch_http_call` to the provider's cluster, so it passes that
+//! cluster's upstream filter, which rewrites it like any attempt and records its
+//! outcome. That filter must run in a VM of its own: Envoy starts the call's upstream
+//! filter inside the dispatch call, and the SDK cannot take a new context while the
+//! root's tick is running in the same VM (it would panic). `render` gives the upstream
+//! filter its own VM (same `vm_id`, so the same shared data).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::hedge::{self, Due, Hedges, Live, CANCEL_KEY, HEDGE_KEY, SEQUENCE_KEY};
+use crate::host::{self, HostSharedData};
+use crate::http::{ORDER_HEADER, PROVIDER_HEADER};
+use crate::metrics;
+use crate::rewrite;
+use crate::store::{self, SharedData};
+use crate::telemetry::Telemetry;
+use crate::upstream::REFUSED_KEY;
+
+thread_local! {
+    /// Set when this VM also runs the upstream filter (a hand-wired Envoy that gives
+    /// both filters one VM): hedges are then not sent (see the module docs).
+    static UPSTREAM_IN_THIS_VM: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The upstream filter's root calls this when it is configured.
+pub fn note_upstream_root() {
+    UPSTREAM_IN_THIS_VM.with(|c| c.set(true));
+}
+
+/// Creates the shared-data keys hedging uses, so their updates carry a CAS token.
+pub fn prepare_store() {
+    for (key, initial) in [(SEQUENCE_KEY, &b"0"[..]), (CANCEL_KEY, &b""[..])] {
+        if let Err(e) = store::ensure_value(&HostSharedData, key, initial) {
+            log::warn!("llm-failover: initialising {key}: {e}");
+        }
+    }
+}
+
+/// The downstream root's side: sends hedges, delivers the winners.
+pub struct Hedger {
+    config: Rc<Config>,
+    hedges: Rc<RefCell<Hedges>>,
+    telemetry: Rc<Telemetry>,
+    /// The one-VM wiring was reported already.
+    reported: Cell<bool>,
+}
+
+impl Hedger {
+    pub fn new(config: Rc<Config>, hedges: Rc<RefCell<Hedges>>, telemetry: Rc<Telemetry>) -> Self {
+        Self {
+            config,
+            hedges,
+            telemetry,
+            reported: Cell::new(false),
+        }
+    }
+
+    /// Sends the hedges that are due.
+    pub fn tick(&self, now: u64) {
+        let due = self.hedges.borrow().due(now);
+        if due.is_empty() {
+            return;
+        }
+        if UPSTREAM_IN_THIS_VM.with(Cell::get) {
+            if !self.reported.replace(true) {
+                log::error!(
+                    "llm-failover: hedgeAfter needs the upstream filter in a VM of its own \
+                     (give its vm_config a `configuration` of its own, as `llm-failover render` \
+                     does); no hedges are sent"
+                );
+            }
+            for d in due {
+                self.hedges.borrow_mut().give_up(d.context);
+            }
+            return;
+        }
+        for d in due {
+            self.fire(d, now);
+        }
+    }
+
+    fn fire(&self, due: Due, now: u64) {
+        let config = &self.config;
+        let state = |i: usize| {
+            store::read_health(&HostSharedData, &config.providers[i].health_key).state(now)
+        };
+        let target = hedge::target(&due.candidates, state);
+        let request = self.hedges.borrow_mut().take_request(due.context);
+        let (Some(to), Some(request)) = (target, request) else {
+            // Every later provider is cooling: the routed attempt goes on alone.
+            self.hedges.borrow_mut().give_up(due.context);
+            return;
+        };
+        let written = store::update_value(&HostSharedData, SEQUENCE_KEY, |last| {
+            hedge::next_id(last).to_string().into_bytes()
+        });
+        let id = match written {
+            // What was written is the id handed out (the previous value plus one).
+            Ok(v) => hedge::next_id(Some(&v)).saturating_sub(1),
+            Err(e) => {
+                log::warn!("llm-failover: no hedge id ({e}); not hedging");
+                self.hedges.borrow_mut().give_up(due.context);
+                return;
+            }
+        };
+        let drop = [config.cluster_header.as_str(), ORDER_HEADER];
+        let headers: Result<Vec<(String, String)>, _> =
+            hedge::headers(&request.headers, &drop, id, to)
+                .into_iter()
+                .map(|(n, v)| String::from_utf8(v).map(|v| (n, v)))
+                .collect();
+        let Ok(headers) = headers else {
+            // The call API takes text headers; a byte-exact copy cannot be sent.
+            log::info!("llm-failover: a request header is not UTF-8; not hedging it");
+            self.hedges.borrow_mut().give_up(due.context);
+            return;
+        };
+        let from = &config.providers[due.from];
+        let provider = &config.providers[to];
+        match host::dispatch(
+            &provider.cluster,
+            &headers,
+            request.body.as_deref(),
+            config.failover.attempt_timeout_ms,
+        ) {
+            Ok(token) => {
+                log::info!(
+                    "llm-failover: no response headers from {} within hedgeAfter; asking {} too",
+                    from.name,
+                    provider.name
+                );
+                self.hedges.borrow_mut().asked(due.context, token, id, to);
+            }
+            Err(s) => {
+                log::warn!(
+                    "llm-failover: cannot send a hedge to cluster {}: {s:?}",
+                    provider.cluster
+                );
+                self.hedges.borrow_mut().give_up(due.context);
+            }
+        }
+    }
+
+    /// The answer to call `token` came (whole). A good one wins while its request
+    /// still waits: the client gets it, which ends the routed attempt.
+    pub fn answer(&self, token: u32, body_size: usize) {
+        let Some((context, from, to)) = self.hedges.borrow_mut().answered(token) else {
+            return;
+        };
+        // The call's answer is the root's to read; the reply is the request's.
+        let headers = host::call_response_headers();
+        let status: Option<u16> = headers
+            .iter()
+            .find(|(n, _)| n == ":status")
+            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
+        let body = host::call_response_body(body_size);
+        let config = &self.config;
+        let (from_name, to_name) = (&config.providers[from].name, &config.providers[to].name);
+        if !host::act_for(context) {
+            self.hedges.borrow_mut().failed(context);
+            return;
+        }
+        let Some(status) = status.filter(|s| (200..300).contains(s)) else {
+            // The hedge's upstream filter recorded the provider's failure; the routed
+            // attempt goes on alone.
+            self.hedges.borrow_mut().failed(context);
+            host::set_property(HEDGE_KEY, &format!("{to_name}:failed"));
+            self.telemetry
+                .count(metrics::hedges(from_name, to_name, from_name));
+            return;
+        };
+        self.hedges.borrow_mut().won(context, to);
+        // The routed attempt is reset by this reply; its upstream filter must not
+        // blame that provider for it.
+        host::set_property(REFUSED_KEY, "hedge");
+        host::set_property(HEDGE_KEY, &format!("{to_name}:won"));
+        let mut out = rewrite::response_headers_to_forward(&headers);
+        out.retain(|(n, _)| n != PROVIDER_HEADER);
+        out.push((PROVIDER_HEADER.to_string(), to_name.clone()));
+        host::send_response(status, &out, &body);
+    }
+}
+
+/// The routed attempt won: hedge `id` goes on the cancel list.
+pub fn cancel(id: u64) {
+    if let Err(e) = store::update_value(&HostSharedData, CANCEL_KEY, |list| {
+        hedge::with_cancelled(list, id)
+    }) {
+        log::warn!("llm-failover: cannot cancel hedge {id}: {e}; it runs to its end");
+    }
+}
+
+/// The upstream root's tick: resets the hedges the cancel list names.
+pub fn poll_cancels(live: &RefCell<Live>) {
+    if live.borrow().is_empty() {
+        return;
+    }
+    let list = match HostSharedData.get(CANCEL_KEY) {
+        Ok((Some(list), _)) => list,
+        _ => return,
+    };
+    // Not borrowed across the resets: a reset may run the context's on_done at once.
+    let contexts = live.borrow_mut().to_cancel(&list);
+    for context in contexts {
+        if host::act_for(context) {
+            host::reset_stream();
+        }
+    }
+}
