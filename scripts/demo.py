@@ -30,7 +30,8 @@ GATEWAY = "http://127.0.0.1:10000/openai"
 ADMIN = "http://127.0.0.1:9901"
 HEALTH = "http://127.0.0.1:9902/llm-failover/health"
 PORTS = {"Envoy listener": 10000, "Envoy admin": 9901, "Envoy ops listener": 9902, "primary mock": 8000,
-         "fallback mock": 8001, "second Envoy (step 7)": 10010, "its admin": 9911, "its ops listener": 9912}
+         "fallback mock": 8001, "second Envoy (step 7)": 10010, "its admin": 9911, "its ops listener": 9912,
+         "third Envoy (step 7)": 10020, "its admin ": 9921, "its ops listener ": 9922}
 RENDER = ROOT / "target" / "release" / "llm-failover"
 SLOW_S = 10  # the primary's answer time in step 7
 DEMO_KEY = "sk-demo-fallback-key"
@@ -219,30 +220,47 @@ def main():
                 f" fallback's events then arrived one by one, {CHUNK_DELAY_MS} ms apart, as it sent them"
                 f" (Envoy's own retry streams the winner).{RESET}")
 
-        say(f"Step 7  the primary gets slow ({SLOW_S} s per answer); firstByteTimeout: 1s moves on after 1 s")
+        say(f"Step 7  the primary gets slow ({SLOW_S} s per answer); firstByteTimeout or hedgeAfter moves on")
         post("http://127.0.0.1:8000/mock/config", {"failure_injection_rate": 0, "latency_ms": SLOW_S * 1000})
-        plugin = json.loads((ROOT / "envoy" / "llm-failover.json").read_text())
-        plugin["failover"]["firstByteTimeout"] = "1s"
-        (workdir / "slow.json").write_text(json.dumps(plugin))
-        rendered = subprocess.run([str(RENDER), "render", "--config", str(workdir / "slow.json"),
-                                   "--listen", "127.0.0.1:10010", "--admin", "127.0.0.1:9911",
-                                   "--ops", "127.0.0.1:9912"], capture_output=True, text=True, cwd=ROOT, check=True)
-        (workdir / "slow.yaml").write_text(rendered.stdout)
-        say("  a second Envoy from `llm-failover render` of the same configuration plus"
-            ' "firstByteTimeout": "1s", on :10010')
-        second = start([str(ENVOY), "-c", str(workdir / "slow.yaml"), "--concurrency", "2", "--disable-hot-restart",
-                        "-l", "warning"], "envoy-slow.log", env)
-        wait_for(lambda: second.poll() is None and get("http://127.0.0.1:9911/ready")[1].strip() == b"LIVE", 20,
-                 "the second Envoy")
-        asked = time.monotonic()
-        s_status, s_headers, _ = post("http://127.0.0.1:10010/openai",
-                                      {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]})
-        took = time.monotonic() - asked
-        fast = s_status == 200 and s_headers.get("x-llm-provider") == "openai-fallback" and took < 3
-        say(f"  {GREEN if fast else RED}HTTP {s_status}{RESET} from {BOLD}{s_headers.get('x-llm-provider')}{RESET}"
-            f" after {took:.1f} s, instead of waiting {SLOW_S} s for the primary")
-        second.terminate()
-        second.wait(10)
+
+        def variant(name: str, field: str, value: str, port: int):
+            """Another Envoy from render of the same configuration plus `field`, and one
+            request through it: whether the fallback answered it fast."""
+            plugin = json.loads((ROOT / "envoy" / "llm-failover.json").read_text())
+            plugin["failover"][field] = value
+            (workdir / f"{name}.json").write_text(json.dumps(plugin))
+            rendered = subprocess.run([str(RENDER), "render", "--config", str(workdir / f"{name}.json"),
+                                       "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{port - 99}",
+                                       "--ops", f"127.0.0.1:{port - 98}"],
+                                      capture_output=True, text=True, cwd=ROOT, check=True)
+            (workdir / f"{name}.yaml").write_text(rendered.stdout)
+            say(f"  an Envoy from `llm-failover render` of the same configuration plus"
+                f' "{field}": "{value}", on :{port}')
+            proc = start([str(ENVOY), "-c", str(workdir / f"{name}.yaml"), "--concurrency", "2",
+                          "--disable-hot-restart", "-l", "warning"], f"envoy-{name}.log", env)
+            try:
+                wait_for(lambda: proc.poll() is None
+                         and get(f"http://127.0.0.1:{port - 99}/ready")[1].strip() == b"LIVE", 20, f"the {name} Envoy")
+                asked = time.monotonic()
+                s_status, s_headers, _ = post(f"http://127.0.0.1:{port}/openai",
+                                              {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]})
+                took = time.monotonic() - asked
+                provider = s_headers.get("x-llm-provider")
+                ok = s_status == 200 and provider == "openai-fallback" and took < 3
+                say(f"  {GREEN if ok else RED}HTTP {s_status}{RESET} from {BOLD}{provider}{RESET}"
+                    f" after {took:.1f} s, instead of waiting {SLOW_S} s for the primary")
+                return ok
+            finally:
+                proc.terminate()
+                proc.wait(10)
+
+        fast = variant("slow", "firstByteTimeout", "1s", 10010)
+        say(f"  {DIM}The primary was abandoned after 1 s and counts one failure (reason timeout).{RESET}")
+        hedged = variant("hedge", "hedgeAfter", "500ms", 10020)
+        say(f"  {DIM}With hedgeAfter the fallback was asked too after 0.5 s; its answer won and the primary's"
+            f" attempt was cancelled (its connection closed). A hedge makes two providers work on one request:"
+            f" set it near your providers' p95 time to first byte.{RESET}")
+        fast = fast and hedged
         post("http://127.0.0.1:8000/mock/config", {"latency_ms": 0})
 
         say("Step 8  what an operator sees")

@@ -46,7 +46,7 @@ pub struct Request {
     pub body: Option<Vec<u8>>,
 }
 
-/// A later provider of the plan, and whether this request holds its probe claim
+/// A provider of the request's plan, and whether this request holds its probe claim
 /// (then it may be asked although it is not yet healthy again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
@@ -58,16 +58,21 @@ pub struct Candidate {
 enum Stage {
     /// Waiting for response headers until `due_ms`.
     Waiting { due_ms: u64 },
-    /// The hedge is out.
-    Asked { token: u32, id: u64, to: usize },
+    /// The hedge is out: to `to`, while the router's attempt was at `from`.
+    Asked {
+        token: u32,
+        id: u64,
+        from: usize,
+        to: usize,
+    },
     /// The hedge's answer won; the client is being given it.
-    Won { to: usize },
+    Won { from: usize, to: usize },
 }
 
 #[derive(Debug, Clone)]
 struct Entry {
-    from: usize,
-    candidates: Vec<Candidate>,
+    /// The attempt order handed to the router.
+    plan: Vec<Candidate>,
     request: Request,
     stage: Stage,
 }
@@ -83,12 +88,20 @@ pub enum Ending {
     HedgeWon { from: usize, to: usize },
 }
 
-/// A hedge to send now.
+/// A hedge to send now: the request, and its plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
     pub context: u32,
-    pub from: usize,
-    pub candidates: Vec<Candidate>,
+    pub plan: Vec<Candidate>,
+}
+
+/// Where the router stands in `plan` after `attempts` attempts: the provider of the
+/// attempt under way, and the providers it has not reached yet (a hedge goes to one
+/// of those, never to one the router tried or is trying).
+pub fn split(plan: &[Candidate], attempts: u64) -> Option<(usize, &[Candidate])> {
+    let at = usize::try_from(attempts.max(1) - 1).ok()?;
+    let from = plan.get(at)?.index;
+    Some((from, plan.get(at + 1..).unwrap_or(&[])))
 }
 
 /// A worker has few requests in flight at once, and fewer past `hedgeAfter`: a list
@@ -104,15 +117,14 @@ impl Hedges {
         self.entries.is_empty()
     }
 
-    /// Request `context` went to provider `from` at `now_ms`; hedge it at
+    /// Request `context` went to the router with `plan` at `now_ms`; hedge it at
     /// `now_ms + after_ms` unless it has its response headers by then.
     pub fn wait(
         &mut self,
         context: u32,
         now_ms: u64,
         after_ms: u64,
-        from: usize,
-        candidates: Vec<Candidate>,
+        plan: Vec<Candidate>,
         request: Request,
     ) {
         let due_ms = now_ms.saturating_add(after_ms);
@@ -120,8 +132,7 @@ impl Hedges {
         self.entries.push((
             context,
             Entry {
-                from,
-                candidates,
+                plan,
                 request,
                 stage: Stage::Waiting { due_ms },
             },
@@ -148,8 +159,7 @@ impl Hedges {
             .filter_map(|(context, e)| match e.stage {
                 Stage::Waiting { due_ms } if due_ms <= now_ms => Some(Due {
                     context: *context,
-                    from: e.from,
-                    candidates: e.candidates.clone(),
+                    plan: e.plan.clone(),
                 }),
                 _ => None,
             })
@@ -163,10 +173,16 @@ impl Hedges {
             .map(|e| std::mem::take(&mut e.request))
     }
 
-    /// The hedge of `context` went out to provider `to` as call `token`.
-    pub fn asked(&mut self, context: u32, token: u32, id: u64, to: usize) {
+    /// The hedge of `context` went out to provider `to` as call `token`, while the
+    /// router's attempt was at provider `from`.
+    pub fn asked(&mut self, context: u32, token: u32, id: u64, from: usize, to: usize) {
         if let Some(e) = self.get_mut(context) {
-            e.stage = Stage::Asked { token, id, to };
+            e.stage = Stage::Asked {
+                token,
+                id,
+                from,
+                to,
+            };
         }
     }
 
@@ -180,15 +196,17 @@ impl Hedges {
     /// attempt won, or the client left) gives `None`.
     pub fn answered(&mut self, token: u32) -> Option<(u32, usize, usize)> {
         self.entries.iter().find_map(|(context, e)| match e.stage {
-            Stage::Asked { token: t, to, .. } if t == token => Some((*context, e.from, to)),
+            Stage::Asked {
+                token: t, from, to, ..
+            } if t == token => Some((*context, from, to)),
             _ => None,
         })
     }
 
     /// The hedge's answer wins: the request's response is about to be it.
-    pub fn won(&mut self, context: u32, to: usize) {
+    pub fn won(&mut self, context: u32, from: usize, to: usize) {
         if let Some(e) = self.get_mut(context) {
-            e.stage = Stage::Won { to };
+            e.stage = Stage::Won { from, to };
         }
     }
 
@@ -205,12 +223,8 @@ impl Hedges {
         };
         match e.stage {
             Stage::Waiting { .. } => Ending::None,
-            Stage::Asked { id, to, .. } => Ending::RoutedWon {
-                id,
-                from: e.from,
-                to,
-            },
-            Stage::Won { to } => Ending::HedgeWon { from: e.from, to },
+            Stage::Asked { id, from, to, .. } => Ending::RoutedWon { id, from, to },
+            Stage::Won { from, to } => Ending::HedgeWon { from, to },
         }
     }
 }
@@ -359,35 +373,52 @@ mod tests {
     #[test]
     fn a_request_is_due_only_once_its_wait_is_over() {
         let mut h = Hedges::default();
-        h.wait(7, 1_000, 200, 0, cands(&[(1, false)]), request());
-        h.wait(8, 1_050, 200, 0, cands(&[(1, false)]), request());
+        h.wait(7, 1_000, 200, cands(&[(0, false), (1, false)]), request());
+        h.wait(8, 1_050, 200, cands(&[(0, false), (1, false)]), request());
         assert!(h.due(1_199).is_empty());
-        let due = h.due(1_250);
+        let mut due = h.due(1_250);
+        due.sort_by_key(|d| d.context);
         assert_eq!(
             due.iter().map(|d| d.context).collect::<Vec<_>>(),
             vec![7, 8]
         );
-        assert_eq!(due[0].candidates, cands(&[(1, false)]));
+        assert_eq!(due[0].plan, cands(&[(0, false), (1, false)]));
         // Still due until it is asked or given up.
         assert_eq!(h.due(1_300).len(), 2);
         assert_eq!(h.take_request(7), Some(request()));
         assert_eq!(h.take_request(7), Some(Request::default()), "taken once");
-        h.asked(7, 41, 5, 1);
+        h.asked(7, 41, 5, 0, 1);
         h.give_up(8);
         assert!(h.due(9_999).is_empty());
     }
 
     #[test]
+    fn a_hedge_goes_past_the_providers_the_router_reached() {
+        let plan = cands(&[(4, false), (2, false), (7, true)]);
+        assert_eq!(split(&plan, 1), Some((4, &plan[1..])));
+        assert_eq!(
+            split(&plan, 0),
+            Some((4, &plan[1..])),
+            "no attempt counted yet: the first"
+        );
+        assert_eq!(split(&plan, 2), Some((2, &plan[2..])));
+        assert_eq!(split(&plan, 3), Some((7, &plan[3..])));
+        assert_eq!(split(&plan, 3).map(|(_, c)| c.len()), Some(0));
+        assert_eq!(split(&plan, 4), None);
+        assert_eq!(split(&[], 1), None);
+    }
+
+    #[test]
     fn routed_headers_first_cancel_the_hedge_and_a_late_answer_is_ignored() {
         let mut h = Hedges::default();
-        h.wait(7, 0, 100, 0, cands(&[(1, false)]), request());
+        h.wait(7, 0, 100, cands(&[(0, false), (1, false)]), request());
         assert_eq!(
             h.end(7),
             Ending::None,
             "answered before the hedge: nothing to cancel"
         );
-        h.wait(7, 0, 100, 0, cands(&[(1, false)]), request());
-        h.asked(7, 41, 5, 1);
+        h.wait(7, 0, 100, cands(&[(0, false), (1, false)]), request());
+        h.asked(7, 41, 5, 0, 1);
         assert_eq!(
             h.end(7),
             Ending::RoutedWon {
@@ -403,15 +434,22 @@ mod tests {
     #[test]
     fn a_hedge_answer_wins_or_fails() {
         let mut h = Hedges::default();
-        h.wait(7, 0, 100, 0, cands(&[(1, false)]), request());
-        h.asked(7, 41, 5, 1);
+        h.wait(
+            7,
+            0,
+            100,
+            cands(&[(0, false), (1, false), (2, false)]),
+            request(),
+        );
+        // The router had moved on to provider 1 when the hedge went to 2.
+        h.asked(7, 41, 5, 1, 2);
         assert_eq!(h.answered(99), None);
-        assert_eq!(h.answered(41), Some((7, 0, 1)));
-        h.won(7, 1);
-        assert_eq!(h.end(7), Ending::HedgeWon { from: 0, to: 1 });
+        assert_eq!(h.answered(41), Some((7, 1, 2)));
+        h.won(7, 1, 2);
+        assert_eq!(h.end(7), Ending::HedgeWon { from: 1, to: 2 });
 
-        h.wait(8, 0, 100, 0, cands(&[(1, false)]), request());
-        h.asked(8, 42, 6, 1);
+        h.wait(8, 0, 100, cands(&[(0, false), (1, false)]), request());
+        h.asked(8, 42, 6, 0, 1);
         assert_eq!(h.answered(42), Some((8, 0, 1)));
         h.failed(8);
         assert_eq!(

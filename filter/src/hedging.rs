@@ -90,10 +90,21 @@ impl Hedger {
         let state = |i: usize| {
             store::read_health(&HostSharedData, &config.providers[i].health_key).state(now)
         };
-        let target = hedge::target(&due.candidates, state);
         let request = self.hedges.borrow_mut().take_request(due.context);
-        let (Some(to), Some(request)) = (target, request) else {
-            // Every later provider is cooling: the routed attempt goes on alone.
+        if !host::act_for(due.context) {
+            // The request is gone.
+            self.hedges.borrow_mut().give_up(due.context);
+            return;
+        }
+        // Where the router stands: its retries may have moved past the first provider.
+        let attempts = host::property_u64(&["upstream", "request_attempt_count"]).unwrap_or(1);
+        let Some((from, candidates)) = hedge::split(&due.plan, attempts) else {
+            self.hedges.borrow_mut().give_up(due.context);
+            return;
+        };
+        let (Some(to), Some(request)) = (hedge::target(candidates, state), request) else {
+            // Every provider the router has not reached yet is cooling (or there is
+            // none): the routed attempt goes on alone.
             self.hedges.borrow_mut().give_up(due.context);
             return;
         };
@@ -121,7 +132,7 @@ impl Hedger {
             self.hedges.borrow_mut().give_up(due.context);
             return;
         };
-        let from = &config.providers[due.from];
+        let (from_index, from) = (from, &config.providers[from]);
         let provider = &config.providers[to];
         match host::dispatch(
             &provider.cluster,
@@ -135,7 +146,9 @@ impl Hedger {
                     from.name,
                     provider.name
                 );
-                self.hedges.borrow_mut().asked(due.context, token, id, to);
+                self.hedges
+                    .borrow_mut()
+                    .asked(due.context, token, id, from_index, to);
             }
             Err(s) => {
                 log::warn!(
@@ -175,7 +188,7 @@ impl Hedger {
                 .count(metrics::hedges(from_name, to_name, from_name));
             return;
         };
-        self.hedges.borrow_mut().won(context, to);
+        self.hedges.borrow_mut().won(context, from, to);
         // The routed attempt is reset by this reply; its upstream filter must not
         // blame that provider for it.
         host::set_property(REFUSED_KEY, "hedge");

@@ -322,28 +322,19 @@ impl FailoverFilter {
         ) else {
             return;
         };
-        let Some(first) = self.plan.first() else {
-            return;
-        };
         request.body = body;
-        let candidates = self
+        let plan = self
             .plan
             .picks
             .iter()
-            .skip(1)
             .map(|p| Candidate {
                 index: p.index,
                 claimed: p.claim.is_some(),
             })
             .collect();
-        self.hedges.borrow_mut().wait(
-            self.context_id,
-            host::now_ms(),
-            after,
-            first.index,
-            candidates,
-            request,
-        );
+        self.hedges
+            .borrow_mut()
+            .wait(self.context_id, host::now_ms(), after, plan, request);
     }
 
     /// Router mode with `hedgeAfter`, response headers: either the hedge's answer

@@ -86,18 +86,22 @@ def test_dashboard_structure():
         assert {"x", "y", "w", "h"} <= set(p["gridPos"]) and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
         assert p["targets"] and all(t["expr"] and t["refId"] for t in p["targets"])
     titles = " ".join(p["title"].lower() for p in d["panels"])
-    for topic in ("requests by provider and status", "failovers", "health", "429", "latency"):
+    for topic in ("requests by provider and status", "failovers", "health", "429", "latency", "hedges"):
         assert topic in titles, topic
 
 
 def test_dashboard_queries_name_metrics_envoy_exposes(mocks, envoy):
+    # One request meets everything the dashboard shows: the primary's 429 (a cooldown
+    # and a failover), a slow second provider, and a hedge to the third that wins.
     primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "60")
-    fallback = mocks("fallback")
-    cfg = {"groups": [{"providers": [{"name": "primary", "cluster": "primary", "path": "/v1/chat/completions"}]},
-                      {"providers": [{"name": "fallback", "cluster": "fallback", "path": "/v1/chat/completions"}]}]}
-    e = envoy(cfg, {"primary": primary.port, "fallback": fallback.port})
+    fallback = mocks("fallback", "--latency-ms", "600")
+    third = mocks("third")
+    cfg = {"groups": [{"providers": [{"name": name, "cluster": name, "path": "/v1/chat/completions"}]}
+                      for name in ("primary", "fallback", "third")],
+           "failover": {"hedgeAfter": "100ms"}}
+    e = envoy(cfg, {"primary": primary.port, "fallback": fallback.port, "third": third.port}, router=True)
     for _ in range(3):
-        assert e.post_chat({"model": "", "messages": []})[0] == 200
+        assert e.post_chat({"model": "", "messages": []}, path="/v1/chat/completions")[0] == 200
     exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
     names = {m for expr in exprs for m in re.findall(r"\b((?:llm_failover|envoy_cluster)_[a-z_]+)\b", expr)}
     wanted = {n for n in names if n != "envoy_cluster_name"}  # a label, not a metric
@@ -111,6 +115,12 @@ def test_dashboard_queries_name_metrics_envoy_exposes(mocks, envoy):
     wait_until(exposed, 15, f"every dashboard metric ({sorted(wanted)}) at /stats/prometheus")
     text = e.prometheus()
     # The labels the queries group by exist on those metrics.
-    assert re.search(r'^llm_failover_requests\{[^}]*provider="fallback"[^}]*status_class="2xx"', text, re.M)
-    assert re.search(r'^envoy_cluster_upstream_rq\{[^}]*envoy_response_code="429"[^}]*envoy_cluster_name="primary"', text, re.M) \
-        or re.search(r'^envoy_cluster_upstream_rq\{[^}]*envoy_cluster_name="primary"[^}]*envoy_response_code="429"', text, re.M)
+    assert re.search(r'^llm_failover_requests\{[^}]*provider="third"[^}]*status_class="2xx"', text, re.M)
+    assert re.search(r'^llm_failover_hedges\{from="fallback",to="third",winner="third"\} [1-9]', text, re.M)
+    # Router mode: a 429 that Envoy retried on the next provider counts as a retry
+    # (envoy_cluster_retry_upstream_rq), one passed to the client as upstream_rq; the
+    # 429 panel sums both.
+    assert re.search(r'^envoy_cluster_retry_upstream_rq\{[^}]*envoy_response_code="429"[^}]*envoy_cluster_name="primary"',
+                     text, re.M) \
+        or re.search(r'^envoy_cluster_retry_upstream_rq\{[^}]*envoy_cluster_name="primary"[^}]*envoy_response_code="429"',
+                     text, re.M)

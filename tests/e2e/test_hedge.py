@@ -246,3 +246,20 @@ def test_a_client_that_leaves_takes_both_attempts_with_it(envoy, raw_providers):
     view = {p["name"]: p for p in e.health()["providers"]}
     for name in ("primary", "hedged"):
         assert view[name]["state"] == "healthy" and view[name]["consecutive_failures"] == 0, view[name]
+
+
+def test_a_hedge_goes_past_the_provider_the_router_moved_on_to(mocks, envoy):
+    """The primary's 429 sends the request on to `second` (Envoy's retry); `second` is
+    slow, so the hedge goes to `third`, never to `second` again."""
+    primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "60")
+    second = mocks("second")
+    second.configure(latency_ms=600)
+    third = mocks("third")
+    e = envoy(config([provider("primary")], [provider("second")], [provider("third")], hedgeAfter="150ms"),
+              {"primary": primary.port, "second": second.port, "third": third.port}, router=True)
+    status, headers, _ = e.post_chat({"model": "m", "messages": MESSAGES}, path=CHAT_PATH)
+    assert (status, headers["x-llm-provider"]) == (200, "third")
+    assert [len(m.chat_requests()) for m in (primary, second, third)] == [1, 1, 1]
+    log = e.access_log_lines(1)[0]
+    assert log["hedge"] == "third:won"
+    wait_until(lambda: hedge_metric(e, "second", "third", "third") == 1, 10, "the hedge metric")

@@ -153,15 +153,17 @@ def _ports_free(*ports):
     return True
 
 
-@pytest.mark.skipif(not _ports_free(10000, 9901, 9902, 8000, 8001), reason="the demo's fixed loopback ports are in use")
+@pytest.mark.skipif(not _ports_free(10000, 9901, 9902, 8000, 8001, 10010, 9911, 9912, 10020, 9921, 9922), reason="the demo's fixed loopback ports are in use")
 def test_demo_runs_and_explains_itself():
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "demo.py")], capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    # The lab's three, the streamed one, and the one firstByteTimeout sent on (step 7).
-    assert out.count("HTTP 200 from openai-fallback") == 5
+    # The lab's three, the streamed one, and the ones firstByteTimeout sent on and
+    # hedgeAfter asked (step 7).
+    assert out.count("HTTP 200 from openai-fallback") == 6
     assert re.search(r"HTTP 200 from openai-fallback after 1\.\d s, instead of waiting 10 s", out)
+    assert re.search(r"HTTP 200 from openai-fallback after 0\.[5-9] s, instead of waiting 10 s", out)
     assert "Request 5 (streamed): HTTP 200 from openai-fallback" in out
     assert "event 7: '4.'" in out
     assert "mock-ratelimit-provider failed (status 429)" in out

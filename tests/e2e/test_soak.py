@@ -10,7 +10,7 @@ import pytest
 from harness import ROOT
 
 
-@pytest.mark.parametrize("mode", ["router", "dispatch"])
+@pytest.mark.parametrize("mode", ["router", "dispatch", "hedge"])
 def test_short_soak_loses_nothing(mode):
     r = subprocess.run([sys.executable, str(ROOT / "tests" / "soak" / "soak.py"), "--requests", "5000",
                         "--clients", "64", "--modes", mode, "--max-seconds", "120", "--no-report",
@@ -19,10 +19,12 @@ def test_short_soak_loses_nothing(mode):
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert r.returncode == 0, (r.stderr[-2000:], result)
     assert result["requests"] == 5000 and result["answered_200"] == 5000
-    for key in ("lost", "executed_twice", "wrong_model_or_key", "vm_reloads", "panics"):
+    for key in ("lost", "executed_twice", "same_provider_twice", "wrong_model_or_key", "vm_reloads", "panics"):
         assert result[key] == 0, (key, result)
     # The faults were met: the primary answered and failed, and both providers served.
     assert result["served_by_primary"] > 0 and result["served_by_fallback"] > 0, result
     assert sum(n for kind, n in result["primary_outcomes"].items() if kind != "ok") > 0, result
     assert result["breaker_at_end"]["fallback"] == "healthy"
     assert result["recovery_s"] < 5
+    if mode == "hedge":
+        assert result["hedged_requests"] > 0, result

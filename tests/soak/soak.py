@@ -1,6 +1,7 @@
 """`make soak`: does llm-failover ever lose a request? A bounded soak with faults.
 
-Envoy (`--concurrency 2`, the filter in router and then in dispatch mode) in front of two
+Envoy (`--concurrency 2`, the filter in router mode, dispatch mode, and router mode with
+`hedgeAfter: 400ms` ("hedge", the slow fault six times as likely)) in front of two
 providers served by this script on loopback:
   primary   flaps at random between healthy and one fault at a time: 429 with
             Retry-After, with a reset header only, or bare; 503; a reset connection; an
@@ -13,7 +14,8 @@ bodies, each with its own id (header and body). Every provider checks that a req
 carries its own model and key and nobody else's, and records the ids it executed.
 
 Counts: answered 200, lost (anything else, or an answer for another request), executed
-by two providers (apart from slow attempts Envoy abandoned), provider got another's model
+by two providers (apart from slow attempts Envoy abandoned, and hedged requests, which
+go to both by design), provider got another's model
 or key, VM reloads, Envoy's memory, the breaker state at the end and how long the primary
 takes to get traffic back once it heals. Writes SOAK.md (and tests/soak/results.json) unless --no-report.
 Exit status 1 when any count that must be 0 is not."""
@@ -42,9 +44,12 @@ KEYS = {"primary": "sk-soak-primary", "fallback": "sk-soak-fallback"}
 MODELS = {"primary": "primary-model", "fallback": "fallback-model"}
 ATTEMPT_TIMEOUT_S = 2.0
 SLOW_S = 3.0  # slower than the attempt timeout: Envoy abandons the attempt
+HEDGE_AFTER_MS = 400
 # The primary's regimes, switched at random every 0.3-1.5 s: healthy (half the time), or
 # one kind of fault, which then meets 80% of its requests (the rest get a 200).
 FAULTS = [("429-retry-after", 3), ("429-reset-header", 2), ("429-bare", 2), ("503", 3), ("reset", 2), ("slow", 1)]
+# Hedge mode meets the slow primary more often (what hedges are for).
+HEDGE_FAULTS = [(f, 6 if f == "slow" else w) for f, w in FAULTS]
 
 
 class Provider:
@@ -55,6 +60,7 @@ class Provider:
         self.rng = random.Random(seed)
         self.port = free_port()
         self.executed: dict[str, str] = {}  # id -> "ok" | "slow"
+        self.received: dict[str, int] = {}  # id -> requests with it (never more than 1)
         self.outcomes: dict[str, int] = {}
         self.violations: list[str] = []
         # Open connections, and the id whose answer each last wrote (until the next
@@ -134,6 +140,7 @@ class Provider:
                 if writer.transport.is_closing():
                     return  # dropped by a window while the request sat in the buffer
                 rid = self.check(headers, body)
+                self.received[rid] = self.received.get(rid, 0) + 1
                 outcome = "ok"
                 if self.flapping and not self.healed and self.regime != "ok" and self.rng.random() < 0.8:
                     outcome = self.regime
@@ -180,8 +187,11 @@ def plugin(mode: str, primary_port: int, fallback_port: int) -> dict:
         {"providers": [{"name": "fallback", "cluster": "fallback", "path": "/v1/chat/completions",
                         "endpoint": f"http://{LOOPBACK}:{fallback_port}", "openai": {"model": MODELS["fallback"]},
                         "policies": {"auth": {"key": {"env": "SOAK_FALLBACK_KEY", "header": "api-key"}}}}]}],
-        "failover": {"mode": mode, "defaultCooldown": "100ms", "maxCooldown": "1s", "probeTimeout": "2s",
-                     "attemptTimeout": f"{int(ATTEMPT_TIMEOUT_S * 1000)}ms"}}
+        "failover": {"mode": "dispatch" if mode == "dispatch" else "router", "defaultCooldown": "100ms",
+                     "maxCooldown": "1s", "probeTimeout": "2s", "attemptTimeout": f"{int(ATTEMPT_TIMEOUT_S * 1000)}ms",
+                     # "hedge": router mode, and a request without an answer after 400 ms
+                     # (a slow primary, or a busy one) is also sent to the fallback.
+                     **({"hedgeAfter": f"{HEDGE_AFTER_MS}ms"} if mode == "hedge" else {})}}
 
 
 def rss_kib(pid: int) -> int:
@@ -191,7 +201,7 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def providers_process(pipe, seed: int, tempo: float):
+def providers_process(pipe, seed: int, tempo: float, faults: list):
     """The providers, in a process of their own (the clients' threads would otherwise
     starve them of the GIL and look like slow providers). Commands on `pipe`: "heal",
     "stop", "report"."""
@@ -212,7 +222,7 @@ def providers_process(pipe, seed: int, tempo: float):
         rng = random.Random(seed + 3)
         healthy = False  # a fault first, so even a short run meets one
         while True:
-            primary.regime = "ok" if healthy else rng.choices([f for f, _ in FAULTS], [w for _, w in FAULTS])[0]
+            primary.regime = "ok" if healthy else rng.choices([f for f, _ in faults], [w for _, w in faults])[0]
             if stop.wait(rng.uniform(0.3, 1.5) * tempo):
                 return
             healthy = rng.random() < 0.5
@@ -227,7 +237,8 @@ def providers_process(pipe, seed: int, tempo: float):
             stop.set()
             primary.healed = True
         elif command == "report":
-            pipe.send({name: {"executed": p.executed, "violations": p.violations, "outcomes": p.outcomes}
+            pipe.send({name: {"executed": p.executed, "violations": p.violations, "outcomes": p.outcomes,
+                              "repeated": sorted(rid for rid, n in p.received.items() if n > 1 and rid != "heal")}
                        for name, p in (("primary", primary), ("fallback", fallback))})
             return
 
@@ -235,12 +246,13 @@ def providers_process(pipe, seed: int, tempo: float):
 def run_mode(mode: str, requests: int, clients: int, max_seconds: float, seed: int, tempo: float,
              pace: float = 0.0) -> dict:
     parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.Process(target=providers_process, args=(child, seed, tempo), daemon=True)
+    proc = multiprocessing.Process(target=providers_process, args=(child, seed, tempo, HEDGE_FAULTS if mode == "hedge" else FAULTS),
+                                   daemon=True)
     proc.start()
     primary_port, fallback_port = parent.recv()
     env = {"SOAK_PRIMARY_KEY": KEYS["primary"], "SOAK_FALLBACK_KEY": KEYS["fallback"]}
     clusters = {"primary": primary_port, "fallback": fallback_port}
-    envoy = Envoy(plugin(mode, primary_port, fallback_port), clusters, env=env, router=(mode == "router"),
+    envoy = Envoy(plugin(mode, primary_port, fallback_port), clusters, env=env, router=(mode != "dispatch"),
                   route_timeout="30s")
     counts = {"sent": 0, "ok": 0, "lost": 0, "by_primary": 0, "by_fallback": 0}
     lost_examples: list[str] = []
@@ -331,8 +343,18 @@ def run_mode(mode: str, requests: int, clients: int, max_seconds: float, seed: i
     # How the primary's 200s went, for the requests the fallback executed too.
     also_served = [how for rid, how in primary["executed"].items()
                    if rid in fallback["executed"] and not rid.startswith("heal")]
-    twice = sorted(rid for rid, how in primary["executed"].items()
-                   if how == "ok" and rid in fallback["executed"] and not rid.startswith("heal"))
+    both = [rid for rid, how in primary["executed"].items()
+            if how == "ok" and rid in fallback["executed"] and not rid.startswith("heal")]
+    # A hedged request is sent to both providers by design (its access log says so).
+    hedged = set()
+    for line in access.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("hedge") and entry.get("soak_id"):
+            hedged.add(entry["soak_id"])
+    twice = sorted(rid for rid in both if rid not in hedged)
     abandoned, dropped = also_served.count("slow"), also_served.count("dropped")
     configured = log.count("llm-failover: configured")
     twice_log = [l for l in access.splitlines() if any(f'"soak_id":"{t}"' in l for t in twice[:3])]
@@ -342,7 +364,12 @@ def run_mode(mode: str, requests: int, clients: int, max_seconds: float, seed: i
         "served_by_primary": counts["by_primary"], "served_by_fallback": counts["by_fallback"],
         "executed_twice": len(twice), "executed_twice_examples": twice[:10], "executed_twice_log": twice_log,
         "abandoned_slow_attempts_also_served": abandoned,
+        "hedged_requests": len(hedged), "hedged_also_served": len(both) - len(twice),
         "dropped_answers_also_served": dropped,
+        # One provider asked twice for one request (the router never retries a provider;
+        # a hedge never goes to one the router reached).
+        "same_provider_twice": len(primary["repeated"]) + len(fallback["repeated"]),
+        "same_provider_twice_examples": (primary["repeated"] + fallback["repeated"])[:10],
         "wrong_model_or_key": len(primary["violations"]) + len(fallback["violations"]),
         "violation_examples": (primary["violations"] + fallback["violations"])[:10],
         "primary_outcomes": primary["outcomes"],
@@ -359,7 +386,7 @@ def run_mode(mode: str, requests: int, clients: int, max_seconds: float, seed: i
     }
 
 
-MUST_BE_ZERO = ("lost", "executed_twice", "wrong_model_or_key", "vm_reloads", "panics")
+MUST_BE_ZERO = ("lost", "executed_twice", "same_provider_twice", "wrong_model_or_key", "vm_reloads", "panics")
 
 
 def report(results: list[dict], path: Path):
@@ -368,7 +395,10 @@ def report(results: list[dict], path: Path):
         ("answered 200", "answered_200"), ("lost", "lost"),
         ("served by the primary / the fallback", None),
         ("executed by two providers", "executed_twice"),
+        ("sent to one provider twice", "same_provider_twice"),
         ("slow attempts abandoned by Envoy and served again (allowed)", "abandoned_slow_attempts_also_served"),
+        ("requests hedged (hedge mode)", "hedged_requests"),
+        ("hedged requests executed by both providers (allowed: what a hedge costs)", "hedged_also_served"),
         ("answers lost with a dropped connection and served again (allowed)", "dropped_answers_also_served"),
         ("a provider got another's model or key", "wrong_model_or_key"),
         ("VM reloads (FAIL_RELOAD)", "vm_reloads"), ("panics in the log", "panics"),
@@ -381,7 +411,7 @@ def report(results: list[dict], path: Path):
         cells = []
         for r in results:
             if key:
-                cells.append(str(r[key]))
+                cells.append(str(r.get(key, "-")))
             elif label.startswith("served"):
                 cells.append(f"{r['served_by_primary']} / {r['served_by_fallback']}")
             elif label.startswith("Envoy RSS"):
@@ -400,7 +430,8 @@ which then meets 80% of its requests: 429 with `Retry-After` (0 or 1), 429 with 
 reset header, bare 429, 503, a reset connection, an answer slower than `attemptTimeout`
 = {ATTEMPT_TIMEOUT_S} s. Every 2-6 s it also closes its listener for 0.2-0.8 s and drops its
 keep-alive connections. The fallback is healthy. Every request carries its own id; each provider checks that it got
-its own model and key, and records the ids it executed.
+its own model and key, and records the ids it executed. *Hedge mode* is router mode with
+`hedgeAfter: {HEDGE_AFTER_MS}ms`, and the slow fault six times as likely.
 
 {chr(10).join(lines)}
 
@@ -414,7 +445,8 @@ too, apart from the primary's slow answers that came after Envoy had given up on
 the client), and apart from answers written on a connection the primary then dropped
 before Envoy read them (Envoy saw a reset, not an answer). In dispatch mode the routed
 attempt waits for the route timeout (30 s here), not `attemptTimeout`, so the primary's
-slow answers are served, not abandoned. *VM reloads*: Envoy's `wasm.<plugin>.vm_reload` counters.
+slow answers are served, not abandoned. A hedged request (its access log has `hedge`)
+goes to both providers by design: counted apart, as what hedging costs. *VM reloads*: Envoy's `wasm.<plugin>.vm_reload` counters.
 """
     path.write_text(text)
     (ROOT / "tests" / "soak" / "results.json").write_text(json.dumps(results, indent=1))
@@ -425,7 +457,7 @@ def main():
     ap.add_argument("--requests", type=int, default=450_000, help="per mode")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--max-seconds", type=float, default=240, help="per mode; the run stops there")
-    ap.add_argument("--modes", nargs="+", default=["router", "dispatch"])
+    ap.add_argument("--modes", nargs="+", default=["router", "dispatch", "hedge"], choices=["router", "dispatch", "hedge"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pace", type=float, default=0.0, help="seconds each client waits between requests")
     ap.add_argument("--tempo", type=float, default=1.0,
