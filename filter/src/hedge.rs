@@ -24,11 +24,16 @@ pub const HEDGE_HEADER: &str = "x-llm-failover-hedge";
 
 /// Shared data: the ids of hedges to cancel (the most recent ones, comma-separated).
 pub const CANCEL_KEY: &str = "llm_failover_hedge_cancel";
+/// Filter state set by the upstream filter of a routed attempt it holds (see [`Live`]).
+pub const HELD_KEY: &str = "llm_failover_hedge_held";
+/// Filter state on a request whose hedge is out: `<provider index>.<hedge id>`, for
+/// the upstream filter of a routed attempt to the same provider (see [`Live`]).
+pub const HEDGED_TO_KEY: &str = "llm_failover_hedged_to";
 /// Shared data: the last hedge id handed out (ids are unique across workers).
 pub const SEQUENCE_KEY: &str = "llm_failover_hedge_seq";
-/// How many cancelled ids the list keeps: the cancelling upstream filter polls it
-/// every `POLL_MS`, so a cancel is only missed if this many follow within one poll.
-const CANCEL_LIST_LEN: usize = 64;
+/// How many ids the cancel list keeps: the upstream filters poll it every
+/// `POLL_MS`, so a cancel is only missed if this many follow within one poll.
+const ID_LIST_LEN: usize = 64;
 
 /// The root tick while hedging is configured (how late a hedge may start), and the
 /// upstream filters' poll of the cancel list while a hedge is out.
@@ -86,6 +91,15 @@ pub enum Ending {
     RoutedWon { id: u64, from: usize, to: usize },
     /// The client is getting the hedge's answer from `to`.
     HedgeWon { from: usize, to: usize },
+}
+
+/// The hedge a call's answer is for: the request's context, the provider the
+/// router's attempt was at and the one the hedge went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answered {
+    pub context: u32,
+    pub from: usize,
+    pub to: usize,
 }
 
 /// A hedge to send now: the request, and its plan.
@@ -191,14 +205,18 @@ impl Hedges {
         self.remove(context);
     }
 
-    /// The answer to call `token` came: which request it was for, from and to which
-    /// provider, while that request still waits for it. A late answer (the routed
-    /// attempt won, or the client left) gives `None`.
-    pub fn answered(&mut self, token: u32) -> Option<(u32, usize, usize)> {
+    /// The answer to call `token` came: which request it was for, while that request
+    /// still waits for it. A late answer (the routed attempt won, or the client left)
+    /// gives `None`.
+    pub fn answered(&mut self, token: u32) -> Option<Answered> {
         self.entries.iter().find_map(|(context, e)| match e.stage {
             Stage::Asked {
                 token: t, from, to, ..
-            } if t == token => Some((*context, from, to)),
+            } if t == token => Some(Answered {
+                context: *context,
+                from,
+                to,
+            }),
             _ => None,
         })
     }
@@ -230,18 +248,28 @@ impl Hedges {
 }
 
 /// One worker's hedges as their upstream filters see them (the upstream side):
-/// which are out, and which the cancel list ended.
+/// which are out, which the cancel list ended, and which routed attempts are held.
+///
+/// A routed attempt is *held* when Envoy's retry sends it to the provider the
+/// request's hedge is already out to (the attempt before it failed after the hedge
+/// went out): sending it too would ask that provider twice. It is never sent: the
+/// hedge's answer, good or not, is the answer it would have got, and the client gets
+/// it (which ends the request, and the held attempt with it). (Letting it go instead
+/// would need `continue_stream` from a tick, which Envoy 1.40 defers until the VM's
+/// next request callback: measured, it never went.)
 #[derive(Debug, Default)]
 pub struct Live {
     /// Hedge id and the context id of its upstream filter.
     out: Vec<(u64, u32)>,
     /// Upstream filter contexts reset because the routed attempt won.
     cancelled: Vec<u32>,
+    /// The context ids of the routed attempts held for a hedge.
+    held: Vec<u32>,
 }
 
 impl Live {
-    pub fn is_empty(&self) -> bool {
-        self.out.is_empty()
+    pub fn has_hedges_out(&self) -> bool {
+        !self.out.is_empty()
     }
 
     pub fn started(&mut self, id: u64, context: u32) {
@@ -257,10 +285,23 @@ impl Live {
         self.cancelled.len() != before
     }
 
+    /// The routed attempt `context` waits for the request's hedge (see above).
+    pub fn hold(&mut self, context: u32) {
+        self.held.push(context);
+    }
+
+    /// A held attempt ended: whether it was still held (never sent, so nobody's
+    /// failure).
+    pub fn held_ended(&mut self, context: u32) -> bool {
+        let before = self.held.len();
+        self.held.retain(|c| *c != context);
+        self.held.len() != before
+    }
+
     /// The contexts of the hedges out that `list` (the cancel list) names; they are
     /// marked cancelled.
     pub fn to_cancel(&mut self, list: &[u8]) -> Vec<u32> {
-        let ids = cancelled_ids(list);
+        let ids = ids_in(list);
         let mut contexts = Vec::new();
         self.out.retain(|(id, context)| {
             let cancel = ids.contains(id);
@@ -324,10 +365,10 @@ pub fn parse_mark(value: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// The cancel list with `id` added, keeping the most recent ids.
-pub fn with_cancelled(list: Option<&[u8]>, id: u64) -> Vec<u8> {
-    let mut ids: Vec<u64> = list.map(cancelled_ids).unwrap_or_default();
+pub fn with_id(list: Option<&[u8]>, id: u64) -> Vec<u8> {
+    let mut ids: Vec<u64> = list.map(ids_in).unwrap_or_default();
     ids.push(id);
-    let skip = ids.len().saturating_sub(CANCEL_LIST_LEN);
+    let skip = ids.len().saturating_sub(ID_LIST_LEN);
     ids[skip..]
         .iter()
         .map(u64::to_string)
@@ -337,7 +378,7 @@ pub fn with_cancelled(list: Option<&[u8]>, id: u64) -> Vec<u8> {
 }
 
 /// The ids in the cancel list (unreadable entries are skipped).
-pub fn cancelled_ids(list: &[u8]) -> Vec<u64> {
+pub fn ids_in(list: &[u8]) -> Vec<u64> {
     std::str::from_utf8(list)
         .unwrap_or("")
         .split(',')
@@ -444,13 +485,20 @@ mod tests {
         // The router had moved on to provider 1 when the hedge went to 2.
         h.asked(7, 41, 5, 1, 2);
         assert_eq!(h.answered(99), None);
-        assert_eq!(h.answered(41), Some((7, 1, 2)));
+        assert_eq!(
+            h.answered(41),
+            Some(Answered {
+                context: 7,
+                from: 1,
+                to: 2
+            })
+        );
         h.won(7, 1, 2);
         assert_eq!(h.end(7), Ending::HedgeWon { from: 1, to: 2 });
 
         h.wait(8, 0, 100, cands(&[(0, false), (1, false)]), request());
         h.asked(8, 42, 6, 0, 1);
-        assert_eq!(h.answered(42), Some((8, 0, 1)));
+        assert_eq!(h.answered(42).map(|a| a.context), Some(8));
         h.failed(8);
         assert_eq!(
             h.end(8),
@@ -506,26 +554,40 @@ mod tests {
         let mut live = Live::default();
         live.started(5, 100);
         live.started(6, 101);
+        assert!(live.has_hedges_out());
         assert!(live.to_cancel(b"1,2,3").is_empty());
         assert_eq!(live.to_cancel(b"4,6"), vec![101]);
         assert!(live.to_cancel(b"4,6").is_empty(), "once");
         assert!(live.ended(6, 101), "cancelled: not the provider's failure");
         assert!(!live.ended(5, 100), "ended by itself");
-        assert!(live.is_empty());
+        assert!(!live.has_hedges_out());
+    }
+
+    #[test]
+    fn a_held_attempt_is_nobodys_failure() {
+        let mut live = Live::default();
+        live.hold(200);
+        assert!(
+            !live.has_hedges_out(),
+            "a held attempt is not a hedge to cancel"
+        );
+        assert!(live.held_ended(200));
+        assert!(!live.held_ended(200), "once");
+        assert!(!live.held_ended(201), "never held");
     }
 
     #[test]
     fn the_cancel_list_keeps_the_most_recent_ids() {
-        let mut list = with_cancelled(None, 1);
-        assert_eq!(cancelled_ids(&list), vec![1]);
+        let mut list = with_id(None, 1);
+        assert_eq!(ids_in(&list), vec![1]);
         for id in 2..=100 {
-            list = with_cancelled(Some(&list), id);
+            list = with_id(Some(&list), id);
         }
-        let ids = cancelled_ids(&list);
-        assert_eq!(ids.len(), CANCEL_LIST_LEN);
-        assert_eq!(ids.first(), Some(&(100 - CANCEL_LIST_LEN as u64 + 1)));
+        let ids = ids_in(&list);
+        assert_eq!(ids.len(), ID_LIST_LEN);
+        assert_eq!(ids.first(), Some(&(100 - ID_LIST_LEN as u64 + 1)));
         assert_eq!(ids.last(), Some(&100));
-        assert_eq!(cancelled_ids(b"3,x,,4"), vec![3, 4]);
+        assert_eq!(ids_in(b"3,x,,4"), vec![3, 4]);
         assert_eq!(next_id(None), 1);
         assert_eq!(next_id(Some(b"41")), 42);
         assert_eq!(next_id(Some(b"junk")), 1);

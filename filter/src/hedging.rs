@@ -13,10 +13,13 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::config::Config;
-use crate::hedge::{self, Due, Hedges, Live, CANCEL_KEY, HEDGE_KEY, SEQUENCE_KEY};
+use crate::hedge::{
+    self, Answered, Due, Hedges, Live, CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, SEQUENCE_KEY,
+};
 use crate::host::{self, HostSharedData};
 use crate::http::{ORDER_HEADER, PROVIDER_HEADER};
 use crate::metrics;
+use crate::reply::error_body;
 use crate::rewrite;
 use crate::store::{self, SharedData};
 use crate::telemetry::Telemetry;
@@ -149,6 +152,10 @@ impl Hedger {
                 self.hedges
                     .borrow_mut()
                     .asked(due.context, token, id, from_index, to);
+                // For a retry the router may still send to the same provider (see Live).
+                if host::act_for(due.context) {
+                    host::set_property(HEDGED_TO_KEY, &hedge::mark(id, to));
+                }
             }
             Err(s) => {
                 log::warn!(
@@ -163,7 +170,7 @@ impl Hedger {
     /// The answer to call `token` came (whole). A good one wins while its request
     /// still waits: the client gets it, which ends the routed attempt.
     pub fn answer(&self, token: u32, body_size: usize) {
-        let Some((context, from, to)) = self.hedges.borrow_mut().answered(token) else {
+        let Some(Answered { context, from, to }) = self.hedges.borrow_mut().answered(token) else {
             return;
         };
         // The call's answer is the root's to read; the reply is the request's.
@@ -179,39 +186,63 @@ impl Hedger {
             self.hedges.borrow_mut().failed(context);
             return;
         }
-        let Some(status) = status.filter(|s| (200..300).contains(s)) else {
+        let good = status.is_some_and(|s| (200..300).contains(&s));
+        // A routed retry to this same provider waits for this answer (see hedge::Live):
+        // it is the answer that retry would have got, so the client gets it.
+        let held = host::property(&[HELD_KEY]).is_some();
+        if !good && !held {
             // The hedge's upstream filter recorded the provider's failure; the routed
-            // attempt goes on alone.
+            // attempt goes on alone, and a later retry to this provider need not wait.
             self.hedges.borrow_mut().failed(context);
             host::set_property(HEDGE_KEY, &format!("{to_name}:failed"));
+            host::set_property(HEDGED_TO_KEY, "");
             self.telemetry
                 .count(metrics::hedges(from_name, to_name, from_name));
             return;
-        };
+        }
         self.hedges.borrow_mut().won(context, from, to);
         // The routed attempt is reset by this reply; its upstream filter must not
         // blame that provider for it.
         host::set_property(REFUSED_KEY, "hedge");
-        host::set_property(HEDGE_KEY, &format!("{to_name}:won"));
+        let how = if good { "won" } else { "failed" };
+        host::set_property(HEDGE_KEY, &format!("{to_name}:{how}"));
         let mut out = rewrite::response_headers_to_forward(&headers);
-        out.retain(|(n, _)| n != PROVIDER_HEADER);
+        out.retain(|(n, _)| n != PROVIDER_HEADER && n != "content-type");
         out.push((PROVIDER_HEADER.to_string(), to_name.clone()));
-        host::send_response(status, &out, &body);
+        match status {
+            Some(status) => {
+                if let Some((_, v)) = headers.iter().find(|(n, _)| n == "content-type") {
+                    out.push((
+                        "content-type".to_string(),
+                        String::from_utf8_lossy(v).into_owned(),
+                    ));
+                }
+                host::send_response(status, &out, &body);
+            }
+            None => {
+                out.push(("content-type".to_string(), "application/json".to_string()));
+                let message = format!(
+                    "provider {to_name} did not answer (connection failed, reset or timed out)"
+                );
+                let body = error_body(&message, "api_error", "provider_unreachable");
+                host::send_response(503, &out, body.as_bytes());
+            }
+        }
     }
 }
 
 /// The routed attempt won: hedge `id` goes on the cancel list.
 pub fn cancel(id: u64) {
-    if let Err(e) = store::update_value(&HostSharedData, CANCEL_KEY, |list| {
-        hedge::with_cancelled(list, id)
-    }) {
+    if let Err(e) =
+        store::update_value(&HostSharedData, CANCEL_KEY, |list| hedge::with_id(list, id))
+    {
         log::warn!("llm-failover: cannot cancel hedge {id}: {e}; it runs to its end");
     }
 }
 
 /// The upstream root's tick: resets the hedges the cancel list names.
 pub fn poll_cancels(live: &RefCell<Live>) {
-    if live.borrow().is_empty() {
+    if !live.borrow().has_hedges_out() {
         return;
     }
     let list = match HostSharedData.get(CANCEL_KEY) {

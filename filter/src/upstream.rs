@@ -16,7 +16,7 @@ use crate::body;
 use crate::config::Config;
 use crate::handoff::{self, Step};
 use crate::health::Failure;
-use crate::hedge::{self, Live, HEDGE_HEADER};
+use crate::hedge::{self, Live, HEDGED_TO_KEY, HEDGE_HEADER, HELD_KEY};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::Outcome;
@@ -71,6 +71,8 @@ pub struct AttemptFilter {
     /// this worker's hedges out.
     hedge_id: Option<u64>,
     live: Rc<RefCell<Live>>,
+    /// This routed attempt was held for the request's hedge (see `hedge::Live`).
+    holding: bool,
 }
 
 impl AttemptFilter {
@@ -98,6 +100,7 @@ impl AttemptFilter {
             context_id,
             hedge_id: None,
             live,
+            holding: false,
         }
     }
 
@@ -150,6 +153,30 @@ impl AttemptFilter {
         }];
         self.live.borrow_mut().started(id, self.context_id);
         Some(index)
+    }
+
+    /// A retry to the provider this request's hedge is out to waits for the hedge
+    /// (see `hedge::Live`): whether this attempt is held.
+    fn hold_for_hedge(&mut self, index: usize) -> bool {
+        if self.config.failover.hedge_after_ms.is_none() {
+            return false;
+        }
+        let Some((_, to)) = host::property(&[HEDGED_TO_KEY]).and_then(|v| hedge::parse_mark(&v))
+        else {
+            return false;
+        };
+        if to != index {
+            return false;
+        }
+        log::info!(
+            "llm-failover: the retry to {} waits for the hedge already out to it",
+            self.name()
+        );
+        self.holding = true;
+        self.live.borrow_mut().hold(self.context_id);
+        // The downstream root answers with the hedge's answer when it sees this.
+        host::set_property(HELD_KEY, "1");
+        true
     }
 
     fn name(&self) -> &str {
@@ -223,6 +250,10 @@ impl MetricsSink for Telemetry {
 
 impl Context for AttemptFilter {
     fn on_done(&mut self) -> bool {
+        if self.holding && self.live.borrow_mut().held_ended(self.context_id) {
+            // Still held: never sent (the hedge won, or the client left).
+            return true;
+        }
         if let Some(id) = self.hedge_id.take() {
             if self.live.borrow_mut().ended(id, self.context_id) {
                 // Cancelled by the gateway: the routed attempt won.
@@ -335,18 +366,27 @@ impl HttpContext for AttemptFilter {
             // (A routed attempt's was removed by the downstream filter.)
             host::remove_request_header("content-length");
         }
+        if self.planned && self.position > 0 && self.hold_for_hedge(index) {
+            return Action::Pause;
+        }
         Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        // A held attempt keeps its body here (Continue would let the held headers go).
+        let go_on = if self.holding {
+            Action::Pause
+        } else {
+            Action::Continue
+        };
         if !self.buffering {
-            return Action::Continue;
+            return go_on;
         }
         if !end_of_stream {
             return Action::Pause;
         }
         let (Some(index), Some(body)) = (self.provider, host::request_body(body_size)) else {
-            return Action::Continue;
+            return go_on;
         };
         let config = Rc::clone(&self.config);
         // The downstream filter already refused a body that is not JSON.
@@ -356,7 +396,7 @@ impl HttpContext for AttemptFilter {
             let (replaced, prefix) = body::model_edit(&body, &slots, model);
             host::replace_request_body_prefix(replaced, &prefix);
         }
-        Action::Continue
+        go_on
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {

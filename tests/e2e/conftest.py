@@ -41,7 +41,7 @@ def envoy():
 
 @pytest.fixture
 def raw_providers():
-    """Factory: raw_providers('silent' | 'reset' | 'broken-stream' | 'reset-stream') ->
+    """Factory: raw_providers('silent' | 'reset' | 'late-reset' | 'broken-stream' | 'reset-stream') ->
     RawProvider (see harness), all stopped after the test."""
     started = []
 

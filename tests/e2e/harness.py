@@ -77,7 +77,7 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 
 class RawProvider:
     """A loopback provider that misbehaves on purpose: `reset` resets the connection
-    once the request arrived; `silent` reads the request and never answers (and notes
+    once the request arrived (`late-reset`: 0.4 s after); `silent` reads the request and never answers (and notes
     when Envoy closes the connection); `broken-stream` streams two events and ends the
     stream cleanly but without `[DONE]`; `reset-stream` streams one event and resets
     the connection."""
@@ -104,7 +104,9 @@ class RawProvider:
         conn.settimeout(10)
         try:
             self.received.append(conn.recv(65536))
-            if self.mode == "reset":
+            if self.mode in ("reset", "late-reset"):
+                if self.mode == "late-reset":
+                    time.sleep(0.4)
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
                 return
             if self.mode == "silent":

@@ -263,3 +263,40 @@ def test_a_hedge_goes_past_the_provider_the_router_moved_on_to(mocks, envoy):
     log = e.access_log_lines(1)[0]
     assert log["hedge"] == "third:won"
     wait_until(lambda: hedge_metric(e, "second", "third", "third") == 1, 10, "the hedge metric")
+
+
+def test_a_retry_to_the_hedged_provider_waits_for_the_hedge(mocks, envoy, raw_providers):
+    """The primary resets 0.4 s in, after the hedge went to the fallback: Envoy's retry
+    would ask the fallback a second time. It waits; the hedge wins, and the fallback
+    sees the request once."""
+    primary = raw_providers("late-reset")
+    fallback = mocks("fallback")
+    fallback.configure(latency_ms=600)
+    e = envoy(config([provider("primary")], [provider("fallback")], hedgeAfter="150ms"),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    status, headers, _ = e.post_chat({"model": "m", "messages": MESSAGES}, path=CHAT_PATH)
+    assert (status, headers["x-llm-provider"]) == (200, "fallback")
+    assert len(primary.received) == 1 and len(fallback.chat_requests()) == 1
+    assert e.access_log_lines(1)[0]["hedge"] == "fallback:won"
+    assert "the retry to fallback waits for the hedge already out to it" in e.log()
+    view = {p["name"]: p for p in e.health()["providers"]}
+    assert view["fallback"]["state"] == "healthy" and view["fallback"]["consecutive_failures"] == 0
+
+
+def test_when_that_hedge_fails_the_waiting_retry_gets_its_answer(mocks, envoy, raw_providers):
+    """The same, with a hedge that fails: the held retry is never sent; the client gets
+    the hedge's answer, the one that retry would have got, and the provider is asked
+    once."""
+    primary = raw_providers("late-reset")
+    fallback = mocks("fallback", "--failure-injection-rate", "100", "--failure-types", "server_error")
+    fallback.configure(latency_ms=600)
+    e = envoy(config([provider("primary")], [provider("fallback")], hedgeAfter="150ms",
+                     consecutiveFailures=3),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    status, headers, body = e.post_chat({"model": "m", "messages": MESSAGES}, path=CHAT_PATH)
+    assert (status, headers["x-llm-provider"]) == (500, "fallback")
+    assert json.loads(body)["error"], body
+    assert len(fallback.chat_requests()) == 1
+    assert e.access_log_lines(1)[0]["hedge"] == "fallback:failed"
+    view = {p["name"]: p for p in e.health()["providers"]}
+    assert view["fallback"]["consecutive_failures"] == 1, "one failure: the hedge's"
