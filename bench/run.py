@@ -17,6 +17,8 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
                  with router-wiring and router-2k, where router mode's cost goes
   router-2k, router-100k, router-failover   override-2k, override-100k and failover in
                  router mode (the default), as `llm-failover render` wires them
+  router-2k-hedging   router-2k with `hedgeAfter: 5s` (never reached): the normal path's
+                 cost of keeping each request for a hedge
 
 Then time to first event of a streamed answer (llm-mock providers, one request at a
 time): straight to the provider (no wasm), router mode direct and on failover, and
@@ -189,6 +191,9 @@ def proxy_configs(upstream_port):
         "router-2k": (rendered(router_two), 2048),
         "router-100k": (rendered(router_two), 100 * 1024),
         "router-failover": (rendered(router_failing), 2048),
+        # hedgeAfter set, never reached (the upstream answers at once): what keeping each
+        # request for a possible hedge costs on the normal path.
+        "router-2k-hedging": (rendered(dict(router_two, failover={"hedgeAfter": "5s"})), 2048),
     }
 
 

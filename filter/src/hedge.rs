@@ -1,7 +1,8 @@
 //! Hedging (`failover.hedgeAfter`, router mode): the bookkeeping, pure.
 //!
-//! A request whose routed attempt has no response headers after `hedgeAfter` is
-//! also sent to the next provider of its plan that is not cooling, at most once.
+//! A request without response headers `hedgeAfter` after it went to the router is
+//! also sent, at most once, to the next provider of its plan that the router has not
+//! reached yet and that is not cooling.
 //! Envoy's own hedging cannot do this (measured in 1.40: a hedged attempt keeps the
 //! first attempt's cluster), so the root context of each worker sends the hedge with
 //! `dispatch_http_call` and answers the client with it if it wins:
@@ -10,7 +11,10 @@
 //!   resets it, so the provider sees its connection close;
 //! - the hedge's whole answer comes first (a call's answer arrives in one piece):
 //!   it wins if it is not a failure; the client gets it as the filter's reply, which
-//!   ends the stream, and with it the routed attempt.
+//!   ends the stream, and with it the routed attempt;
+//! - the routed attempt fails after the hedge went out and Envoy's retry goes to the
+//!   hedge's provider: that retry is held, never sent, and the hedge's answer (good
+//!   or not) is the client's (see [`Live`]). No provider is asked twice.
 //!
 //! `Hedges` is one worker's table of requests that may still be hedged, shared by
 //! that worker's root context (which fires hedges on its tick) and its request

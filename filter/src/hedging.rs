@@ -1,6 +1,7 @@
 //! Hedging's host side (what it decides is `hedge.rs`): the root context of each
 //! worker sends due hedges from its tick and answers the client with a hedge that
-//! won; the cancel list in shared data tells the hedge's upstream filter to reset it.
+//! won (or with the answer a held retry waits for, see `hedge::Live`); the cancel
+//! list in shared data tells a losing hedge's upstream filter to reset it.
 //!
 //! A hedge is a `dispatch_http_call` to the provider's cluster, so it passes that
 //! cluster's upstream filter, which rewrites it like any attempt and records its

@@ -12,9 +12,10 @@
 //! core both modes share: attempt order, probe claims, the outcome-to-failure table,
 //! what each outcome does to a health record), `config`, `health`, `select`,
 //! `outcome`, `handoff` (what the downstream filter hands on), `body`, `rewrite`,
-//! `retry_after`, `store`, `registry` (the providers the view and the gauges read), `view`. `host.rs` is the only module that calls into Envoy;
-//! `root.rs`, `http.rs` and `upstream.rs` are the thin contexts that gather inputs and
-//! apply the decisions.
+//! `retry_after`, `store`, `registry` (the providers the view and the gauges read), `view`,
+//! `hedge` (`hedgeAfter`'s bookkeeping). `host.rs` is the only module that calls into
+//! Envoy; `root.rs`, `http.rs`, `upstream.rs` and `hedging.rs` (hedges sent from the
+//! root's tick) are the thin contexts that gather inputs and apply the decisions.
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
