@@ -14,7 +14,7 @@
 //!   ends the stream, and with it the routed attempt;
 //! - the routed attempt fails after the hedge went out and Envoy's retry goes to the
 //!   hedge's provider: that retry is held, never sent, and the hedge's answer (good
-//!   or not) is the client's (see [`Live`]). No provider is asked twice.
+//!   or not) is the client's (see [`HEDGED_TO_KEY`]). No provider is asked twice.
 //!
 //! `Hedges` is one worker's table of requests that may still be hedged, shared by
 //! that worker's root context (which fires hedges on its tick) and its request
@@ -28,11 +28,19 @@ pub const HEDGE_HEADER: &str = "x-llm-failover-hedge";
 
 /// Shared data: the ids of hedges to cancel (the most recent ones, comma-separated).
 pub const CANCEL_KEY: &str = "llm_failover_hedge_cancel";
-/// Filter state set by the upstream filter of a routed attempt it holds (see [`Live`]).
-pub const HELD_KEY: &str = "llm_failover_hedge_held";
-/// Filter state on a request whose hedge is out: `<provider index>.<hedge id>`, for
-/// the upstream filter of a routed attempt to the same provider (see [`Live`]).
+/// Filter state on a request whose hedge is out: `<id>.<provider index>` (as
+/// [`mark`]), for the upstream filter of a routed attempt to the same provider.
+///
+/// Such an attempt is *held* (Envoy's retry sent it there because the attempt before
+/// it failed after the hedge went out): sending it too would ask that provider
+/// twice. It is never sent: the hedge's answer, good or not, is the answer it would
+/// have got, and the client gets it (which ends the request, and the held attempt
+/// with it). (Letting it go instead would need `continue_stream` from a tick, which
+/// Envoy 1.40 defers until the VM's next request callback: measured, it never went.)
 pub const HEDGED_TO_KEY: &str = "llm_failover_hedged_to";
+/// Filter state set by the upstream filter of an attempt it holds (see
+/// [`HEDGED_TO_KEY`]): the downstream root then answers with the hedge's answer.
+pub const HELD_KEY: &str = "llm_failover_hedge_held";
 /// Shared data: the last hedge id handed out (ids are unique across workers).
 pub const SEQUENCE_KEY: &str = "llm_failover_hedge_seq";
 /// How many ids the cancel list keeps: the upstream filters poll it every
@@ -252,23 +260,13 @@ impl Hedges {
 }
 
 /// One worker's hedges as their upstream filters see them (the upstream side):
-/// which are out, which the cancel list ended, and which routed attempts are held.
-///
-/// A routed attempt is *held* when Envoy's retry sends it to the provider the
-/// request's hedge is already out to (the attempt before it failed after the hedge
-/// went out): sending it too would ask that provider twice. It is never sent: the
-/// hedge's answer, good or not, is the answer it would have got, and the client gets
-/// it (which ends the request, and the held attempt with it). (Letting it go instead
-/// would need `continue_stream` from a tick, which Envoy 1.40 defers until the VM's
-/// next request callback: measured, it never went.)
+/// which are out, and which the cancel list ended.
 #[derive(Debug, Default)]
 pub struct Live {
     /// Hedge id and the context id of its upstream filter.
     out: Vec<(u64, u32)>,
     /// Upstream filter contexts reset because the routed attempt won.
     cancelled: Vec<u32>,
-    /// The context ids of the routed attempts held for a hedge.
-    held: Vec<u32>,
 }
 
 impl Live {
@@ -287,19 +285,6 @@ impl Live {
         let before = self.cancelled.len();
         self.cancelled.retain(|c| *c != context);
         self.cancelled.len() != before
-    }
-
-    /// The routed attempt `context` waits for the request's hedge (see above).
-    pub fn hold(&mut self, context: u32) {
-        self.held.push(context);
-    }
-
-    /// A held attempt ended: whether it was still held (never sent, so nobody's
-    /// failure).
-    pub fn held_ended(&mut self, context: u32) -> bool {
-        let before = self.held.len();
-        self.held.retain(|c| *c != context);
-        self.held.len() != before
     }
 
     /// The contexts of the hedges out that `list` (the cancel list) names; they are
@@ -565,19 +550,6 @@ mod tests {
         assert!(live.ended(6, 101), "cancelled: not the provider's failure");
         assert!(!live.ended(5, 100), "ended by itself");
         assert!(!live.has_hedges_out());
-    }
-
-    #[test]
-    fn a_held_attempt_is_nobodys_failure() {
-        let mut live = Live::default();
-        live.hold(200);
-        assert!(
-            !live.has_hedges_out(),
-            "a held attempt is not a hedge to cancel"
-        );
-        assert!(live.held_ended(200));
-        assert!(!live.held_ended(200), "once");
-        assert!(!live.held_ended(201), "never held");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Hedging's host side (what it decides is `hedge.rs`): the root context of each
 //! worker sends due hedges from its tick and answers the client with a hedge that
-//! won (or with the answer a held retry waits for, see `hedge::Live`); the cancel
+//! won (or with the answer a held retry waits for, see `hedge::HEDGED_TO_KEY`); the cancel
 //! list in shared data tells a losing hedge's upstream filter to reset it.
 //!
 //! A hedge is a `dispatch_http_call` to the provider's cluster, so it passes that
@@ -153,7 +153,7 @@ impl Hedger {
                 self.hedges
                     .borrow_mut()
                     .asked(due.context, token, id, from_index, to);
-                // For a retry the router may still send to the same provider (see Live).
+                // For a retry the router may still send to the same provider.
                 if host::act_for(due.context) {
                     host::set_property(HEDGED_TO_KEY, &hedge::mark(id, to));
                 }
@@ -188,7 +188,7 @@ impl Hedger {
             return;
         }
         let good = status.is_some_and(|s| (200..300).contains(&s));
-        // A routed retry to this same provider waits for this answer (see hedge::Live):
+        // A routed retry to this same provider waits for this answer (HEDGED_TO_KEY):
         // it is the answer that retry would have got, so the client gets it.
         let held = host::property(&[HELD_KEY]).is_some();
         if !good && !held {

@@ -71,7 +71,7 @@ pub struct AttemptFilter {
     /// this worker's hedges out.
     hedge_id: Option<u64>,
     live: Rc<RefCell<Live>>,
-    /// This routed attempt was held for the request's hedge (see `hedge::Live`).
+    /// This routed attempt was held for the request's hedge (see `hedge::HEDGED_TO_KEY`).
     holding: bool,
 }
 
@@ -156,7 +156,7 @@ impl AttemptFilter {
     }
 
     /// A retry to the provider this request's hedge is out to waits for the hedge
-    /// (see `hedge::Live`): whether this attempt is held.
+    /// (see `hedge::HEDGED_TO_KEY`): whether this attempt is held.
     fn hold_for_hedge(&mut self, index: usize) -> bool {
         if self.config.failover.hedge_after_ms.is_none() {
             return false;
@@ -173,7 +173,6 @@ impl AttemptFilter {
             self.name()
         );
         self.holding = true;
-        self.live.borrow_mut().hold(self.context_id);
         // The downstream root answers with the hedge's answer when it sees this.
         host::set_property(HELD_KEY, "1");
         true
@@ -250,8 +249,8 @@ impl MetricsSink for Telemetry {
 
 impl Context for AttemptFilter {
     fn on_done(&mut self) -> bool {
-        if self.holding && self.live.borrow_mut().held_ended(self.context_id) {
-            // Still held: never sent (the hedge won, or the client left).
+        if self.holding {
+            // Held, never sent (see hedge::HEDGED_TO_KEY): nobody's failure.
             return true;
         }
         if let Some(id) = self.hedge_id.take() {
