@@ -375,12 +375,14 @@ pub fn ids_in(list: &[u8]) -> Vec<u64> {
         .collect()
 }
 
+/// A hedge id as the sequence stores it.
+pub fn parse_id(value: &[u8]) -> Option<u64> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// The next hedge id after `last` (the sequence as stored; absent or unreadable: 0).
 pub fn next_id(last: Option<&[u8]>) -> u64 {
-    last.and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or(0)
-        .wrapping_add(1)
+    last.and_then(parse_id).unwrap_or(0).wrapping_add(1)
 }
 
 #[cfg(test)]
@@ -567,5 +569,7 @@ mod tests {
         assert_eq!(next_id(None), 1);
         assert_eq!(next_id(Some(b"41")), 42);
         assert_eq!(next_id(Some(b"junk")), 1);
+        assert_eq!(parse_id(b"42"), Some(42));
+        assert_eq!(parse_id(b"-1"), None);
     }
 }

@@ -18,10 +18,9 @@ use crate::hedge::{
     self, Answered, Due, Hedges, Live, CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, SEQUENCE_KEY,
 };
 use crate::host::{self, HostSharedData};
-use crate::http::{ORDER_HEADER, PROVIDER_HEADER};
+use crate::http::ORDER_HEADER;
 use crate::metrics;
-use crate::reply::error_body;
-use crate::rewrite;
+use crate::reply::{self, Relayed};
 use crate::store::{self, SharedData};
 use crate::telemetry::Telemetry;
 use crate::upstream::REFUSED_KEY;
@@ -115,9 +114,14 @@ impl Hedger {
         let written = store::update_value(&HostSharedData, SEQUENCE_KEY, |last| {
             hedge::next_id(last).to_string().into_bytes()
         });
-        let id = match written {
-            // What was written is the id handed out (the previous value plus one).
-            Ok(v) => hedge::next_id(Some(&v)).saturating_sub(1),
+        // What was written is the id handed out.
+        let id = match written.map(|v| hedge::parse_id(&v)) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                log::warn!("llm-failover: unreadable hedge id; not hedging");
+                self.hedges.borrow_mut().give_up(due.context);
+                return;
+            }
             Err(e) => {
                 log::warn!("llm-failover: no hedge id ({e}); not hedging");
                 self.hedges.borrow_mut().give_up(due.context);
@@ -136,7 +140,6 @@ impl Hedger {
             self.hedges.borrow_mut().give_up(due.context);
             return;
         };
-        let (from_index, from) = (from, &config.providers[from]);
         let provider = &config.providers[to];
         match host::dispatch(
             &provider.cluster,
@@ -147,12 +150,12 @@ impl Hedger {
             Ok(token) => {
                 log::info!(
                     "llm-failover: no response headers from {} within hedgeAfter; asking {} too",
-                    from.name,
+                    config.providers[from].name,
                     provider.name
                 );
                 self.hedges
                     .borrow_mut()
-                    .asked(due.context, token, id, from_index, to);
+                    .asked(due.context, token, id, from, to);
                 // For a retry the router may still send to the same provider.
                 if host::act_for(due.context) {
                     host::set_property(HEDGED_TO_KEY, &hedge::mark(id, to));
@@ -176,10 +179,7 @@ impl Hedger {
         };
         // The call's answer is the root's to read; the reply is the request's.
         let headers = host::call_response_headers();
-        let status: Option<u16> = headers
-            .iter()
-            .find(|(n, _)| n == ":status")
-            .and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse().ok());
+        let status = reply::status_of(&headers);
         let body = host::call_response_body(body_size);
         let config = &self.config;
         let (from_name, to_name) = (&config.providers[from].name, &config.providers[to].name);
@@ -207,28 +207,8 @@ impl Hedger {
         host::set_property(REFUSED_KEY, "hedge");
         let how = if good { "won" } else { "failed" };
         host::set_property(HEDGE_KEY, &format!("{to_name}:{how}"));
-        let mut out = rewrite::response_headers_to_forward(&headers);
-        out.retain(|(n, _)| n != PROVIDER_HEADER && n != "content-type");
-        out.push((PROVIDER_HEADER.to_string(), to_name.clone()));
-        match status {
-            Some(status) => {
-                if let Some((_, v)) = headers.iter().find(|(n, _)| n == "content-type") {
-                    out.push((
-                        "content-type".to_string(),
-                        String::from_utf8_lossy(v).into_owned(),
-                    ));
-                }
-                host::send_response(status, &out, &body);
-            }
-            None => {
-                out.push(("content-type".to_string(), "application/json".to_string()));
-                let message = format!(
-                    "provider {to_name} did not answer (connection failed, reset or timed out)"
-                );
-                let body = error_body(&message, "api_error", "provider_unreachable");
-                host::send_response(503, &out, body.as_bytes());
-            }
-        }
+        let reply = Relayed::new(&headers, body, to_name);
+        host::send_response(reply.status, &reply.headers, &reply.body);
     }
 }
 

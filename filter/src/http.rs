@@ -32,7 +32,7 @@ use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::{self, Outcome};
 use crate::registry;
-use crate::reply::error_body;
+use crate::reply::{self, error_body, Relayed, PROVIDER_HEADER};
 use crate::retry_after;
 use crate::rewrite::{self, Edit};
 use crate::select::{self, HealthView};
@@ -48,9 +48,6 @@ pub const ORDER_HEADER: &str = "x-llm-failover-order";
 /// Which of Envoy's response flags say the router could not start an attempt at
 /// all (no upstream filter saw it): no healthy host, unknown cluster.
 const NO_ATTEMPT_FLAGS: u64 = (1 << 1) | (1 << 24);
-
-/// Names the provider whose answer the client got.
-pub const PROVIDER_HEADER: &str = "x-llm-provider";
 
 /// Where a request stands in this filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,15 +230,6 @@ impl FailoverFilter {
             } else {
                 None
             };
-        if let (true, Some(all)) = (hedging, &headers) {
-            self.hedge_request = Some(hedge::Request {
-                headers: all.clone(),
-                body: None,
-            });
-            if end_of_stream {
-                self.wait_for_hedge(None);
-            }
-        }
         // The first attempt is rewritten here rather than in its upstream filter: the
         // same edits, but one filter instance fewer doing host calls on the common path.
         let provider = &config.providers[first.index];
@@ -264,6 +252,16 @@ impl FailoverFilter {
             }
             // A rewritten body has another length: the upstream gets it chunked.
             host::remove_request_header("content-length");
+        }
+        if let (true, Some(all)) = (hedging, headers) {
+            // Kept for a hedge, which waits from when the whole request went on.
+            self.hedge_request = Some(hedge::Request {
+                headers: all,
+                body: None,
+            });
+            if end_of_stream {
+                self.wait_for_hedge(None);
+            }
         }
         Action::Continue
     }
@@ -631,7 +629,7 @@ impl Context for FailoverFilter {
         }
         self.pending_call = None;
         let headers = host::call_response_headers();
-        let status: Option<u16> = parse_number(header_value(&headers, ":status"));
+        let status = reply::status_of(&headers);
         let body = host::call_response_body(body_size);
         let result = outcome::classify_callout(status, &body, &self.config.failover);
         if let Some((failure, reason)) = attempt::failure_of(result, status.unwrap_or(0)) {
@@ -648,31 +646,13 @@ impl Context for FailoverFilter {
             self.record_success(Some(&headers));
         }
         self.finish(status.unwrap_or(503));
-        let mut out = rewrite::response_headers_to_forward(&headers);
-        out.retain(|(n, _)| n != PROVIDER_HEADER);
-        out.push((
-            PROVIDER_HEADER.to_string(),
-            self.provider_name().to_string(),
-        ));
+        let mut reply = Relayed::new(&headers, body, self.provider_name());
         if result.is_failure() {
             if let Some(secs) = self.all_cooling_retry_after() {
-                out.retain(|(n, _)| n != "retry-after");
-                out.push(("retry-after".to_string(), secs));
+                reply.set_header("retry-after", &secs);
             }
         }
-        match status {
-            Some(s) => host::send_response(s, &out, &body),
-            None => {
-                let message = format!(
-                    "provider {} did not answer (connection failed, reset or timed out)",
-                    self.provider_name()
-                );
-                out.retain(|(n, _)| n != "content-type");
-                out.push(("content-type".to_string(), "application/json".to_string()));
-                let body = error_body(&message, "api_error", "provider_unreachable");
-                host::send_response(503, &out, body.as_bytes());
-            }
-        }
+        host::send_response(reply.status, &reply.headers, &reply.body);
         self.phase = Phase::Replied;
     }
 }
