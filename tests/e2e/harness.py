@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
@@ -220,30 +223,22 @@ def plugin_config(groups: list[list[dict]], **top) -> dict:
     return cfg
 
 
-# The access log fields the shipped envoy/envoy.yaml prints (the filter's are filter state).
+# What `llm-failover render` wires, read from its shipped output (the e2e tests fail
+# while envoy/envoy.yaml differs from render's): the hand-wired bootstraps use the same.
+_SHIPPED = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
+_SHIPPED_LLM = next(l for l in _SHIPPED["static_resources"]["listeners"] if l["name"] == "llm")
+# The access log fields render prints (the filter's are filter state), and a few more
+# for the tests.
 ACCESS_LOG_FIELDS = {
-    "status": "%RESPONSE_CODE%",
-    "provider": "%RESP(X-LLM-PROVIDER)%",
-    "tried": "%FILTER_STATE(wasm.llm_failover_tried:PLAIN)%",
-    "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
-    "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
-    "stream": "%FILTER_STATE(wasm.llm_failover_stream:PLAIN)%",
-    "hedge": "%FILTER_STATE(wasm.llm_failover_hedge:PLAIN)%",
-    "upstream_cluster": "%UPSTREAM_CLUSTER%",
-    "path": "%REQ(:PATH)%",
+    **_SHIPPED_LLM["filter_chains"][0]["filters"][0]["typed_config"]["access_log"][0]["typed_config"]
+    ["log_format"]["json_format"],
     "details": "%RESPONSE_CODE_DETAILS%",
     "flags": "%RESPONSE_FLAGS%",
     "soak_id": "%REQ(X-SOAK-ID)%",
 }
 
-# Prometheus labels from the filter's metric names (same as envoy/envoy.yaml).
-STATS_TAGS = [
-    {"tag_name": "provider", "regex": r"^wasmcustom\.llm_failover\.(?:requests|cooldowns|health)(\.provider\.([^.]+))"},
-    {"tag_name": "status_class", "regex": r"^wasmcustom\.llm_failover\.requests\.provider\.[^.]+(\.status\.([^.]+))$"},
-    {"tag_name": "from", "regex": r"^wasmcustom\.llm_failover\.failovers(\.from\.([^.]+))"},
-    {"tag_name": "to", "regex": r"^wasmcustom\.llm_failover\.failovers\.from\.[^.]+(\.to\.([^.]+))"},
-    {"tag_name": "reason", "regex": r"^wasmcustom\.llm_failover\.(?:failovers\.from\.[^.]+\.to\.[^.]+|cooldowns\.provider\.[^.]+)(\.reason\.([^.]+))$"},
-]
+# Prometheus labels from the filter's metric names.
+STATS_TAGS = _SHIPPED["stats_config"]["stats_tags"]
 
 
 # Dispatch mode needs the whole request before the router starts: Envoy answers a
@@ -346,6 +341,16 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
 def llm_hcm(cfg: dict) -> dict:
     """The HTTP connection manager of the LLM listener (the first) of a bootstrap."""
     return cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def metric(text: str, name: str, **labels) -> float | None:
+    """The value of one Prometheus sample in `text`, or None."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
+        if m and ",".join(sorted(m.group(1).split(","))) == want:
+            return float(m.group(2))
+    return None
 
 
 def file_access_log(path: str) -> list[dict]:
@@ -478,6 +483,10 @@ class Envoy:
         status, _, body = http("GET", f"http://{LOOPBACK}:{self.ops_port}/llm-failover/health")
         assert status == 200, body
         return json.loads(body)
+
+    def providers(self) -> dict[str, dict]:
+        """The health view's providers, by name."""
+        return {p["name"]: p for p in self.health()["providers"]}
 
     def access_log_lines(self, count: int, timeout: float = 10) -> list[dict]:
         """The first `count` access log entries (Envoy flushes the file about once a second)."""

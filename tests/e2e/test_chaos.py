@@ -75,7 +75,7 @@ def test_fallback_killed_while_the_primary_cools(mocks, envoy):
         assert status in (429, 503), body
         assert int(headers["retry-after"]) > 0
         assert took < 2, took
-    assert {p["name"]: p["state"] for p in e.health()["providers"]} == {"primary": "cooling", "fallback": "cooling"}
+    assert {name: p["state"] for name, p in e.providers().items()} == {"primary": "cooling", "fallback": "cooling"}
 
 
 def test_bad_configuration_pushed_to_a_running_envoy_is_refused_and_the_old_one_serves(mocks, tmp_path):

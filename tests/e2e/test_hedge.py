@@ -8,7 +8,7 @@ import json
 import time
 
 import openai
-from harness import MESSAGES, config, provider, wait_until
+from harness import MESSAGES, config, metric, provider, wait_until
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -18,11 +18,7 @@ def sdk(envoy):
 
 
 def hedge_metric(e, frm, to, winner):
-    want = f'llm_failover_hedges{{from="{frm}",to="{to}",winner="{winner}"}}'
-    for line in e.prometheus().splitlines():
-        if line.startswith(want + " "):
-            return int(float(line.split()[-1]))
-    return 0
+    return metric(e.prometheus(), "llm_failover_hedges", winner=winner, **{"from": frm, "to": to}) or 0
 
 
 def ask_whole(client, i):
@@ -59,10 +55,10 @@ def test_a_silent_primary_is_hedged_and_the_hedge_wins(mocks, envoy, raw_provide
     assert json.loads(sent["body"])["model"] == "fallback-model"
     assert "x-llm-failover-hedge" not in {k.lower() for k, _ in sent["headers"]}
     log = e.access_log_lines(1)[0]
-    assert (log["provider"], log["hedge"], log["status"]) == ("fallback", "fallback:won", 200)
+    assert (log["provider"], log["hedge"], log["http.status"]) == ("fallback", "fallback:won", 200)
     wait_until(lambda: hedge_metric(e, "primary", "fallback", "fallback") == 1, 10, "the hedge metric")
     # Losing the race is not a failure: the primary is still healthy.
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     assert view["primary"]["state"] == "healthy" and view["primary"]["consecutive_failures"] == 0
 
 
@@ -98,7 +94,7 @@ def test_the_routed_attempt_wins_and_the_hedge_is_cancelled(mocks, envoy, raw_pr
     log = e.access_log_lines(1)[0]
     assert (log["provider"], log["hedge"]) == ("primary", "fallback:lost")
     wait_until(lambda: hedge_metric(e, "primary", "fallback", "primary") == 1, 10, "the hedge metric")
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     assert view["fallback"]["state"] == "healthy", "a cancelled hedge is not the provider's failure"
 
 
@@ -112,9 +108,9 @@ def test_a_hedge_never_goes_to_a_cooling_provider(mocks, envoy, raw_providers):
     primary.configure(failure_injection_rate=100, retry_after="1")
     status, headers, _ = e.post_chat({"model": "m", "messages": MESSAGES}, path=CHAT_PATH)
     assert (status, headers["x-llm-provider"]) == (200, "third")
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     assert view["cooling"]["state"] == "cooling"
-    wait_until(lambda: {p["name"]: p for p in e.health()["providers"]}["primary"]["state"] != "cooling",
+    wait_until(lambda: e.providers()["primary"]["state"] != "cooling",
                5, "the primary's 1 s cooldown to end")
     primary.configure(failure_injection_rate=0, latency_ms=600)
     cooling.reset()
@@ -156,7 +152,7 @@ def test_hedging_under_concurrency(mocks, envoy):
     assert all(log["hedge"] == "fallback:won" for log in logs), [log["hedge"] for log in logs]
     wait_until(lambda: hedge_metric(e, "primary", "fallback", "fallback") == 64, 10, "the hedge metric")
     # Every routed attempt was cancelled and none counted as the primary's failure.
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     assert view["primary"]["state"] == "healthy" and view["primary"]["consecutive_failures"] == 0
 
 
@@ -184,7 +180,7 @@ def test_races_both_ways_under_concurrency(mocks, envoy):
     assert 0 < won < 48, f"both kinds of winner: {won} hedges won"
     wait_until(lambda: hedge_metric(e, "primary", "fallback", "fallback") == won
                and hedge_metric(e, "primary", "fallback", "primary") == 48 - won, 10, "the hedge metrics")
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     for name in ("primary", "fallback"):
         assert view[name]["state"] == "healthy" and view[name]["consecutive_failures"] == 0, view[name]
 
@@ -201,7 +197,7 @@ def test_a_failed_hedge_leaves_the_routed_attempt_alone(mocks, envoy):
     log = e.access_log_lines(1)[0]
     assert (log["provider"], log["hedge"]) == ("primary", "limited:failed")
     wait_until(lambda: hedge_metric(e, "primary", "limited", "primary") == 1, 10, "the hedge metric")
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     assert (view["limited"]["state"], view["limited"]["last_reason"]) == ("cooling", "status")
 
 
@@ -243,7 +239,7 @@ def test_a_client_that_leaves_takes_both_attempts_with_it(envoy, raw_providers):
     assert left - start >= 0.6 and len(hedged.received) == 1, "the hedge was sent before the client left"
     wait_until(lambda: primary.closed_at and hedged.closed_at, 5, "both providers to see their connection close")
     assert max(primary.closed_at[0], hedged.closed_at[0]) - left < 0.5
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     for name in ("primary", "hedged"):
         assert view[name]["state"] == "healthy" and view[name]["consecutive_failures"] == 0, view[name]
 
@@ -279,7 +275,7 @@ def test_a_retry_to_the_hedged_provider_waits_for_the_hedge(mocks, envoy, raw_pr
     assert len(primary.received) == 1 and len(fallback.chat_requests()) == 1
     assert e.access_log_lines(1)[0]["hedge"] == "fallback:won"
     assert "the retry to fallback waits for the hedge already out to it" in e.log()
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     assert view["fallback"]["state"] == "healthy" and view["fallback"]["consecutive_failures"] == 0
 
 
@@ -298,5 +294,5 @@ def test_when_that_hedge_fails_the_waiting_retry_gets_its_answer(mocks, envoy, r
     assert json.loads(body)["error"], body
     assert len(fallback.chat_requests()) == 1
     assert e.access_log_lines(1)[0]["hedge"] == "fallback:failed"
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     assert view["fallback"]["consecutive_failures"] == 1, "one failure: the hedge's"

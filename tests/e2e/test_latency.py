@@ -32,7 +32,7 @@ def test_first_byte_timeout_moves_on_and_closes_the_silent_attempt(mocks, envoy,
     assert silent.closed_at[0] - start < 1.0
     log = e.access_log_lines(1)[0]
     assert (log["tried"], log["failover_reason"]) == ("primary,fallback", "timeout")
-    view = {p["name"]: p for p in e.health()["providers"]}
+    view = e.providers()
     assert (view["primary"]["state"], view["primary"]["last_reason"]) == ("cooling", "timeout")
 
 
@@ -44,7 +44,7 @@ def test_first_byte_timeout_respects_the_failure_threshold(mocks, envoy, raw_pro
               {"primary": silent.port, "fallback": fallback.port}, router=True)
     status, headers, _ = e.post_chat({"model": "m", "messages": MESSAGES}, path="/v1/chat/completions")
     assert (status, headers["x-llm-provider"]) == (200, "fallback")
-    view = {p["name"]: p for p in e.health()["providers"]}["primary"]
+    view = e.providers()["primary"]
     assert (view["state"], view["consecutive_failures"]) == ("healthy", 1)
 
 
@@ -64,7 +64,7 @@ def test_a_stream_that_breaks_off_is_the_providers_failure(mocks, envoy, raw_pro
         assert isinstance(raised.value, openai.APIError) and "broke off" in str(raised.value), raised.value
     log = e.access_log_lines(1)[0]
     assert log["stream"] == mode
-    view = {p["name"]: p for p in e.health()["providers"]}["primary"]
+    view = e.providers()["primary"]
     assert (view["state"], view["last_reason"]) == ("cooling", "broken_stream")
     wait_until(lambda: 'llm_failover_cooldowns{provider="primary",reason="broken_stream"} 1' in e.prometheus(),
                10, "the cooldown metric")

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from harness import CHAT, ROOT, http, wait_until
+from harness import CHAT, ROOT, http, metric, wait_until
 
 
 
@@ -19,16 +19,6 @@ def config(within_request=True):
         {"providers": [{"name": "fallback", "cluster": "fallback", "path": "/v1/chat/completions",
                         "openai": {"model": "m2"}}]}],
         "failover": {"withinRequest": within_request}}
-
-
-def metric(text, name, **labels):
-    """The value of one Prometheus sample, or None."""
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        m = re.match(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", line)
-        if m and ",".join(sorted(m.group(1).split(","))) == want:
-            return float(m.group(2))
-    return None
 
 
 @pytest.fixture
@@ -58,9 +48,9 @@ def test_metrics_have_provider_status_and_reason_labels(failing_primary):
 
 def test_access_log_shows_who_answered_who_was_tried_and_why(failing_primary):
     first, second, _ = failing_primary.access_log_lines(3)
-    assert first == {**first, "status": 200, "provider": "fallback", "tried": "primary,fallback",
+    assert first == {**first, "http.status": 200, "provider": "fallback", "tried": "primary,fallback",
                      "attempts": "2", "failover_reason": "status"}
-    assert second == {**second, "status": 200, "provider": "fallback", "tried": None,
+    assert second == {**second, "http.status": 200, "provider": "fallback", "tried": None,
                       "attempts": None, "failover_reason": None, "upstream_cluster": "fallback"}
 
 
@@ -71,7 +61,7 @@ def test_access_log_in_lab_mode_shows_the_429(mocks, envoy):
     assert e.post_chat(CHAT)[0] == 429
     assert e.post_chat(CHAT)[0] == 200
     lines = e.access_log_lines(2)
-    assert [(l["status"], l["provider"]) for l in lines] == [(429, "primary"), (200, "fallback")]
+    assert [(l["http.status"], l["provider"]) for l in lines] == [(429, "primary"), (200, "fallback")]
     text = e.prometheus()
     assert metric(text, "llm_failover_requests", provider="primary", status_class="4xx") == 1
 
@@ -132,7 +122,7 @@ def test_health_view_shows_probing(mocks, envoy):
     e = envoy(config(), {"primary": primary.port, "fallback": fallback.port})
     assert e.post_chat(CHAT)[0] == 200
     primary.configure(failure_injection_rate=0, latency_ms=3000)
-    wait_until(lambda: {p["name"]: p["state"] for p in e.health()["providers"]}["primary"] == "half_open", 5,
+    wait_until(lambda: e.providers()["primary"]["state"] == "half_open", 5,
                "the primary's cooldown to end")
     def probe():
         try:
@@ -141,7 +131,7 @@ def test_health_view_shows_probing(mocks, envoy):
             pass  # Envoy stopped under it at teardown
 
     threading.Thread(target=probe, daemon=True).start()
-    wait_until(lambda: {p["name"]: p["state"] for p in e.health()["providers"]}["primary"] == "probing", 5,
+    wait_until(lambda: e.providers()["primary"]["state"] == "probing", 5,
                "the view to show the probe")
 
 

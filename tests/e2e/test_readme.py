@@ -91,7 +91,7 @@ def test_the_readme_gateway_runs_as_documented(mocks, envoy):
     assert (status, provider) == (200, "last-resort")
 
     # The health view and the metrics show it.
-    view = {p["name"]: p["state"] for p in e.health()["providers"]}
+    view = {name: p["state"] for name, p in e.providers().items()}
     assert view == {"openai": "cooling", "azure": "cooling", "local-vllm": "cooling", "last-resort": "healthy"}
     wait_until(lambda: 'llm_failover_health{provider="openai"} 1' in e.prometheus(), 10, "the health gauge")
     assert 'llm_failover_requests{provider="last-resort",status_class="2xx"} 1' in e.prometheus()
