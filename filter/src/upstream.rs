@@ -122,10 +122,10 @@ impl AttemptFilter {
                 return Some(step.index);
             }
         }
-        if let Some(index) = self.hedge() {
+        let cluster = host::property(&["xds", "cluster_name"])?;
+        if let Some(index) = self.hedge(&cluster) {
             return Some(index);
         }
-        let cluster = host::property(&["xds", "cluster_name"])?;
         let found = self
             .config
             .providers
@@ -139,12 +139,17 @@ impl AttemptFilter {
     }
 
     /// A hedge (a call, so without a plan) names its provider in its header, which
-    /// is taken off here. Without a hedge's header: `None`.
-    fn hedge(&mut self) -> Option<usize> {
+    /// is taken off here. Without a hedge's header, or with one naming a provider of
+    /// another cluster (forged: a client cannot pick whose key this attempt carries):
+    /// `None`.
+    fn hedge(&mut self, cluster: &[u8]) -> Option<usize> {
         let value = host::request_header(HEDGE_HEADER)?;
         host::remove_request_header(HEDGE_HEADER);
         let (id, index) = hedge::parse_mark(&value)?;
-        self.config.providers.get(index)?;
+        if self.config.providers.get(index)?.cluster.as_bytes() != cluster {
+            log::warn!("llm-failover: a hedge mark for another cluster's provider; ignored");
+            return None;
+        }
         self.hedge_id = Some(id);
         // Its record is unknown here: a success reads it and resets it if needed.
         self.plan = vec![Step {

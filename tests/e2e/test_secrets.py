@@ -7,7 +7,7 @@ import json
 
 import openai
 import pytest
-from harness import config, http, provider
+from harness import config, http, llm_hcm, provider
 
 KEYS = {"a": "sk-secret-a-3f9c", "b": "sk-secret-b-71de", "c": "sk-secret-c-0b2a"}
 
@@ -53,3 +53,30 @@ def test_no_injected_key_appears_anywhere_but_its_own_provider(mocks, envoy, rou
             if name != m.name:
                 assert key not in requests, f"{m.name} got {name}'s key"
         assert KEYS[m.name] in requests, f"{m.name} never got its own key: the test met no failover"
+
+
+def test_a_forged_hedge_mark_cannot_pick_whose_key_an_attempt_carries(mocks, envoy):
+    """A hand-wired Envoy without the downstream filter, and without the route's header
+    removal: a client's `x-llm-failover-hedge` naming another cluster's provider must
+    not make the upstream filter inject that provider's key."""
+    a = mocks("a")
+    b = mocks("b")
+
+    def bare(cfg):
+        hcm = llm_hcm(cfg)
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        for vh in hcm["route_config"]["virtual_hosts"]:
+            for route in vh["routes"]:
+                route.pop("request_headers_to_remove", None)
+
+    plugin = config([provider("a", policies={"auth": {"key": {"env": "KEY_A"}}})],
+                    [provider("b", policies={"auth": {"key": {"env": "KEY_B"}}})])
+    e = envoy(plugin, {"a": a.port, "b": b.port}, router=True, tweak=bare,
+              env={"KEY_A": KEYS["a"], "KEY_B": KEYS["b"]})
+    status, headers, body = e.post_chat({"model": "x", "messages": []}, {"x-llm-failover-hedge": "1.1"},
+                                        path="/v1/chat/completions")
+    assert status == 200, body
+    sent = dict((k.lower(), v) for k, v in a.chat_requests()[0]["headers"])
+    assert sent.get("authorization") == f"Bearer {KEYS['a']}", sent
+    assert "x-llm-failover-hedge" not in sent
+    assert KEYS["b"] not in json.dumps(a.chat_requests())
