@@ -8,10 +8,11 @@
 //! `upstream.rs` do that), parsing `Retry-After` (`retry_after.rs`), the breaker's
 //! state machine itself (`health.rs`).
 
-use crate::config::Config;
+use crate::config::{Auth, Config};
+use crate::errors::{self, Class};
 use crate::health::{Failure, HealthRecord, State};
 use crate::metrics;
-use crate::outcome::Outcome;
+use crate::retry_after::{self, Headers};
 use crate::select::{self, HealthView};
 use crate::store::{self, SharedData, StoreError};
 
@@ -211,15 +212,89 @@ pub fn release(config: &Config, store: &dyn SharedData, index: usize, claim: u64
     }
 }
 
-/// What an attempt's outcome means for the provider's health, and the `reason`
-/// label of the failover it causes: the one table for both modes.
-pub fn failure_of(outcome: Outcome, status: u16) -> Option<(Failure, &'static str)> {
-    match (outcome, status) {
-        (Outcome::ProviderFailure, 429) => Some((Failure::RateLimited, "status")),
-        (Outcome::ProviderFailure, _) => Some((Failure::ServerError, "status")),
-        (Outcome::Unreachable, _) => Some((Failure::Unreachable, "connection")),
-        (Outcome::Answer | Outcome::LocalReply, _) => None,
+/// What a provider's failing answer (status 400 and up) means: its error class,
+/// what the provider's health records, and whether the request may go on to
+/// another provider. The one table for both modes (docs/configuration.md, "Error
+/// classes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub class: Class,
+    /// The failure the provider's health records, if any: a request at fault
+    /// (context length, content policy, the client's own credentials) cools nothing.
+    pub failure: Option<Failure>,
+    /// How long the provider asked to be left alone: its headers, else its body.
+    pub evidence_ms: Option<u64>,
+    /// Whether the request may go on (a context-length failure: only to a provider
+    /// with a larger `contextWindow`, see [`takes_longer_context`]).
+    pub fail_over: bool,
+}
+
+impl Verdict {
+    /// The `reason` label of the failover it causes and of the provider's failure.
+    pub fn reason(&self) -> &'static str {
+        self.class.as_str()
     }
+}
+
+/// Judges provider `index`'s answer with `status` (400 and up), its response
+/// headers and the first bytes of its body (`errors::BODY_LIMIT`).
+pub fn judge(
+    config: &Config,
+    index: usize,
+    status: u16,
+    headers: &Headers,
+    body: &[u8],
+    now_ms: u64,
+) -> Verdict {
+    let class = errors::classify(status, body);
+    let listed = config.failover.is_failure_status(status);
+    let by_class = config.failover.class_fails_over(class);
+    let injected = config
+        .providers
+        .get(index)
+        .is_some_and(|p| matches!(p.auth, Auth::Key { .. }));
+    let (failure, fail_over) = match class {
+        // Told by status alone: onStatus decides, as it always has.
+        Class::RateLimited => (listed.then_some(Failure::RateLimited), listed),
+        Class::ServerError => (listed.then_some(Failure::ServerError), listed),
+        Class::Client => (listed.then_some(Failure::Status), listed),
+        // The client's own credentials are wrong: nobody else would take them either.
+        Class::Auth if !injected => (None, false),
+        Class::Auth => (Some(Failure::Auth), by_class),
+        Class::Quota => (Some(Failure::Quota), by_class),
+        Class::Overloaded => (Some(Failure::Overloaded), by_class),
+        // The request is at fault, not the provider.
+        Class::ContextLength | Class::ContentPolicy => (None, by_class),
+    };
+    let evidence_ms = failure.and_then(|_| {
+        retry_after::failure_delay(headers, now_ms).or_else(|| errors::retry_hint_ms(body))
+    });
+    Verdict {
+        class,
+        failure,
+        evidence_ms,
+        fail_over: fail_over && config.can_fail_over,
+    }
+}
+
+/// Whether provider `to` may take a request too long for provider `from`: it
+/// declares a `contextWindow` larger than `from`'s (or any, when `from` declares none).
+pub fn takes_longer_context(config: &Config, from: usize, to: usize) -> bool {
+    let need = config
+        .providers
+        .get(from)
+        .and_then(|p| p.context_window)
+        .unwrap_or(0);
+    config
+        .providers
+        .get(to)
+        .and_then(|p| p.context_window)
+        .is_some_and(|w| w > need)
+}
+
+/// The failure and `reason` label of an attempt that got no answer from its provider.
+pub fn unreachable() -> (Failure, &'static str) {
+    (Failure::Unreachable, "connection")
 }
 
 /// What recording a failure did.
@@ -462,22 +537,143 @@ mod tests {
         assert_eq!(order(&plan_at(&c, &s, after + 1, 0)), vec![1, 2, 3]);
     }
 
+    fn verdict_of(c: &Config, index: usize, status: u16, body: &str) -> Verdict {
+        let headers = vec![("retry-after".to_string(), b"7".to_vec())];
+        judge(c, index, status, &headers, body.as_bytes(), NOW)
+    }
+
+    fn keyed(failover: &str) -> Config {
+        let json = format!(
+            r#"{{"groups":[
+              {{"providers":[{{"name":"p","cluster":"p","contextWindow":8000,
+                 "policies":{{"auth":{{"key":{{"env":"K"}}}}}}}}]}},
+              {{"providers":[{{"name":"s","cluster":"s","contextWindow":128000}},{{"name":"u","cluster":"u"}}]}}],
+              "failover":{failover}}}"#
+        );
+        Config::parse(json.as_bytes(), &|_| Some("key".to_string())).unwrap()
+    }
+
     #[test]
-    fn outcome_table_maps_statuses_and_connection_failures() {
+    fn verdicts_by_class_with_the_defaults() {
+        let c = keyed("{}");
+        let v = verdict_of(&c, 0, 429, "{}");
         assert_eq!(
-            failure_of(Outcome::ProviderFailure, 429),
-            Some((Failure::RateLimited, "status"))
+            (v.reason(), v.failure, v.evidence_ms, v.fail_over),
+            (
+                "rate_limited",
+                Some(Failure::RateLimited),
+                Some(7_000),
+                true
+            )
+        );
+        let v = verdict_of(&c, 0, 503, "{}");
+        assert_eq!(
+            (v.reason(), v.failure, v.fail_over),
+            ("server_error", Some(Failure::ServerError), true)
+        );
+        let v = verdict_of(&c, 0, 529, "{}");
+        assert_eq!(
+            (v.reason(), v.failure, v.fail_over),
+            ("overloaded", Some(Failure::Overloaded), true)
+        );
+        let v = verdict_of(&c, 0, 429, r#"{"error":{"code":"insufficient_quota"}}"#);
+        assert_eq!(
+            (v.reason(), v.failure, v.fail_over),
+            ("quota", Some(Failure::Quota), true)
+        );
+        let v = verdict_of(&c, 0, 401, "{}");
+        assert_eq!(
+            (v.reason(), v.failure, v.fail_over),
+            ("auth", Some(Failure::Auth), true)
+        );
+        let v = verdict_of(
+            &c,
+            0,
+            400,
+            r#"{"error":{"code":"context_length_exceeded"}}"#,
         );
         assert_eq!(
-            failure_of(Outcome::ProviderFailure, 503),
-            Some((Failure::ServerError, "status"))
+            (v.reason(), v.failure, v.evidence_ms, v.fail_over),
+            ("context_length", None, None, true)
         );
+        let v = verdict_of(&c, 0, 400, r#"{"error":{"code":"content_filter"}}"#);
         assert_eq!(
-            failure_of(Outcome::Unreachable, 503),
-            Some((Failure::Unreachable, "connection"))
+            (v.reason(), v.failure, v.fail_over),
+            ("content_policy", None, false)
         );
-        assert_eq!(failure_of(Outcome::Answer, 200), None);
-        assert_eq!(failure_of(Outcome::LocalReply, 429), None);
+        // A client mistake is passed on and cools nothing.
+        let v = verdict_of(&c, 0, 400, r#"{"error":{"message":"bad"}}"#);
+        assert_eq!(
+            (v.reason(), v.failure, v.fail_over),
+            ("status", None, false)
+        );
+        let v = verdict_of(&c, 0, 404, "");
+        assert_eq!((v.failure, v.fail_over), (None, false));
+    }
+
+    #[test]
+    fn the_clients_own_credentials_refused_cool_nothing() {
+        let c = keyed("{}");
+        // Provider s passes the client's credentials through.
+        let v = verdict_of(&c, 1, 401, r#"{"error":{"code":"invalid_api_key"}}"#);
+        assert_eq!((v.reason(), v.failure, v.fail_over), ("auth", None, false));
+        let v = verdict_of(&c, 1, 403, "");
+        assert_eq!((v.failure, v.fail_over), (None, false));
+    }
+
+    #[test]
+    fn error_classes_and_on_status_override_the_defaults() {
+        let c = keyed(
+            r#"{"onStatus":[400,429],"errorClasses":{"content_policy":"failover","quota":"return"}}"#,
+        );
+        let v = verdict_of(
+            &c,
+            0,
+            400,
+            r#"{"error":{"code":"content_policy_violation"}}"#,
+        );
+        assert_eq!((v.failure, v.fail_over), (None, true));
+        // Quota returns to the client, but the provider still cools.
+        let v = verdict_of(&c, 0, 402, "{}");
+        assert_eq!((v.failure, v.fail_over), (Some(Failure::Quota), false));
+        // A 400 the operator listed fails over and counts; a 503 no longer listed does not.
+        let v = verdict_of(&c, 0, 400, "{}");
+        assert_eq!(
+            (v.reason(), v.failure, v.fail_over),
+            ("status", Some(Failure::Status), true)
+        );
+        let v = verdict_of(&c, 0, 503, "{}");
+        assert_eq!((v.failure, v.fail_over), (None, false));
+        // withinRequest off: judged, never sent on.
+        let c = keyed(r#"{"withinRequest":false}"#);
+        let v = verdict_of(&c, 0, 429, "{}");
+        assert_eq!(
+            (v.failure, v.fail_over),
+            (Some(Failure::RateLimited), false)
+        );
+    }
+
+    #[test]
+    fn a_retry_hint_in_the_body_counts_when_no_header_says() {
+        let c = keyed("{}");
+        let body = r#"{"error":{"code":429,"status":"RESOURCE_EXHAUSTED","details":[{"retryDelay":"37s"}]}}"#;
+        let v = judge(&c, 0, 429, &[], body.as_bytes(), NOW);
+        assert_eq!(v.evidence_ms, Some(37_000));
+        // The header wins.
+        assert_eq!(verdict_of(&c, 0, 429, body).evidence_ms, Some(7_000));
+    }
+
+    #[test]
+    fn only_a_larger_context_window_takes_a_too_long_request() {
+        let c = keyed("{}");
+        assert!(takes_longer_context(&c, 0, 1), "8000 -> 128000");
+        assert!(!takes_longer_context(&c, 1, 0), "128000 -> 8000");
+        assert!(!takes_longer_context(&c, 0, 2), "undeclared");
+        assert!(
+            takes_longer_context(&c, 2, 0),
+            "from undeclared to declared"
+        );
+        assert!(!takes_longer_context(&c, 0, 0));
     }
 
     #[test]
@@ -487,7 +683,10 @@ mod tests {
         let sink = Counted::default();
         record_failure(&c, &s, &sink, 0, Failure::RateLimited, Some(5_000), NOW).unwrap();
         record_failure(&c, &s, &sink, 0, Failure::RateLimited, Some(5_000), NOW + 1).unwrap();
-        assert_eq!(*sink.0.borrow(), vec![metrics::cooldowns("p", "status")]);
+        assert_eq!(
+            *sink.0.borrow(),
+            vec![metrics::cooldowns("p", "rate_limited")]
+        );
     }
 
     #[test]

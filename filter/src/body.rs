@@ -38,6 +38,9 @@ pub struct ModelSlots {
     open_brace_end: usize,
     /// Whether the object has any member (decides the comma on insertion).
     has_members: bool,
+    /// Whether the request asks for a streamed answer (top-level `"stream": true`;
+    /// the last one counts, as in the providers' JSON parsers).
+    pub stream: bool,
 }
 
 /// Validates that `body` is one JSON object and finds its top-level `model`.
@@ -66,8 +69,10 @@ fn top_level(s: &mut Scanner<'_>) -> Result<ModelSlots, String> {
             values,
             open_brace_end,
             has_members: false,
+            stream: false,
         });
     }
+    let mut stream = false;
     loop {
         s.skip_ws();
         let key = s.string()?;
@@ -76,8 +81,10 @@ fn top_level(s: &mut Scanner<'_>) -> Result<ModelSlots, String> {
         s.skip_ws();
         let start = s.i;
         s.value(1)?;
-        if key_is_model(s, key) {
+        if key_is(s, key.clone(), b"model") {
             values.push(start..s.i);
+        } else if key_is(s, key, b"stream") {
+            stream = &s.b[start..s.i] == b"true";
         }
         s.skip_ws();
         match s.peek() {
@@ -88,6 +95,7 @@ fn top_level(s: &mut Scanner<'_>) -> Result<ModelSlots, String> {
                     values,
                     open_brace_end,
                     has_members: true,
+                    stream,
                 });
             }
             _ => return s.err("expected ',' or '}' in the object"),
@@ -95,14 +103,14 @@ fn top_level(s: &mut Scanner<'_>) -> Result<ModelSlots, String> {
     }
 }
 
-/// Whether the key whose raw bytes (quotes excluded) span `key` reads "model".
-fn key_is_model(s: &Scanner<'_>, key: Range<usize>) -> bool {
+/// Whether the key whose raw bytes (quotes excluded) span `key` reads `name`.
+fn key_is(s: &Scanner<'_>, key: Range<usize>, name: &[u8]) -> bool {
     let raw = &s.b[key];
     if !raw.contains(&b'\\') {
-        return raw == b"model";
+        return raw == name;
     }
     // An escaped spelling such as "mod\u0065l": decode it (keys are short).
-    json::decode_string(raw).is_some_and(|k| k == "model")
+    json::decode_string(raw).is_some_and(|k| k.as_bytes() == name)
 }
 
 /// The edit that sets the top-level `model` to `model_json` (an already encoded
@@ -167,6 +175,21 @@ mod tests {
             rewrite(body, "gpt-4o-mini"),
             r#"{"model": "gpt-4o-mini", "messages": [{"role":"user","content":"What is 2+2?","model":"inner"}], "temperature": 0.70}"#
         );
+    }
+
+    #[test]
+    fn a_streamed_request_is_told_by_its_top_level_stream_member() {
+        let stream = |body: &str| inspect(body.as_bytes()).unwrap().stream;
+        assert!(stream(r#"{"model":"m","stream":true}"#));
+        assert!(stream(r#"{"stre\u0061m" : true, "messages":[]}"#));
+        assert!(!stream(r#"{"model":"m","stream":false}"#));
+        assert!(!stream(r#"{"model":"m","stream":"true"}"#));
+        assert!(!stream(r#"{"model":"m","options":{"stream":true}}"#));
+        assert!(
+            !stream(r#"{"stream":true,"stream":false}"#),
+            "the last one counts"
+        );
+        assert!(!stream("{}"));
     }
 
     #[test]

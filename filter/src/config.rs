@@ -10,16 +10,28 @@ use std::fmt;
 use crate::duration::parse_duration_ms;
 use crate::json::{self, Value};
 
-/// Default failure statuses: rate limited and the transient server errors.
-const DEFAULT_ON_STATUS: [u16; 5] = [429, 500, 502, 503, 504];
-const DEFAULT_COOLDOWN: &str = "60s";
+/// Default failure statuses: rate limited, the transient server errors and
+/// Anthropic's 529 (overloaded).
+const DEFAULT_ON_STATUS: [u16; 6] = [429, 500, 502, 503, 504, 529];
+/// With these two, a provider that failed without saying when to come back is
+/// probed again 5, 10, then every 20 s: it gets its traffic back within about 20 s
+/// of healing (plus the wait for the next request), however long it was down.
+const DEFAULT_COOLDOWN: &str = "5s";
+const DEFAULT_MAX_BACKOFF_MS: u64 = 20_000;
 const DEFAULT_MAX_COOLDOWN: &str = "600s";
+/// The largest `contextWindow` taken (tokens): beyond any model's.
+const MAX_CONTEXT_WINDOW: u64 = 1_000_000_000;
 /// How long one attempt dispatched during within-request failover may take. Matches
 /// the lab's route timeout; LLM completions are slow.
 const DEFAULT_ATTEMPT_TIMEOUT: &str = "120s";
 /// How long a probe of a recovering provider may go unanswered before another
 /// request may probe it.
 const DEFAULT_PROBE_TIMEOUT: &str = "60s";
+/// How long a streamed request's attempt may go without response headers (router
+/// mode). A streamed answer sends its headers at once, so a provider silent this
+/// long is gone; a non-streamed answer's headers wait for the whole generation, so
+/// those keep `attemptTimeout`.
+const DEFAULT_STREAM_FIRST_BYTE_TIMEOUT: &str = "20s";
 const MAX_CONSECUTIVE_FAILURES: u64 = 1_000;
 const DEFAULT_CLUSTER_HEADER: &str = "x-llm-failover-cluster";
 /// Just under Envoy's default `per_connection_buffer_limit_bytes` (1 MiB), so that
@@ -244,6 +256,9 @@ pub struct Provider {
     pub endpoint: Option<Endpoint>,
     /// Index of the priority group, 0 = preferred.
     pub group: usize,
+    /// `contextWindow` (tokens), when declared: a request too long for another
+    /// provider fails over only to providers with a larger one.
+    pub context_window: Option<u64>,
     /// Shared-data key of this provider's health: cluster plus model override, so two
     /// models behind one cluster keep separate health.
     pub health_key: String,
@@ -283,7 +298,14 @@ pub struct Failover {
     on_status: [bool; 600],
     pub within_request: bool,
     pub default_cooldown_ms: u64,
+    /// The longest cooldown for failures that say nothing about when to come back.
+    pub max_backoff_ms: u64,
+    /// The longest cooldown, whatever the provider says; quota and auth failures
+    /// cool this long.
     pub max_cooldown_ms: u64,
+    /// `errorClasses`: whether each class of `errors::Class::CONFIGURABLE` (same
+    /// order) sends the request on to another provider.
+    pub class_fails_over: [bool; 5],
     /// 5xx or connection failures in a row before a cooldown (429 acts at once).
     pub consecutive_failures: u32,
     /// How long a half-open provider's probe may go unanswered before another
@@ -297,12 +319,47 @@ pub struct Failover {
     /// `hedgeAfter`: router mode's wait for response headers before the next provider
     /// is asked too (`hedge.rs`), when set.
     pub hedge_after_ms: Option<u64>,
+    /// `streamFirstByteTimeout`: router mode's wait for a streamed request's response
+    /// headers before the attempt is abandoned (render's route for streamed
+    /// requests); `None` when off.
+    pub stream_first_byte_timeout_ms: Option<u64>,
+    /// `firstTokenTimeout`: router mode, streamed requests: the upstream filter holds
+    /// a streamed answer's headers until its first event, and an attempt without one
+    /// this long is abandoned (Envoy's `per_try_idle_timeout`).
+    pub first_token_timeout_ms: Option<u64>,
+    /// `streamIdleTimeout`: router mode, streamed requests: a stream silent this long
+    /// after its events started is ended (Envoy's `per_try_idle_timeout`).
+    pub stream_idle_timeout_ms: Option<u64>,
 }
 
 impl Failover {
     /// The statuses that count as a provider failure, ascending.
     pub fn failure_statuses(&self) -> Vec<u16> {
         (0..600u16).filter(|s| self.is_failure_status(*s)).collect()
+    }
+
+    /// Whether answers of error class `class` go on to another provider (for the
+    /// classes `errorClasses` sets; the others follow `onStatus`).
+    pub fn class_fails_over(&self, class: crate::errors::Class) -> bool {
+        crate::errors::Class::CONFIGURABLE
+            .iter()
+            .position(|c| *c == class)
+            .and_then(|i| self.class_fails_over.get(i).copied())
+            .unwrap_or(false)
+    }
+
+    /// Whether streamed requests take a route of their own (render), which the
+    /// downstream filter picks once it has read the body.
+    pub fn routes_streams_apart(&self) -> bool {
+        self.mode == Mode::Router
+            && (self.stream_first_byte_timeout_ms.is_some()
+                || self.first_token_timeout_ms.is_some()
+                || self.stream_idle_timeout_ms.is_some())
+    }
+
+    /// Envoy's `per_try_idle_timeout` on the route for streamed requests, if any.
+    pub fn stream_silence_ms(&self) -> Option<u64> {
+        self.first_token_timeout_ms.or(self.stream_idle_timeout_ms)
     }
 
     /// Whether an upstream status counts as a provider failure.
@@ -485,7 +542,16 @@ fn validate_provider(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Provider, ConfigError> {
     rp.only(&[
-        "name", "cluster", "endpoint", "openai", "host", "path", "query", "weight", "policies",
+        "name",
+        "cluster",
+        "endpoint",
+        "openai",
+        "host",
+        "path",
+        "query",
+        "weight",
+        "policies",
+        "contextWindow",
     ])?;
     let at = rp.path.as_str();
     let name = rp.required_string("name")?.trim().to_string();
@@ -654,6 +720,17 @@ fn validate_provider(
             }
         }
     };
+    let context_window =
+        match rp.whole_number("contextWindow")? {
+            None => None,
+            Some(n) if (1..=MAX_CONTEXT_WINDOW).contains(&n) => Some(n),
+            Some(n) => return Err(ConfigError::new(
+                format!("{at}.contextWindow"),
+                format!(
+                    "{n} is out of range; it is a number of tokens from 1 to {MAX_CONTEXT_WINDOW}"
+                ),
+            )),
+        };
     let model_json = model.as_deref().map(json::quote);
     let health_key = match &model {
         Some(m) => format!("llm_failover.health.v1|{cluster}|{m}"),
@@ -673,6 +750,7 @@ fn validate_provider(
         endpoint,
         group,
         health_key,
+        context_window,
     })
 }
 
@@ -790,13 +868,18 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         "onStatus",
         "withinRequest",
         "defaultCooldown",
+        "maxBackoff",
         "maxCooldown",
         "attemptTimeout",
         "firstByteTimeout",
+        "streamFirstByteTimeout",
+        "firstTokenTimeout",
+        "streamIdleTimeout",
         "hedgeAfter",
         "consecutiveFailures",
         "probeTimeout",
         "proactive",
+        "errorClasses",
     ])?;
     let mut on_status = [false; 600];
     let statuses = match raw.array("onStatus")? {
@@ -868,6 +951,32 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
             ),
         ));
     }
+    // Unless given: 20 s, or defaultCooldown when that is longer (then no doubling).
+    let max_backoff_ms = match raw.string("maxBackoff")? {
+        None => DEFAULT_MAX_BACKOFF_MS
+            .max(default_cooldown_ms)
+            .min(max_cooldown_ms),
+        Some(text) => {
+            let ms =
+                parse_duration_ms(text).map_err(|m| ConfigError::new(raw.at("maxBackoff"), m))?;
+            if ms < default_cooldown_ms {
+                return Err(ConfigError::new(
+                    "failover.maxBackoff",
+                    format!(
+                        "{ms}ms is shorter than failover.defaultCooldown ({default_cooldown_ms}ms)"
+                    ),
+                ));
+            }
+            if ms > max_cooldown_ms {
+                return Err(ConfigError::new(
+                    "failover.maxBackoff",
+                    format!("{ms}ms is longer than failover.maxCooldown ({max_cooldown_ms}ms)"),
+                ));
+            }
+            ms
+        }
+    };
+    let class_fails_over = error_classes(raw.object("errorClasses")?)?;
     if attempt_timeout_ms == 0 {
         return Err(ConfigError::new(
             "failover.attemptTimeout",
@@ -943,19 +1052,140 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
             Some(ms)
         }
     };
+    let stream_first_byte_timeout_ms = stream_first_byte_timeout(&raw, mode, hedge_after_ms)?;
+    let (first_token_timeout_ms, stream_idle_timeout_ms) = stream_silences(&raw, mode)?;
     Ok(Failover {
         mode,
         first_byte_timeout_ms,
         hedge_after_ms,
+        stream_first_byte_timeout_ms,
+        first_token_timeout_ms,
+        stream_idle_timeout_ms,
         on_status,
         within_request,
         consecutive_failures,
         probe_timeout_ms,
         proactive: raw.boolean("proactive")?.unwrap_or(true),
         default_cooldown_ms,
+        max_backoff_ms,
         max_cooldown_ms,
+        class_fails_over,
         attempt_timeout_ms,
     })
+}
+
+/// `failover.streamFirstByteTimeout`: 20 s unless given; `"0s"` turns it off. Router
+/// mode only (dispatch mode does not apply it).
+fn stream_first_byte_timeout(
+    raw: &Obj<'_>,
+    mode: Mode,
+    hedge_after_ms: Option<u64>,
+) -> Result<Option<u64>, ConfigError> {
+    const FIELD: &str = "failover.streamFirstByteTimeout";
+    let given = raw.string("streamFirstByteTimeout")?;
+    let text = given.unwrap_or(DEFAULT_STREAM_FIRST_BYTE_TIMEOUT);
+    let ms = parse_duration_ms(text).map_err(|m| ConfigError::new(FIELD, m))?;
+    if mode == Mode::Dispatch {
+        if given.is_some() && ms > 0 {
+            return Err(ConfigError::new(
+                FIELD,
+                "needs router mode (dispatch mode cannot abandon its routed attempt); \
+                 in dispatch mode attemptTimeout limits the dispatched attempts",
+            ));
+        }
+        return Ok(None);
+    }
+    if ms == 0 {
+        return Ok(None);
+    }
+    if let Some(hedge) = hedge_after_ms.filter(|h| *h >= ms) {
+        return Err(ConfigError::new(
+            FIELD,
+            format!(
+                "{text} must be longer than hedgeAfter ({hedge} ms), or a streamed attempt \
+                 is abandoned before its hedge is sent; set it longer, or \"0s\" to turn it off"
+            ),
+        ));
+    }
+    Ok(Some(ms))
+}
+
+/// `failover.firstTokenTimeout` and `failover.streamIdleTimeout`, both off unless
+/// given. Router mode only. Both are Envoy's one `per_try_idle_timeout` on the route
+/// for streamed requests, so when both are given they must be equal.
+fn stream_silences(raw: &Obj<'_>, mode: Mode) -> Result<(Option<u64>, Option<u64>), ConfigError> {
+    let mut out = [None, None];
+    for (slot, name) in out
+        .iter_mut()
+        .zip(["firstTokenTimeout", "streamIdleTimeout"])
+    {
+        let Some(text) = raw.string(name)? else {
+            continue;
+        };
+        let field = raw.at(name);
+        let ms = parse_duration_ms(text).map_err(|m| ConfigError::new(field.clone(), m))?;
+        if ms == 0 {
+            return Err(ConfigError::new(field, "must be longer than 0s"));
+        }
+        if mode == Mode::Dispatch {
+            return Err(ConfigError::new(
+                field,
+                "needs router mode (dispatch mode delivers a fallback's stream in one piece)",
+            ));
+        }
+        *slot = Some(ms);
+    }
+    let [first_token, idle] = out;
+    if let (Some(a), Some(b)) = (first_token, idle) {
+        if a != b {
+            return Err(ConfigError::new(
+                "failover.streamIdleTimeout",
+                format!(
+                    "{b}ms differs from firstTokenTimeout ({a}ms): both are Envoy's one \
+                     per_try_idle_timeout on the route for streamed requests; give them the \
+                     same value, or only one"
+                ),
+            ));
+        }
+    }
+    Ok((first_token, idle))
+}
+
+/// `failover.errorClasses`: per error class, `"failover"` or `"return"`. Defaults:
+/// quota, auth, overloaded and context_length fail over; content_policy returns.
+fn error_classes(raw: Option<Obj<'_>>) -> Result<[bool; 5], ConfigError> {
+    use crate::errors::Class;
+    let mut out = Class::CONFIGURABLE.map(|c| c != Class::ContentPolicy);
+    let Some(raw) = raw else { return Ok(out) };
+    raw.unique()?;
+    for (name, value) in raw.members {
+        let field = raw.at(name);
+        let Some(i) = Class::CONFIGURABLE
+            .iter()
+            .position(|c| c.as_str() == name.as_str())
+        else {
+            let known: Vec<&str> = Class::CONFIGURABLE.iter().map(|c| c.as_str()).collect();
+            return Err(ConfigError::new(
+                field,
+                format!("unknown error class; the classes are {}", known.join(", ")),
+            ));
+        };
+        out[i] = match value {
+            Value::String(s) if s == "failover" => true,
+            Value::String(s) if s == "return" => false,
+            Value::String(s) => {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "{} is not an action; expected \"failover\" or \"return\"",
+                        quoted(s)
+                    ),
+                ))
+            }
+            other => return Err(raw.wrong_type(name, other, "\"failover\" or \"return\"")),
+        };
+    }
+    Ok(out)
 }
 
 /// Header names are compared in lower case (Envoy lower-cases them); a name with
@@ -1043,12 +1273,26 @@ mod tests {
         let c = parse(r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}]}"#).unwrap();
         assert_eq!(c.cluster_header, "x-llm-failover-cluster");
         assert!(c.failover.within_request);
-        assert_eq!(c.failover.default_cooldown_ms, 60_000);
+        assert_eq!(c.failover.default_cooldown_ms, 5_000);
+        assert_eq!(c.failover.max_backoff_ms, 20_000);
+        assert_eq!(c.failover.max_cooldown_ms, 600_000);
         assert_eq!(c.failover.attempt_timeout_ms, 120_000);
+        assert_eq!(c.failover.stream_first_byte_timeout_ms, Some(20_000));
+        assert_eq!(c.failover.first_token_timeout_ms, None);
+        assert_eq!(c.failover.stream_idle_timeout_ms, None);
+        assert!(c.failover.routes_streams_apart());
         assert_eq!(c.providers[0].weight, 1);
+        assert_eq!(c.providers[0].context_window, None);
         assert_eq!(c.max_body_bytes, 1_000_000);
-        for s in [429, 500, 502, 503, 504] {
+        for s in [429, 500, 502, 503, 504, 529] {
             assert!(c.failover.is_failure_status(s), "{s}");
+        }
+        use crate::errors::Class;
+        for class in [Class::Quota, Class::Auth, Class::Overloaded, Class::ContextLength] {
+            assert!(c.failover.class_fails_over(class), "{class:?}");
+        }
+        for class in [Class::ContentPolicy, Class::RateLimited, Class::Client] {
+            assert!(!c.failover.class_fails_over(class), "{class:?}");
         }
         assert!(!c.needs_json_body);
     }
@@ -1120,6 +1364,20 @@ mod tests {
             (one(r#"{"name":"a","cluster":7}"#), "groups[0].providers[0].cluster", "invalid type: a number, expected a string"),
             (one(r#"{"name":"a","cluster":"c","weight":1.5}"#), "groups[0].providers[0].weight", "invalid value: 1.5"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}]} x"#.into(), "", "expected nothing after the JSON value"),
+            (one(r#"{"name":"a","cluster":"c","contextWindow":0}"#), "groups[0].providers[0].contextWindow", "out of range"),
+            (one(r#"{"name":"a","cluster":"c","contextWindow":"128k"}"#), "groups[0].providers[0].contextWindow", "invalid type"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"maxBackoff":"1s"}}"#.into(), "failover.maxBackoff", "shorter than failover.defaultCooldown"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"maxBackoff":"20m"}}"#.into(), "failover.maxBackoff", "longer than failover.maxCooldown"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"errorClasses":{"rate_limited":"return"}}}"#.into(), "failover.errorClasses.rate_limited", "unknown error class; the classes are quota, auth, overloaded, context_length, content_policy"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"errorClasses":{"quota":"ignore"}}}"#.into(), "failover.errorClasses.quota", "\"ignore\" is not an action"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"errorClasses":{"quota":true}}}"#.into(), "failover.errorClasses.quota", "invalid type: a boolean"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"errorClasses":{"quota":"return","quota":"failover"}}}"#.into(), "failover.errorClasses.quota", "given more than once"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"streamFirstByteTimeout":"soon"}}"#.into(), "failover.streamFirstByteTimeout", "bad duration"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"mode":"dispatch","streamFirstByteTimeout":"5s"}}"#.into(), "failover.streamFirstByteTimeout", "needs router mode"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"hedgeAfter":"25s"}}"#.into(), "failover.streamFirstByteTimeout", "must be longer than hedgeAfter"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"firstTokenTimeout":"0s"}}"#.into(), "failover.firstTokenTimeout", "longer than 0s"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"mode":"dispatch","streamIdleTimeout":"5s"}}"#.into(), "failover.streamIdleTimeout", "needs router mode"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"firstTokenTimeout":"5s","streamIdleTimeout":"30s"}}"#.into(), "failover.streamIdleTimeout", "differs from firstTokenTimeout"),
         ];
         for (json, field, message) in cases {
             let e = err(&json);
@@ -1129,6 +1387,36 @@ mod tests {
                 .to_string()
                 .starts_with("invalid llm-failover configuration"));
         }
+    }
+
+    #[test]
+    fn stream_timeouts_and_backoff_defaults_follow_what_is_given() {
+        let failover = |f: &str| {
+            parse(&format!(
+                r#"{{"groups":[{{"providers":[{{"name":"a","cluster":"c"}}]}}],"failover":{f}}}"#
+            ))
+            .unwrap()
+            .failover
+        };
+        let f = failover(r#"{"streamFirstByteTimeout":"0s"}"#);
+        assert_eq!(f.stream_first_byte_timeout_ms, None);
+        assert!(!f.routes_streams_apart());
+        let f = failover(r#"{"streamFirstByteTimeout":"0s","streamIdleTimeout":"30s"}"#);
+        assert!(f.routes_streams_apart());
+        assert_eq!(f.stream_silence_ms(), Some(30_000));
+        let f = failover(r#"{"firstTokenTimeout":"5s","streamIdleTimeout":"5s"}"#);
+        assert_eq!(f.stream_silence_ms(), Some(5_000));
+        // Dispatch mode applies none of them, and the default does not make it refuse.
+        let f = failover(r#"{"mode":"dispatch"}"#);
+        assert_eq!(f.stream_first_byte_timeout_ms, None);
+        assert!(!f.routes_streams_apart());
+        // A longer defaultCooldown without maxBackoff: no doubling beyond it.
+        let f = failover(r#"{"defaultCooldown":"60s"}"#);
+        assert_eq!(f.max_backoff_ms, 60_000);
+        let f = failover(r#"{"defaultCooldown":"1s","maxCooldown":"10s"}"#);
+        assert_eq!(f.max_backoff_ms, 10_000);
+        let f = failover(r#"{"hedgeAfter":"25s","streamFirstByteTimeout":"30s"}"#);
+        assert_eq!(f.stream_first_byte_timeout_ms, Some(30_000));
     }
 
     #[test]

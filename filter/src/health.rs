@@ -2,7 +2,7 @@
 //! store and the clock are someone else's.
 //!
 //! ```text
-//!  healthy --failure (429 at once; 5xx/unreachable after N in a row)--> cooling
+//!  healthy --failure (429, quota, auth at once; 5xx/unreachable after N in a row)--> cooling
 //!  cooling --cooldown ends--> half-open --one request claims it--> probing
 //!  probing --success--> healthy          probing --failure--> cooling (backed off)
 //!  probing --claim expires (probe never answered)--> half-open
@@ -32,6 +32,19 @@ pub enum Reason {
     Timeout,
     /// Its stream broke off (no terminal event, or reset mid-way).
     BrokenStream,
+    /// 429, a rate limit.
+    RateLimited,
+    /// Another 5xx from `onStatus`.
+    ServerError,
+    /// Out of quota or credit (error class `quota`).
+    Quota,
+    /// It refused the injected key (error class `auth`).
+    Auth,
+    /// Overloaded (Anthropic's 529, an "overloaded" 503).
+    Overloaded,
+    /// A stream that fell silent after its first events (`streamIdleTimeout`), or
+    /// whose first event did not come after its headers (`firstTokenTimeout`).
+    Stall,
 }
 
 impl Reason {
@@ -43,6 +56,12 @@ impl Reason {
             Reason::Proactive => 3,
             Reason::Timeout => 4,
             Reason::BrokenStream => 5,
+            Reason::RateLimited => 6,
+            Reason::ServerError => 7,
+            Reason::Quota => 8,
+            Reason::Auth => 9,
+            Reason::Overloaded => 10,
+            Reason::Stall => 11,
         }
     }
 
@@ -54,6 +73,12 @@ impl Reason {
             3 => Reason::Proactive,
             4 => Reason::Timeout,
             5 => Reason::BrokenStream,
+            6 => Reason::RateLimited,
+            7 => Reason::ServerError,
+            8 => Reason::Quota,
+            9 => Reason::Auth,
+            10 => Reason::Overloaded,
+            11 => Reason::Stall,
             _ => return None,
         })
     }
@@ -66,6 +91,12 @@ impl Reason {
             Reason::Proactive => "proactive",
             Reason::Timeout => "timeout",
             Reason::BrokenStream => "broken_stream",
+            Reason::RateLimited => "rate_limited",
+            Reason::ServerError => "server_error",
+            Reason::Quota => "quota",
+            Reason::Auth => "auth",
+            Reason::Overloaded => "overloaded",
+            Reason::Stall => "stall",
         }
     }
 }
@@ -73,10 +104,21 @@ impl Reason {
 /// What a provider's answer was, as far as its health goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
-    /// 429: the provider says it is out of quota; acts at once.
+    /// 429: the provider says it is rate limited; acts at once.
     RateLimited,
-    /// Another status from `onStatus` (5xx): counts toward `consecutiveFailures`.
+    /// A 5xx from `onStatus`: counts toward `consecutiveFailures`.
     ServerError,
+    /// Another status from `onStatus` (a 4xx the operator listed): counts toward
+    /// `consecutiveFailures`.
+    Status,
+    /// Overloaded (error class `overloaded`): counts toward `consecutiveFailures`.
+    Overloaded,
+    /// Out of quota or credit (error class `quota`): cools for `maxCooldown` at once.
+    Quota,
+    /// The injected key was refused (error class `auth`): cools for `maxCooldown` at once.
+    Auth,
+    /// A stream that stalled after its headers: counts toward `consecutiveFailures`.
+    Stall,
     /// Refused, reset or timed out: counts toward `consecutiveFailures`.
     Unreachable,
     /// No response headers within `firstByteTimeout`: counts toward `consecutiveFailures`.
@@ -202,7 +244,13 @@ impl HealthRecord {
         let state = self.state(now_ms);
         let counted = matches!(
             failure,
-            Failure::ServerError | Failure::Unreachable | Failure::Timeout | Failure::BrokenStream
+            Failure::ServerError
+                | Failure::Status
+                | Failure::Overloaded
+                | Failure::Stall
+                | Failure::Unreachable
+                | Failure::Timeout
+                | Failure::BrokenStream
         );
         // 5xx and connection failures are often transient: below the threshold they
         // are only counted. 429 and a spent quota are the provider's own word.
@@ -220,7 +268,11 @@ impl HealthRecord {
         } else {
             self.cooldowns.saturating_add(1)
         };
-        let delay = cooldown_ms(evidence_ms, cooldowns, failover);
+        // Billing and keys do not heal in a minute, whatever a header says.
+        let delay = match failure {
+            Failure::Quota | Failure::Auth => failover.max_cooldown_ms,
+            _ => cooldown_ms(evidence_ms, cooldowns, failover),
+        };
         HealthRecord {
             // The later end wins, so no report can shorten a cooldown another worker set.
             cooling_until_ms: self
@@ -230,7 +282,13 @@ impl HealthRecord {
             failures: 0,
             cooldowns,
             reason: match failure {
-                Failure::RateLimited | Failure::ServerError => Reason::Status,
+                Failure::RateLimited => Reason::RateLimited,
+                Failure::ServerError => Reason::ServerError,
+                Failure::Status => Reason::Status,
+                Failure::Overloaded => Reason::Overloaded,
+                Failure::Quota => Reason::Quota,
+                Failure::Auth => Reason::Auth,
+                Failure::Stall => Reason::Stall,
                 Failure::Unreachable => Reason::Unreachable,
                 Failure::Timeout => Reason::Timeout,
                 Failure::BrokenStream => Reason::BrokenStream,
@@ -241,17 +299,21 @@ impl HealthRecord {
     }
 }
 
-/// How long a cooldown lasts: what the provider asked for when it said, else
-/// `defaultCooldown` doubled for each earlier cooldown in a row; never beyond
-/// `maxCooldown`.
+/// How long a cooldown lasts: what the provider asked for when it said (never
+/// beyond `maxCooldown`), else `defaultCooldown` doubled for each earlier cooldown in
+/// a row, never beyond `maxBackoff`: a provider that says nothing is probed again
+/// soon, so it gets its traffic back soon after it heals.
 pub fn cooldown_ms(evidence_ms: Option<u64>, cooldowns_in_a_row: u32, failover: &Failover) -> u64 {
-    let delay = evidence_ms.unwrap_or_else(|| {
-        let doublings = cooldowns_in_a_row.saturating_sub(1).min(40);
-        failover
-            .default_cooldown_ms
-            .saturating_mul(1u64 << doublings)
-    });
-    delay.min(failover.max_cooldown_ms)
+    match evidence_ms {
+        Some(delay) => delay.min(failover.max_cooldown_ms),
+        None => {
+            let doublings = cooldowns_in_a_row.saturating_sub(1).min(40);
+            failover
+                .default_cooldown_ms
+                .saturating_mul(1u64 << doublings)
+                .min(failover.max_backoff_ms)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -262,7 +324,7 @@ mod tests {
     fn failover(extra: &str) -> Failover {
         let json = format!(
             r#"{{"groups":[{{"providers":[{{"name":"a","cluster":"c"}}]}}],
-                "failover":{{"defaultCooldown":"10s","maxCooldown":"60s","probeTimeout":"5s"{extra}}}}}"#
+                "failover":{{"defaultCooldown":"10s","maxBackoff":"40s","maxCooldown":"60s","probeTimeout":"5s"{extra}}}}}"#
         );
         Config::parse(json.as_bytes(), &|_| None).unwrap().failover
     }
@@ -285,7 +347,7 @@ mod tests {
         v1[0] = 1;
         assert_eq!(HealthRecord::decode(&v1), None);
         let mut bad_reason = r.encode();
-        bad_reason[25] = 9;
+        bad_reason[25] = 99;
         assert_eq!(HealthRecord::decode(&bad_reason), None);
     }
 
@@ -295,7 +357,7 @@ mod tests {
         let r = HealthRecord::default().after_failure(Failure::RateLimited, Some(3_000), NOW, &f);
         assert_eq!(r.state(NOW), State::Cooling);
         assert_eq!(r.cooling_until_ms, NOW + 3_000);
-        assert_eq!(r.reason, Reason::Status);
+        assert_eq!(r.reason, Reason::RateLimited);
         assert_eq!(r.state(NOW + 3_000), State::HalfOpen);
     }
 
@@ -334,8 +396,10 @@ mod tests {
             now = r.cooling_until_ms; // half-open: the probe fails
             r = r.claim_probe(now, &f).unwrap();
         }
-        assert_eq!(lengths, vec![10_000, 20_000, 40_000, 60_000, 60_000]);
-        // Retry-After wins over backoff, still capped.
+        assert_eq!(lengths, vec![10_000, 20_000, 40_000, 40_000, 40_000]);
+        // Retry-After wins over backoff, capped by maxCooldown, not maxBackoff.
+        let r1 = r.after_failure(Failure::RateLimited, Some(50_000), now, &f);
+        assert_eq!(r1.cooling_until_ms - now, 50_000);
         let r2 = r.after_failure(Failure::RateLimited, Some(1_000), now, &f);
         assert_eq!(r2.cooling_until_ms - now, 1_000);
         let r3 = r.after_failure(Failure::RateLimited, Some(u64::MAX), now, &f);
@@ -405,6 +469,75 @@ mod tests {
             (State::Cooling, Reason::Proactive)
         );
         assert_eq!(r.cooling_until_ms, NOW + 2_000);
+    }
+
+    #[test]
+    fn quota_and_auth_cool_for_max_cooldown_whatever_the_provider_says() {
+        let f = failover("");
+        for failure in [Failure::Quota, Failure::Auth] {
+            let r = HealthRecord::default().after_failure(failure, Some(2_000), NOW, &f);
+            assert_eq!(r.cooling_until_ms, NOW + 60_000, "{failure:?}");
+        }
+        let r = HealthRecord::default().after_failure(Failure::Quota, None, NOW, &f);
+        assert_eq!(
+            (r.reason.as_str(), r.cooling_until_ms),
+            ("quota", NOW + 60_000)
+        );
+        let r = HealthRecord::default().after_failure(Failure::Auth, None, NOW, &f);
+        assert_eq!(r.reason.as_str(), "auth");
+    }
+
+    #[test]
+    fn overloaded_and_stalls_are_counted_like_server_errors() {
+        let f = failover(r#","consecutiveFailures":2"#);
+        for failure in [Failure::Overloaded, Failure::Stall, Failure::Status] {
+            let r = HealthRecord::default().after_failure(failure, None, NOW, &f);
+            assert_eq!(
+                (r.state(NOW), r.failures),
+                (State::Healthy, 1),
+                "{failure:?}"
+            );
+            let r = r.after_failure(failure, None, NOW, &f);
+            assert_eq!(r.state(NOW), State::Cooling, "{failure:?}");
+        }
+    }
+
+    /// With the default settings, a provider that fails for `outage` ms (every
+    /// request in that time fails) and then heals takes traffic again within 30 s of
+    /// healing, when requests come every `every` ms: for every moment it could heal.
+    #[test]
+    fn with_the_defaults_a_healed_provider_is_back_within_30_seconds() {
+        let json = r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}]}"#;
+        let f = Config::parse(json.as_bytes(), &|_| None).unwrap().failover;
+        for (outage, every) in [
+            (60_000u64, 4_000u64),
+            (60_000, 1_000),
+            (600_000, 4_000),
+            (5_000, 4_000),
+        ] {
+            for offset in (0..every).step_by(250) {
+                let healed_at = NOW + outage;
+                let mut r = HealthRecord::default();
+                let mut t = NOW + offset;
+                let back = loop {
+                    match r.state(t) {
+                        State::Cooling | State::Probing => {}
+                        State::Healthy | State::HalfOpen if t >= healed_at => break t,
+                        State::Healthy => r = r.after_failure(Failure::ServerError, None, t, &f),
+                        State::HalfOpen => {
+                            r = r.claim_probe(t, &f).unwrap();
+                            r = r.after_failure(Failure::ServerError, None, t, &f);
+                        }
+                    }
+                    t += every;
+                };
+                assert!(
+                    back - healed_at <= 30_000,
+                    "outage {outage} ms, a request every {every} ms from +{offset} ms: back {} ms after healing",
+                    back - healed_at
+                );
+            }
+        }
     }
 
     #[test]

@@ -38,7 +38,15 @@ use crate::rewrite::{self, Edit};
 use crate::select::{self, HealthView};
 use crate::store;
 use crate::telemetry::Telemetry;
-use crate::upstream::{CLIENT_HEADERS_KEY, FAILED_AT_KEY, PLAN_KEY, REFUSED_KEY};
+use crate::upstream::{
+    CLIENT_HEADERS_KEY, FAILED_AT_KEY, PLAN_KEY, REFUSED_KEY, RETRY_STATUS, STATUS_KEY,
+    STREAMED_KEY,
+};
+
+/// Router mode: set on a request that asks for a streamed answer, once its body was
+/// read (the request headers are held until then), so that render's route for
+/// streamed requests (its own per-try timeouts) takes it. Never from a client.
+pub const STREAMED_HEADER: &str = "x-llm-failover-streamed";
 use crate::view;
 
 /// The request header that carries the cluster order to `header_to_metadata`
@@ -203,7 +211,12 @@ impl FailoverFilter {
         }
         let hedging = config.failover.hedge_after_ms.is_some() && self.plan.picks.len() > 1;
         // A hedge needs the whole body, kept.
-        self.phase = body_phase(end_of_stream, config.needs_json_body || hedging);
+        // A streamed request is told by its body (it takes a route of its own).
+        let stream_timeout = config.failover.routes_streams_apart();
+        self.phase = body_phase(
+            end_of_stream,
+            config.needs_json_body || hedging || stream_timeout,
+        );
         self.rewrite_first_body = self.phase == Phase::Buffering
             && attempt::downstream_rewrites_first_body(&config, &self.plan);
         host::set_property(
@@ -263,6 +276,16 @@ impl FailoverFilter {
                 self.wait_for_hedge(None);
             }
         }
+        if config.failover.routes_streams_apart() {
+            if self.phase == Phase::Buffering {
+                // Held until the body says whether the answer is streamed, which picks
+                // the route (render gives streamed requests their own timeouts). The
+                // wiring sets allow_on_headers_stop_iteration, so the body still comes.
+                return Action::Pause;
+            }
+            // No body to read: never the streamed route, whatever a client sent.
+            host::remove_request_header(STREAMED_HEADER);
+        }
         Action::Continue
     }
 
@@ -271,7 +294,12 @@ impl FailoverFilter {
     /// not even start (no healthy host, unknown cluster) never met an upstream filter:
     /// it is recorded here. The router does not retry it, so that client gets
     /// Envoy's 503; the next requests skip the provider.
-    fn route_response(&mut self, status: u16) -> Action {
+    fn route_response(&mut self, mut status: u16) -> Action {
+        if status == RETRY_STATUS {
+            // The router did not retry after all (no retry left): the provider's own status.
+            status = parse_number(host::property(&[STATUS_KEY]).as_deref()).unwrap_or(502);
+            host::set_response_header(":status", &status.to_string());
+        }
         let attempts = host::property_u64(&["upstream", "request_attempt_count"])
             .unwrap_or(1)
             .max(1);
@@ -491,6 +519,44 @@ impl FailoverFilter {
         log::info!("{}", attempt::describe(&config, index, &result, why, now));
     }
 
+    /// Dispatch mode: records a failing answer as its verdict says and, when the
+    /// verdict lets it, sends the request on. True when a call went out.
+    fn failed_answer(&mut self, status: u16, verdict: &attempt::Verdict) -> bool {
+        match verdict.failure {
+            Some(failure) => {
+                let why = format!("status {status}, {}", verdict.reason());
+                self.mark_failed(self.current, failure, verdict.evidence_ms, &why);
+            }
+            // The request was at fault; the provider answered, so it is up.
+            None => {
+                attempt::record_success(
+                    &self.config,
+                    &HostSharedData,
+                    self.current,
+                    Some(self.current_record),
+                );
+                self.probe_claim = None;
+            }
+        }
+        if !verdict.fail_over {
+            return false;
+        }
+        if self.tried.is_empty() {
+            self.tried = vec![false; self.config.providers.len()];
+        }
+        if let Some(t) = self.tried.get_mut(self.current) {
+            *t = true;
+        }
+        if verdict.class == crate::errors::Class::ContextLength {
+            // Only a provider with a larger context window may take it.
+            let from = self.current;
+            for (to, tried) in self.tried.iter_mut().enumerate() {
+                *tried |= !attempt::takes_longer_context(&self.config, from, to);
+            }
+        }
+        self.try_next(verdict.reason())
+    }
+
     /// Sends the request on to the next available provider. Returns false when there
     /// is none, so the client gets the failure it has.
     fn try_next(&mut self, reason: &'static str) -> bool {
@@ -631,23 +697,32 @@ impl Context for FailoverFilter {
         let headers = host::call_response_headers();
         let status = reply::status_of(&headers);
         let body = host::call_response_body(body_size);
-        let result = outcome::classify_callout(status, &body, &self.config.failover);
-        if let Some((failure, reason)) = attempt::failure_of(result, status.unwrap_or(0)) {
-            let why = match status {
-                Some(s) if result == Outcome::ProviderFailure => format!("status {s}"),
-                _ => "no response".to_string(),
-            };
-            let evidence = retry_after::failure_delay(&headers, host::now_ms());
-            self.mark_failed(self.current, failure, evidence, &why);
-            if self.try_next(reason) {
-                return;
+        let config = Rc::clone(&self.config);
+        let failed = match (outcome::classify_callout(status, &body), status) {
+            (Outcome::Unreachable, _) => {
+                let (failure, reason) = attempt::unreachable();
+                self.mark_failed(self.current, failure, None, "no response");
+                if self.try_next(reason) {
+                    return;
+                }
+                true
             }
-        } else {
-            self.record_success(Some(&headers));
-        }
+            (_, Some(s)) if s >= 400 => {
+                let verdict =
+                    attempt::judge(&config, self.current, s, &headers, &body, host::now_ms());
+                if self.failed_answer(s, &verdict) {
+                    return;
+                }
+                verdict.failure.is_some()
+            }
+            _ => {
+                self.record_success(Some(&headers));
+                false
+            }
+        };
         self.finish(status.unwrap_or(503));
         let mut reply = Relayed::new(&headers, body, self.provider_name());
-        if result.is_failure() {
+        if failed {
             if let Some(secs) = self.all_cooling_retry_after() {
                 reply.set_header("retry-after", &secs);
             }
@@ -748,9 +823,12 @@ impl HttpContext for FailoverFilter {
             return Action::Pause;
         }
         let body = host::request_body(body_size).unwrap_or_default();
-        if config.needs_json_body {
+        let inspect = config.needs_json_body || config.failover.routes_streams_apart();
+        if inspect {
             match body::inspect(&body) {
                 Ok(slots) => self.slots = Some(slots),
+                // Only a model rewrite needs JSON; without one the body goes on as it is.
+                Err(_) if !config.needs_json_body => {}
                 Err(e) => {
                     // A compressed body is never JSON to the scanner; say why it was refused.
                     // Told by its first bytes: the request headers cannot be read here (the
@@ -789,6 +867,21 @@ impl HttpContext for FailoverFilter {
                 let (replaced, prefix) = body::model_edit(&body, slots, model);
                 host::replace_request_body_prefix(replaced, &prefix);
             }
+            if self.slots.as_ref().is_some_and(|s| s.stream)
+                && config.failover.stream_first_byte_timeout_ms.is_some()
+            {
+                // Each attempt's upstream filter starts its streamFirstByteTimeout.
+                host::set_property(STREAMED_KEY, "1");
+            }
+            if config.failover.routes_streams_apart() {
+                if self.slots.as_ref().is_some_and(|s| s.stream) {
+                    host::set_request_header(STREAMED_HEADER, "1");
+                    // For the upstream filters: which timeout abandoned an attempt.
+                    host::set_property(STREAMED_KEY, "1");
+                } else {
+                    host::remove_request_header(STREAMED_HEADER);
+                }
+            }
             self.phase = Phase::Sent;
             if self.hedge_request.is_some() {
                 self.wait_for_hedge(Some(body));
@@ -822,31 +915,48 @@ impl HttpContext for FailoverFilter {
             let ending = self.hedges.borrow_mut().end(self.context_id);
             return self.hedged_response(status, ending);
         }
-        let result = if status < 400 {
-            Outcome::Answer
+        if status < 400 {
+            self.record_success(None);
         } else {
             let details = host::property(&["response", "code_details"])
                 .and_then(|v| String::from_utf8(v).ok());
             let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
-            outcome::classify_routed(status, details.as_deref(), flags, &config.failover)
-        };
-        if let Some((failure, reason)) = attempt::failure_of(result, status) {
-            let headers = host::response_headers();
-            let why = if result == Outcome::Unreachable {
-                format!("unreachable, Envoy answered {status}")
-            } else {
-                format!("status {status}")
-            };
-            let evidence = retry_after::failure_delay(&headers, host::now_ms());
-            self.mark_failed(self.current, failure, evidence, &why);
-            if config.can_fail_over && self.try_next(reason) {
-                self.phase = Phase::FailingOver;
-                return Action::Pause;
+            match outcome::classify_routed(details.as_deref(), flags) {
+                Outcome::Unreachable => {
+                    let (failure, reason) = attempt::unreachable();
+                    let why = format!("unreachable, Envoy answered {status}");
+                    self.mark_failed(self.current, failure, None, &why);
+                    if config.can_fail_over && self.try_next(reason) {
+                        self.phase = Phase::FailingOver;
+                        return Action::Pause;
+                    }
+                    self.pass_failed_answer(status);
+                    return Action::Continue;
+                }
+                Outcome::LocalReply => {}
+                Outcome::Answer => {
+                    // Dispatch mode cannot hold these headers to read the body (no
+                    // allow_on_headers_stop_iteration in a WasmPlugin): the routed
+                    // attempt is judged by its status and headers alone.
+                    let headers = host::response_headers();
+                    let verdict = attempt::judge(
+                        &config,
+                        self.current,
+                        status,
+                        &headers,
+                        b"",
+                        host::now_ms(),
+                    );
+                    if self.failed_answer(status, &verdict) {
+                        self.phase = Phase::FailingOver;
+                        return Action::Pause;
+                    }
+                    if verdict.failure.is_some() {
+                        self.pass_failed_answer(status);
+                        return Action::Continue;
+                    }
+                }
             }
-            self.pass_failed_answer(status);
-            return Action::Continue;
-        } else if result == Outcome::Answer {
-            self.record_success(None);
         }
         host::set_response_header(PROVIDER_HEADER, self.provider_name());
         self.finish(status);

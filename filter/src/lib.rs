@@ -23,6 +23,7 @@ pub mod attempt;
 pub mod body;
 pub mod config;
 pub mod duration;
+pub mod errors;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzz_checks;
 pub mod handoff;

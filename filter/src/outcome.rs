@@ -2,28 +2,18 @@
 //! own local replies. Pure: the status, the reply details and the response flags
 //! come in as arguments.
 
-use crate::config::Failover;
-
 /// What an upstream response means for the provider that was asked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The provider answered and the answer is not a failure (2xx, or e.g. a 400
-    /// the client must see).
+    /// The provider answered: a 400 and up is judged by its error class
+    /// (`attempt::judge`).
     Answer,
-    /// The provider answered with a status from `failover.onStatus`.
-    ProviderFailure,
     /// The provider could not be reached or did not answer: refused or reset
     /// connection, timeout, no healthy host. Always a failure, whatever `onStatus` says.
     Unreachable,
     /// Envoy answered for a reason that says nothing about the provider (a local
     /// rate limit, a fault filter): passed through, health untouched.
     LocalReply,
-}
-
-impl Outcome {
-    pub fn is_failure(self) -> bool {
-        matches!(self, Outcome::ProviderFailure | Outcome::Unreachable)
-    }
 }
 
 // Envoy's response flags (the legacy bitmask in the `response.flags` property)
@@ -54,19 +44,10 @@ const UNREACHABLE_FLAGS: u64 = NO_HEALTHY_UPSTREAM
 /// `code_details` is Envoy's `response.code_details` (`via_upstream` when the
 /// provider sent the status); `None` when the host could not say, in which case the
 /// status is taken as the provider's. `flags` is `response.flags`.
-pub fn classify_routed(
-    status: u16,
-    code_details: Option<&str>,
-    flags: u64,
-    failover: &Failover,
-) -> Outcome {
+pub fn classify_routed(code_details: Option<&str>, flags: u64) -> Outcome {
     let via_upstream = code_details.is_none_or(|d| d == "via_upstream");
     if via_upstream {
-        return if failover.is_failure_status(status) {
-            Outcome::ProviderFailure
-        } else {
-            Outcome::Answer
-        };
+        return Outcome::Answer;
     }
     if flags & UNREACHABLE_FLAGS != 0 {
         Outcome::Unreachable
@@ -85,112 +66,75 @@ const LOCAL_REPLY_PREFIXES: [&[u8]; 3] = [
 
 /// Classifies the response of a call dispatched during within-request failover.
 /// `status` is `None` when the call got no response at all (timeout, reset).
-pub fn classify_callout(status: Option<u16>, body: &[u8], failover: &Failover) -> Outcome {
+pub fn classify_callout(status: Option<u16>, body: &[u8]) -> Outcome {
     let Some(status) = status else {
         return Outcome::Unreachable;
     };
     if matches!(status, 503 | 504) && LOCAL_REPLY_PREFIXES.iter().any(|p| body.starts_with(p)) {
         return Outcome::Unreachable;
     }
-    if failover.is_failure_status(status) {
-        Outcome::ProviderFailure
-    } else {
-        Outcome::Answer
-    }
+    Outcome::Answer
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
-    fn failover(on_status: &str) -> Failover {
-        let json = format!(
-            r#"{{"groups":[{{"providers":[{{"name":"a","cluster":"c"}}]}}],"failover":{{"onStatus":{on_status}}}}}"#
-        );
-        Config::parse(json.as_bytes(), &|_| None).unwrap().failover
+    #[test]
+    fn what_the_provider_sent_is_its_answer() {
+        assert_eq!(classify_routed(Some("via_upstream"), 0), Outcome::Answer);
+        assert_eq!(classify_routed(None, 0), Outcome::Answer);
     }
 
     #[test]
-    fn provider_statuses_follow_on_status() {
-        let f = failover("[429, 503]");
-        assert_eq!(
-            classify_routed(429, Some("via_upstream"), 0, &f),
-            Outcome::ProviderFailure
-        );
-        assert_eq!(classify_routed(503, None, 0, &f), Outcome::ProviderFailure);
-        assert_eq!(
-            classify_routed(500, Some("via_upstream"), 0, &f),
-            Outcome::Answer
-        );
-        assert_eq!(
-            classify_routed(200, Some("via_upstream"), 0, &f),
-            Outcome::Answer
-        );
-        assert_eq!(
-            classify_routed(400, Some("via_upstream"), 0, &f),
-            Outcome::Answer
-        );
-    }
-
-    #[test]
-    fn envoy_connection_failures_count_even_outside_on_status() {
-        let f = failover("[429]");
+    fn envoy_connection_failures_are_unreachable() {
         let refused = "upstream_reset_before_response_started{remote_connection_failure}";
+        assert_eq!(classify_routed(Some(refused), 0x20), Outcome::Unreachable);
         assert_eq!(
-            classify_routed(503, Some(refused), 0x20, &f),
+            classify_routed(Some("upstream_response_timeout"), 0x4),
             Outcome::Unreachable
         );
         assert_eq!(
-            classify_routed(504, Some("upstream_response_timeout"), 0x4, &f),
+            classify_routed(Some("no_healthy_upstream"), 0x2),
             Outcome::Unreachable
         );
         assert_eq!(
-            classify_routed(503, Some("no_healthy_upstream"), 0x2, &f),
-            Outcome::Unreachable
-        );
-        assert_eq!(
-            classify_routed(503, Some("cluster_not_found"), 1 << 24, &f),
+            classify_routed(Some("cluster_not_found"), 1 << 24),
             Outcome::Unreachable
         );
     }
 
     #[test]
     fn envoy_local_replies_are_not_the_providers_answer() {
-        let f = failover("[429, 503]");
         // A local rate limit's 429 (flag RL) must not put the provider into cooldown.
         assert_eq!(
-            classify_routed(429, Some("local_rate_limited"), 1 << 11, &f),
+            classify_routed(Some("local_rate_limited"), 1 << 11),
             Outcome::LocalReply
         );
         assert_eq!(
-            classify_routed(503, Some("fault_filter_abort"), 1 << 10, &f),
+            classify_routed(Some("fault_filter_abort"), 1 << 10),
             Outcome::LocalReply
         );
     }
 
     #[test]
-    fn callout_failures_are_recognised_by_status_or_envoy_body() {
-        let f = failover("[429]");
-        assert_eq!(classify_callout(None, b"", &f), Outcome::Unreachable);
+    fn callout_failures_are_recognised_by_envoy_body() {
+        assert_eq!(classify_callout(None, b""), Outcome::Unreachable);
         assert_eq!(
-            classify_callout(Some(503), b"upstream connect error or disconnect/reset before headers. reset reason: connection failure", &f),
+            classify_callout(Some(503), b"upstream connect error or disconnect/reset before headers. reset reason: connection failure"),
             Outcome::Unreachable
         );
         assert_eq!(
-            classify_callout(Some(504), b"upstream request timeout", &f),
+            classify_callout(Some(504), b"upstream request timeout"),
             Outcome::Unreachable
         );
         assert_eq!(
-            classify_callout(Some(503), b"{\"error\":{}}", &f),
+            classify_callout(Some(503), b"{\"error\":{}}"),
             Outcome::Answer
         );
+        assert_eq!(classify_callout(Some(429), b"{}"), Outcome::Answer);
         assert_eq!(
-            classify_callout(Some(429), b"{}", &f),
-            Outcome::ProviderFailure
-        );
-        assert_eq!(
-            classify_callout(Some(200), b"upstream request timeout", &f),
+            classify_callout(Some(200), b"upstream request timeout"),
             Outcome::Answer
         );
     }

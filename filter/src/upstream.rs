@@ -14,12 +14,12 @@ use proxy_wasm::types::Action;
 use crate::attempt::{self, MetricsSink};
 use crate::body;
 use crate::config::Config;
+use crate::errors::{self, Class};
 use crate::handoff::{self, Step};
 use crate::health::Failure;
 use crate::hedge::{self, Live, HEDGED_TO_KEY, HEDGE_HEADER, HELD_KEY};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
-use crate::outcome::Outcome;
 use crate::retry_after;
 use crate::sse::{self, StreamWatch};
 use crate::telemetry::Telemetry;
@@ -34,8 +34,19 @@ pub const FAILED_AT_KEY: &str = "llm_failover_failed_at";
 /// Set when the downstream filter refused the request itself (400, 413): the attempt
 /// the router had started is then reset by the gateway, not by the provider.
 pub const REFUSED_KEY: &str = "llm_failover_refused";
+/// Set by the downstream filter when the request asks for a streamed answer (it
+/// then takes render's route for streamed requests, with their own timeouts).
+pub const STREAMED_KEY: &str = "llm_failover_streamed";
 /// `broken` or `reset` when the answer's stream broke off, for the access log.
 pub const STREAM_KEY: &str = "llm_failover_stream";
+/// The status of the last failing answer sent on to the router as [`RETRY_STATUS`],
+/// so the downstream filter can restore it if the router did not retry after all.
+pub const STATUS_KEY: &str = "llm_failover_status";
+/// The status an upstream filter gives a failing answer it wants retried on the next
+/// provider: the route's only retriable status (render). The filter decides from the
+/// status and error body (`attempt::judge`), Envoy's router only executes. A status
+/// no provider sends; one that does is passed on as 502.
+pub const RETRY_STATUS: u16 = 591;
 
 /// Envoy's response flag for a downstream that went away (`DC`).
 const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
@@ -73,6 +84,14 @@ pub struct AttemptFilter {
     live: Rc<RefCell<Live>>,
     /// This routed attempt was held for the request's hedge (see `hedge::HEDGED_TO_KEY`).
     holding: bool,
+    /// A failing answer whose headers are held until its error body is read (render
+    /// sets `allow_on_headers_stop_iteration`, so the body still comes): its status
+    /// and headers.
+    held: Option<(u16, Vec<(String, Vec<u8>)>)>,
+    /// A streamed answer's headers held until its first event (`firstTokenTimeout`).
+    awaiting_first_event: bool,
+    /// When the answer's last bytes came (Unix ms), kept with `streamIdleTimeout`.
+    last_data_ms: u64,
 }
 
 impl AttemptFilter {
@@ -101,6 +120,9 @@ impl AttemptFilter {
             hedge_id: None,
             live,
             holding: false,
+            held: None,
+            awaiting_first_event: false,
+            last_data_ms: 0,
         }
     }
 
@@ -190,24 +212,137 @@ impl AttemptFilter {
             .unwrap_or("?")
     }
 
-    /// A failure of this attempt: recorded, and when the router will send the request
-    /// on (a next provider is in the plan), counted as a failover.
+    /// A failure of this attempt without an answer (refused, reset, timed out): the
+    /// router retries it itself, on the next attempt of the plan.
     fn failed(&mut self, failure: Failure, reason: &'static str, evidence: Option<u64>, why: &str) {
-        let Some(now) = self.record(failure, evidence, why) else {
+        let now = host::now_ms();
+        self.record(failure, evidence, why, now);
+        if let Some(next) = self.plan.get(self.position + 1).map(|s| s.index) {
+            self.failing_over(next, reason, now);
+        }
+    }
+
+    /// Counts a failover to provider `to` and, for the first attempt, notes its
+    /// reason and time for the access log and the failover-time histogram.
+    fn failing_over(&self, to: usize, reason: &'static str, now: u64) {
+        let Some(to) = self.config.providers.get(to) else {
             return;
         };
+        log::info!("llm-failover: failing over to provider {}", to.name);
+        self.telemetry
+            .count(metrics::failovers(self.name(), &to.name, reason));
+        if self.position == 0 {
+            host::set_property(REASON_KEY, reason);
+            host::set_property(FAILED_AT_KEY, &now.to_string());
+        }
+    }
+
+    /// A failing answer (400 and up), its error body read: judged by its class, its
+    /// provider's health recorded, and the answer either sent on to the client or
+    /// turned into [`RETRY_STATUS`] so the router retries the next provider.
+    fn settle(&mut self, status: u16, headers: &[(String, Vec<u8>)], body: &[u8]) {
+        let Some(index) = self.provider else { return };
         let config = Rc::clone(&self.config);
-        if let Some(next) = self.plan.get(self.position + 1) {
-            if let Some(to) = config.providers.get(next.index) {
-                log::info!("llm-failover: failing over to provider {}", to.name);
-                self.telemetry
-                    .count(metrics::failovers(self.name(), &to.name, reason));
-                if self.position == 0 {
-                    host::set_property(REASON_KEY, reason);
-                    host::set_property(FAILED_AT_KEY, &now.to_string());
+        let now = host::now_ms();
+        let verdict = attempt::judge(&config, index, status, headers, body, now);
+        let why = format!("status {status}, {}", verdict.reason());
+        match verdict.failure {
+            Some(failure) => {
+                let result = self.record(failure, verdict.evidence_ms, &why, now);
+                if result.as_ref().is_some_and(|r| r.cooldown_started) {
+                    self.say_loudly(failure, status, &config);
                 }
             }
+            None => {
+                log::info!(
+                    "llm-failover: provider {} answered {status} ({}): the request is at fault; no cooldown",
+                    self.name(),
+                    verdict.reason()
+                );
+                // The provider answered: it is up.
+                self.record_success(index);
+            }
         }
+        let next = if verdict.fail_over {
+            self.next_for(&verdict, index)
+        } else {
+            None
+        };
+        match next {
+            Some(to) => {
+                self.failing_over(to, verdict.reason(), now);
+                host::set_property(STATUS_KEY, &status.to_string());
+                host::set_response_header(":status", &RETRY_STATUS.to_string());
+            }
+            None if status == RETRY_STATUS => host::set_response_header(":status", "502"),
+            None => {}
+        }
+    }
+
+    /// The timeout Envoy's router gives this attempt to send its headers, below
+    /// attemptTimeout, and its name: firstByteTimeout, or for a streamed request
+    /// streamFirstByteTimeout when shorter (render's route for streamed requests).
+    fn per_try_limit(&self) -> Option<(u64, &'static str)> {
+        let failover = &self.config.failover;
+        let first_byte = failover
+            .first_byte_timeout_ms
+            .map(|ms| (ms, "firstByteTimeout"));
+        let streamed = failover
+            .stream_first_byte_timeout_ms
+            .filter(|_| host::property(&[STREAMED_KEY]).is_some())
+            .map(|ms| (ms, "streamFirstByteTimeout"));
+        match (first_byte, streamed) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The provider the router's next attempt reaches, when this verdict may go
+    /// there: the next in the plan; for context length only if its context window is
+    /// larger (the router's attempt order is fixed when the request starts, and an
+    /// upstream filter cannot make it skip one: see ARCHITECTURE.md).
+    fn next_for(&self, verdict: &attempt::Verdict, index: usize) -> Option<usize> {
+        let next = self.plan.get(self.position + 1)?.index;
+        if verdict.class == Class::ContextLength
+            && !attempt::takes_longer_context(&self.config, index, next)
+        {
+            return None;
+        }
+        Some(next)
+    }
+
+    /// One line an operator cannot miss, once per cooldown, for failures that need a
+    /// person: a spent quota, a refused key.
+    fn say_loudly(&self, failure: Failure, status: u16, config: &Config) {
+        let Some(provider) = self.provider.and_then(|i| config.providers.get(i)) else {
+            return;
+        };
+        let secs = config.failover.max_cooldown_ms / 1000;
+        match failure {
+            Failure::Quota => log::error!(
+                "llm-failover: provider {} is out of quota or credit (status {status}); \
+                 it is left alone for {secs} s (maxCooldown): check its billing",
+                provider.name
+            ),
+            Failure::Auth => log::error!(
+                "llm-failover: provider {} refused the key from ${} (status {status}); \
+                 it is left alone for {secs} s (maxCooldown): fix the key",
+                provider.name,
+                provider.auth_env.as_deref().unwrap_or("?")
+            ),
+            _ => {}
+        }
+    }
+
+    /// Records a good answer (or one the request was at fault for) of provider `index`.
+    fn record_success(&self, index: usize) {
+        let reset = self.plan.get(self.position).map(|s| s.reset_on_success);
+        // Without a plan the record is unknown: read it (None) rather than skip a reset.
+        let known = match reset {
+            Some(false) => Some(crate::health::HealthRecord::default()),
+            _ => None,
+        };
+        attempt::record_success(&self.config, &HostSharedData, index, known);
     }
 }
 
@@ -225,10 +360,15 @@ impl AttemptFilter {
         }
     }
 
-    /// Records a failure of this attempt's provider and logs it; the time it used.
-    fn record(&self, failure: Failure, evidence: Option<u64>, why: &str) -> Option<u64> {
+    /// Records a failure of this attempt's provider at `now` and logs it.
+    fn record(
+        &self,
+        failure: Failure,
+        evidence: Option<u64>,
+        why: &str,
+        now: u64,
+    ) -> Option<attempt::Recorded> {
         let index = self.provider?;
-        let now = host::now_ms();
         let result = attempt::record_failure(
             &self.config,
             &HostSharedData,
@@ -242,7 +382,7 @@ impl AttemptFilter {
             "{}",
             attempt::describe(&self.config, index, &result, why, now)
         );
-        Some(now)
+        result.ok()
     }
 }
 
@@ -267,6 +407,21 @@ impl Context for AttemptFilter {
         if self.provider.is_none() {
             return true;
         }
+        if self.awaiting_first_event {
+            // Abandoned by firstTokenTimeout (Envoy's per-try idle timer) before its
+            // first event: the router goes on to the next provider.
+            self.awaiting_first_event = false;
+            if !client_went_away() && host::property(&[REFUSED_KEY]).is_none() {
+                let limit = self.config.failover.first_token_timeout_ms.unwrap_or(0);
+                self.failed(
+                    Failure::Stall,
+                    "stall",
+                    None,
+                    &format!("no first event within firstTokenTimeout ({limit} ms)"),
+                );
+            }
+            return true;
+        }
         if self.answered {
             // An answer reset after its headers (streamed or not), unless the client
             // went away: its bytes went out, so it cannot be sent elsewhere, but it is
@@ -286,14 +441,14 @@ impl Context for AttemptFilter {
         if client_went_away() || host::property(&[REFUSED_KEY]).is_some() {
             return true;
         }
-        if let Some(limit) = self.config.failover.first_byte_timeout_ms {
+        if let Some((limit, name)) = self.per_try_limit() {
             // Envoy's per-try timer and ours start a hair apart.
             if self.started_ms > 0 && host::now_ms().saturating_sub(self.started_ms) + 50 >= limit {
                 self.failed(
                     Failure::Timeout,
                     "timeout",
                     None,
-                    &format!("no response headers within firstByteTimeout ({limit} ms)"),
+                    &format!("no response headers within {name} ({limit} ms)"),
                 );
                 return true;
             }
@@ -302,7 +457,8 @@ impl Context for AttemptFilter {
             .filter(|r| !r.is_empty())
             .map(|r| format!("unreachable: {}", String::from_utf8_lossy(&r)))
             .unwrap_or_else(|| "no response: reset or timed out".to_string());
-        self.failed(Failure::Unreachable, "connection", None, &why);
+        let (failure, reason) = attempt::unreachable();
+        self.failed(failure, reason, None, &why);
         true
     }
 }
@@ -318,9 +474,22 @@ impl AttemptFilter {
     /// The answer's stream broke off (`how`: `broken` without its end, `reset`):
     /// a failure of the provider, shown in the access log.
     fn broken_stream(&mut self, how: &str) {
+        let now = host::now_ms();
+        if let Some(idle) = self.config.failover.stream_idle_timeout_ms {
+            if how == "reset"
+                && self.last_data_ms > 0
+                && now.saturating_sub(self.last_data_ms) + 50 >= idle
+            {
+                // Ended by streamIdleTimeout (Envoy's per-try idle timer): a stall.
+                host::set_property(STREAM_KEY, "stall");
+                let why = format!("its stream stalled for streamIdleTimeout ({idle} ms)");
+                let _ = self.record(Failure::Stall, None, &why, now);
+                return;
+            }
+        }
         host::set_property(STREAM_KEY, how);
         let why = format!("its stream broke off ({how})");
-        let _ = self.record(Failure::BrokenStream, None, &why);
+        let _ = self.record(Failure::BrokenStream, None, &why, now);
     }
 }
 
@@ -332,7 +501,9 @@ impl HttpContext for AttemptFilter {
         };
         let config = Rc::clone(&self.config);
         let provider = &config.providers[index];
-        if config.failover.first_byte_timeout_ms.is_some() {
+        if config.failover.first_byte_timeout_ms.is_some()
+            || config.failover.stream_first_byte_timeout_ms.is_some()
+        {
             self.started_ms = host::now_ms();
         }
         if self.planned && self.position == 0 {
@@ -405,10 +576,35 @@ impl HttpContext for AttemptFilter {
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         self.response_ended = true;
+        if let Some((status, headers)) = self.held.take() {
+            // The body (if any) came without its end: judged on what came.
+            self.settle(status, &headers, &[]);
+        }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.held.is_some() {
+            // Buffered here until it is complete or as long as it will be read.
+            if !end_of_stream && body_size < errors::BODY_LIMIT {
+                return Action::Pause;
+            }
+            let body = host::response_body(body_size.min(errors::BODY_LIMIT)).unwrap_or_default();
+            self.response_ended = end_of_stream;
+            if let Some((status, headers)) = self.held.take() {
+                self.settle(status, &headers, &body);
+            }
+            return Action::Continue;
+        }
+        if self.awaiting_first_event {
+            self.awaiting_first_event = false;
+            if let Some(index) = self.provider {
+                self.record_success(index);
+            }
+        }
+        if self.config.failover.stream_idle_timeout_ms.is_some() {
+            self.last_data_ms = host::now_ms();
+        }
         let Some(watch) = self.stream.as_mut() else {
             self.response_ended |= end_of_stream;
             return Action::Continue;
@@ -442,16 +638,16 @@ impl HttpContext for AttemptFilter {
             .unwrap_or(0);
         let config = Rc::clone(&self.config);
         // Everything an upstream filter sees came from the provider.
-        let outcome = if config.failover.is_failure_status(status) {
-            Outcome::ProviderFailure
-        } else {
-            Outcome::Answer
-        };
-        if let Some((failure, reason)) = attempt::failure_of(outcome, status) {
+        if status >= 400 {
             let headers = host::response_headers();
-            let evidence = retry_after::failure_delay(&headers, host::now_ms());
-            self.failed(failure, reason, evidence, &format!("status {status}"));
-            return Action::Continue;
+            if end_of_stream {
+                self.settle(status, &headers, &[]);
+                return Action::Continue;
+            }
+            // Held until the error body is read (render sets
+            // allow_on_headers_stop_iteration, so the body callbacks still come).
+            self.held = Some((status, headers));
+            return Action::Pause;
         }
         self.good_answer = true;
         if config.failover.proactive {
@@ -483,13 +679,17 @@ impl HttpContext for AttemptFilter {
         if !config.failover.proactive {
             self.watch_stream(status, host::response_header);
         }
-        let reset = self.plan.get(self.position).map(|s| s.reset_on_success);
-        // Without a plan the record is unknown: read it (None) rather than skip a reset.
-        let known = match reset {
-            Some(false) => Some(crate::health::HealthRecord::default()),
-            _ => None,
-        };
-        attempt::record_success(&config, &HostSharedData, index, known);
+        if config.failover.first_token_timeout_ms.is_some()
+            && self.stream.is_some()
+            && !end_of_stream
+        {
+            // Held until the first event: Envoy's per-try idle timer (firstTokenTimeout)
+            // still runs, and when it fires the router tries the next provider, since
+            // nothing reached the client. The success is recorded at the first event.
+            self.awaiting_first_event = true;
+            return Action::Pause;
+        }
+        self.record_success(index);
         Action::Continue
     }
 }

@@ -35,6 +35,16 @@ pub struct Behaviour {
     pub headers: Vec<(String, String)>,
     /// Extra headers on injected failures.
     pub failure_headers: Vec<(String, String)>,
+    /// An injected failure's status and raw body instead of the kind's own (a
+    /// provider's documented error body, for the error-class tests).
+    pub failure_status: Option<u16>,
+    pub failure_body: Option<String>,
+    /// A streamed answer: the wait between its headers and its first event.
+    pub first_event_delay_ms: u64,
+    /// A streamed answer falls silent after this many events, for `stall_ms`
+    /// (the connection stays open), then goes on.
+    pub stall_after: Option<usize>,
+    pub stall_ms: u64,
 }
 
 /// A partial update, as posted to `/mock/config`.
@@ -50,14 +60,45 @@ pub struct Update {
     chunk_delay_ms: Option<u64>,
     headers: Option<std::collections::BTreeMap<String, String>>,
     failure_headers: Option<std::collections::BTreeMap<String, String>>,
+    /// `null` goes back to the kind's own status and body.
+    #[serde(default, with = "double_option_u16")]
+    failure_status: Option<Option<u16>>,
+    #[serde(default, with = "double_option")]
+    failure_body: Option<Option<String>>,
+    first_event_delay_ms: Option<u64>,
+    #[serde(default, with = "double_option_usize")]
+    stall_after: Option<Option<usize>>,
+    stall_ms: Option<u64>,
+}
+
+/// `Some(None)` for an explicit `null`, so a field can be cleared.
+fn double<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
 }
 
 mod double_option {
-    use serde::{Deserialize, Deserializer};
-    pub fn deserialize<'de, D: Deserializer<'de>>(
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Option<String>>, D::Error> {
-        Ok(Some(Option::deserialize(d)?))
+        super::double(d)
+    }
+}
+
+mod double_option_u16 {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<u16>>, D::Error> {
+        super::double(d)
+    }
+}
+
+mod double_option_usize {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<usize>>, D::Error> {
+        super::double(d)
     }
 }
 
@@ -77,12 +118,20 @@ impl Behaviour {
             chunk_delay_ms,
             headers: Vec::new(),
             failure_headers: Vec::new(),
+            failure_status: None,
+            failure_body: None,
+            first_event_delay_ms: 0,
+            stall_after: None,
+            stall_ms: 0,
         };
         b.validate()?;
         Ok(b)
     }
 
     fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.failure_status.filter(|s| !(100..=599).contains(s)) {
+            return Err(format!("failure status {s} is not an HTTP status"));
+        }
         if self.failure_rate > 100 {
             return Err(format!(
                 "failure rate {} is not a percentage",
@@ -126,6 +175,21 @@ impl Behaviour {
         }
         if let Some(h) = update.failure_headers {
             next.failure_headers = h.into_iter().collect();
+        }
+        if let Some(s) = update.failure_status {
+            next.failure_status = s;
+        }
+        if let Some(b) = update.failure_body {
+            next.failure_body = b;
+        }
+        if let Some(d) = update.first_event_delay_ms {
+            next.first_event_delay_ms = d;
+        }
+        if let Some(n) = update.stall_after {
+            next.stall_after = n;
+        }
+        if let Some(ms) = update.stall_ms {
+            next.stall_ms = ms;
         }
         next.validate()?;
         *self = next;

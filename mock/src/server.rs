@@ -191,7 +191,19 @@ fn serve_api(
 fn chat(state: &State, out: &mut Responder<'_>, behaviour: &Behaviour, body: &[u8]) {
     let seq = state.seq.fetch_add(1, Ordering::Relaxed);
     if let Some((status, kind, message)) = behaviour.failure(roll(state), seq) {
-        let mut resp = json_response(state, status, &error_json(message, kind, kind));
+        let mut resp = match &behaviour.failure_body {
+            Some(raw) => Response::new(
+                behaviour.failure_status.unwrap_or(status),
+                raw.clone().into_bytes(),
+            )
+            .with_header("content-type", "application/json")
+            .with_header("x-mock-name", &state.settings.name),
+            None => json_response(
+                state,
+                behaviour.failure_status.unwrap_or(status),
+                &error_json(message, kind, kind),
+            ),
+        };
         if let Some(ra) = &behaviour.retry_after {
             resp = resp.with_header("retry-after", ra);
         }
@@ -279,6 +291,12 @@ fn stream(
         return;
     }
     for (i, event) in events.iter().enumerate() {
+        if i == 0 && behaviour.first_event_delay_ms > 0 {
+            thread::sleep(Duration::from_millis(behaviour.first_event_delay_ms));
+        }
+        if i > 0 && behaviour.stall_after == Some(i) {
+            thread::sleep(Duration::from_millis(behaviour.stall_ms));
+        }
         if i > 0 && behaviour.chunk_delay_ms > 0 {
             thread::sleep(Duration::from_millis(behaviour.chunk_delay_ms));
         }

@@ -112,7 +112,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         );
     }
     let plugin_in = |vm_config: &Value, name: &str, root_id: &str, configuration: &str| {
-        json!({
+        let mut plugin = json!({
             "name": "envoy.filters.http.wasm",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
@@ -132,7 +132,15 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                     },
                 },
             },
-        })
+        });
+        if root_id == llm_failover::root::UPSTREAM_ROOT_ID {
+            // The upstream filter holds a failing answer's headers until it has read
+            // the error body (and a stream's until its first event): with this, proxy-wasm's
+            // Pause is a plain StopIteration and the body callbacks still come (without
+            // it, the attempt would hang).
+            plugin["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
+        }
+        plugin
     };
     let plugin = |name: &str, root_id: &str, configuration: &str| {
         plugin_in(&vm_config, name, root_id, configuration)
@@ -167,7 +175,6 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         .iter()
         .map(|p| json!({"name": p.cluster, "clusters": [{"cluster_name": p.cluster, "weight": 1}]}))
         .collect();
-    let statuses = config.failover.failure_statuses();
     let route = json!({
         "match": {"prefix": "/"},
         // Dispatch mode's routing header means nothing here; a client-sent one is not
@@ -188,8 +195,10 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             // attempt's wait for its first byte is bounded by per_try_timeout.
             "timeout": "0s",
             "retry_policy": {
+                // The upstream filter decides which answers go on to the next provider
+                // (by status and error body) and marks them with this one status.
                 "retry_on": "retriable-status-codes,connect-failure,reset",
-                "retriable_status_codes": statuses,
+                "retriable_status_codes": [llm_failover::upstream::RETRY_STATUS],
                 // A ceiling; the filter sets x-envoy-max-retries per request to its plan.
                 "num_retries": config.providers.len().saturating_sub(1),
                 // firstByteTimeout when set, else attemptTimeout: either way only the wait
@@ -201,6 +210,41 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             },
         },
     });
+    // Streamed requests (the filter sets its streamed header once it has read the
+    // body) get a route of their own: a streamed answer sends its headers at once, so
+    // a provider silent for streamFirstByteTimeout is abandoned. A non-streamed
+    // answer's headers wait for the whole generation: attemptTimeout bounds those.
+    let mut routes = Vec::new();
+    if config.failover.routes_streams_apart() {
+        let failover = &config.failover;
+        let mut streamed = route.clone();
+        let per_try = [
+            failover.first_byte_timeout_ms,
+            failover.stream_first_byte_timeout_ms,
+        ]
+        .into_iter()
+        .flatten()
+        .fold(failover.attempt_timeout_ms, u64::min);
+        if let Some(silence) = failover.stream_silence_ms() {
+            // No byte from the provider for this long, before its first event (the
+            // upstream filter holds the headers until then) or between events.
+            streamed["route"]["retry_policy"]["per_try_idle_timeout"] =
+                json!(format!("{}s", ms_to_secs(silence)));
+        }
+        streamed["match"]["headers"] = json!([{
+            "name": llm_failover::http::STREAMED_HEADER,
+            "present_match": true,
+        }]);
+        streamed["route"]["retry_policy"]["per_try_timeout"] =
+            json!(format!("{}s", ms_to_secs(per_try)));
+        routes.push(streamed);
+    }
+    routes.push(route);
+    for r in &mut routes {
+        if let Some(list) = r["request_headers_to_remove"].as_array_mut() {
+            list.push(json!(llm_failover::http::STREAMED_HEADER));
+        }
+    }
     let access_log = json!([{
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
@@ -226,6 +270,10 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             "stat_prefix": stat_prefix,
             "route_config": {"virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}]},
             "http_filters": filters,
+            // A stream the gateway ends (a provider's broken or stalled stream) reaches
+            // the client at once: Envoy's default waits up to 1 s for the client to
+            // close first (measured: the SDK raised 1.0 s later).
+            "delayed_close_timeout": "0s",
         });
         if let (Some(log), Some(obj)) = (log, h.as_object_mut()) {
             obj.insert("access_log".to_string(), log.clone());
@@ -238,14 +286,19 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
     // The view reads the providers the routing filter publishes (same vm_id): no copy.
     let ops_raw = json!({"healthPath": HEALTH_PATH}).to_string();
     let buffer_limit = config.max_body_bytes.max(1 << 20) + 65_536;
+    // The downstream filter holds a request's headers until it has read the body
+    // (which says whether the answer is streamed, and so the route): with this,
+    // proxy-wasm's Pause is a plain StopIteration and the body still comes.
+    let mut downstream_plugin = plugin("llm_failover", "llm_failover", raw);
+    downstream_plugin["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
     let listeners = json!([
         {
             "name": "llm",
             "address": socket(&options.listen),
             // Request bodies are buffered (checked here, replayed on a retry).
             "per_connection_buffer_limit_bytes": buffer_limit,
-            "filter_chains": hcm("llm", json!([route]), vec![
-                plugin("llm_failover", "llm_failover", raw),
+            "filter_chains": hcm("llm", json!(routes), vec![
+                downstream_plugin,
                 order_to_metadata,
                 refresh_route(),
                 router.clone(),
@@ -426,12 +479,62 @@ mod tests {
         let hcm = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
             ["typed_config"];
         let retry = &hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["retry_policy"];
-        assert_eq!(retry["retriable_status_codes"], json!([429, 503]));
+        // The upstream filter judges onStatus and the error classes; the router only
+        // retries what it marked.
+        assert_eq!(retry["retriable_status_codes"], json!([591]));
         assert_eq!(retry["per_try_timeout"], "2.500s");
         assert_eq!(retry["refresh_cluster_on_retry"], true);
         let env =
             &hcm["http_filters"][0]["typed_config"]["config"]["vm_config"]["environment_variables"];
         assert_eq!(env["host_env_keys"], json!(["OPENAI_API_KEY"]));
+        let upstream = &doc["static_resources"]["clusters"][0]["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"][0];
+        assert_eq!(
+            upstream["typed_config"]["config"]["allow_on_headers_stop_iteration"],
+            true
+        );
+        assert_eq!(
+            hcm["http_filters"][0]["typed_config"]["config"]["allow_on_headers_stop_iteration"],
+            true
+        );
+        // Streamed requests first, on a route of their own: streamFirstByteTimeout
+        // (20 s by default) when shorter than the per-try timeout.
+        let routes = &hcm["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(
+            routes[0]["match"]["headers"][0]["name"],
+            "x-llm-failover-streamed"
+        );
+        assert_eq!(
+            routes[0]["route"]["retry_policy"]["per_try_timeout"],
+            "2.500s"
+        );
+        assert_eq!(routes[1]["match"], json!({"prefix": "/"}));
+        for r in [&routes[0], &routes[1]] {
+            let removed = r["request_headers_to_remove"].as_array().unwrap();
+            assert!(removed.contains(&json!("x-llm-failover-streamed")));
+        }
+        assert_eq!(hcm["delayed_close_timeout"], "0s");
+    }
+
+    #[test]
+    fn streamed_requests_get_their_own_timeouts() {
+        let cfg = r#"{"groups":[{"providers":[{"name":"a","cluster":"c","endpoint":"http://127.0.0.1:1"}]}],
+                      "failover":{"firstTokenTimeout":"3s"}}"#;
+        let (doc, _) = render(cfg, &Options::default()).unwrap();
+        let routes = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+        let streamed = &routes[0]["route"]["retry_policy"];
+        assert_eq!(streamed["per_try_timeout"], "20s");
+        assert_eq!(streamed["per_try_idle_timeout"], "3s");
+        let plain = &routes[1]["route"]["retry_policy"];
+        assert_eq!(plain["per_try_timeout"], "120s");
+        assert_eq!(plain["per_try_idle_timeout"], Value::Null);
+        let off = r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],
+                      "failover":{"streamFirstByteTimeout":"0s"}}"#;
+        let (doc, _) = render(off, &Options::default()).unwrap();
+        let routes = &doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+            ["typed_config"]["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(routes.as_array().unwrap().len(), 1);
     }
 
     #[test]

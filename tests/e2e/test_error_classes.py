@@ -1,0 +1,240 @@
+"""Error classes (router mode, Envoy --concurrency 2): the upstream filter holds a
+failing answer's headers, reads its error body, and decides by class whether the
+request goes on, whether the provider cools and for how long. Bodies as the providers
+document them (the same as filter/src/errors.rs's unit tests)."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from harness import CHAT, MESSAGES, config, metric, provider, wait_until
+
+OPENAI_QUOTA = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                          "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+OPENAI_CONTEXT = {"error": {"message": "This model's maximum context length is 8192 tokens. However, your messages "
+                                       "resulted in 9013 tokens. Please reduce the length of the messages.",
+                            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}
+OPENAI_RATE = {"error": {"message": "Rate limit reached for gpt-4o in organization org-abc on requests per min (RPM): "
+                                    "Limit 3, Used 3, Requested 1. Please try again in 20s.",
+                         "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+AZURE_FILTER = {"error": {"message": "The response was filtered due to the prompt triggering Azure OpenAI's content "
+                                     "management policy.", "type": None, "param": "prompt", "code": "content_filter",
+                          "status": 400, "innererror": {"code": "ResponsibleAIPolicyViolation",
+                                                        "content_filter_result": {"hate": {"filtered": True}}}}}
+ANTHROPIC_OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
+ANTHROPIC_CONTEXT = {"type": "error", "error": {"type": "invalid_request_error",
+                                               "message": "prompt is too long: 208310 tokens > 200000 maximum"}}
+ANTHROPIC_CREDIT = {"type": "error", "error": {"type": "invalid_request_error",
+                                              "message": "Your credit balance is too low to access the Anthropic API. "
+                                                         "Please go to Plans & Billing to upgrade or purchase credits."}}
+GEMINI_RATE = [{"error": {"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
+                          "status": "RESOURCE_EXHAUSTED",
+                          "details": [{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"}]}}]
+GEMINI_CONTEXT = {"error": {"code": 400, "message": "The input token count (1200000) exceeds the maximum number of "
+                                                    "tokens allowed (1048576).", "status": "INVALID_ARGUMENT"}}
+GEMINI_OVERLOADED = {"error": {"code": 503, "message": "The model is overloaded. Please try again later.",
+                               "status": "UNAVAILABLE"}}
+VLLM_CONTEXT = {"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you "
+                                              "requested 5000 tokens (4000 in the messages, 1000 in the completion).",
+                "type": "BadRequestError", "param": None, "code": 400}
+OPENROUTER_CREDITS = {"error": {"code": 402, "message": "Insufficient credits. Add more using "
+                                                        "https://openrouter.ai/settings/credits"}}
+CLIENT_MISTAKE = {"error": {"message": "Invalid value for 'temperature': expected a number.",
+                            "type": "invalid_request_error", "param": "temperature", "code": None}}
+
+MAX_COOLDOWN_MS = 600_000
+
+
+def failing(mocks, name, status, body, *extra):
+    """A mock whose every chat answer is `status` with `body` (as the provider sends it)."""
+    m = mocks(name, "--failure-injection-rate", "100", *extra)
+    m.configure(failure_status=status, failure_body=json.dumps(body))
+    return m
+
+
+def chat(e, stream=False):
+    """One chat request with the official SDK: (x-llm-provider, text) or the SDK's exception."""
+    client = openai.OpenAI(base_url=f"{e.url}/v1", api_key="client-token", max_retries=0, timeout=30)
+    if stream:
+        raw = client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+        return raw.headers.get("x-llm-provider"), text
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=MESSAGES)
+    return raw.headers.get("x-llm-provider"), raw.parse().choices[0].message.content
+
+
+# A failing answer that fails over: (status, body, class, whether the provider cools,
+# the cooldown it gets in ms (None: the default backoff's first, 5 s)).
+FAILS_OVER = [
+    pytest.param(429, OPENAI_QUOTA, "quota", MAX_COOLDOWN_MS, id="openai-insufficient-quota"),
+    pytest.param(400, ANTHROPIC_CREDIT, "quota", MAX_COOLDOWN_MS, id="anthropic-credit-balance"),
+    pytest.param(402, OPENROUTER_CREDITS, "quota", MAX_COOLDOWN_MS, id="openrouter-402"),
+    pytest.param(529, ANTHROPIC_OVERLOADED, "overloaded", 5_000, id="anthropic-529"),
+    pytest.param(503, GEMINI_OVERLOADED, "overloaded", 5_000, id="gemini-503-overloaded"),
+    pytest.param(429, GEMINI_RATE, "rate_limited", 37_000, id="gemini-429-retry-delay-in-body"),
+    pytest.param(429, OPENAI_RATE, "rate_limited", 20_000, id="openai-429-try-again-in-body"),
+]
+
+
+@pytest.mark.parametrize("status,body,klass,cooldown_ms", FAILS_OVER)
+def test_a_failing_class_fails_over_streamed_and_cools_as_its_class_says(mocks, envoy, status, body, klass,
+                                                                         cooldown_ms):
+    primary = failing(mocks, "primary", status, body)
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")]),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    assert chat(e, stream=True)[0] == "fallback"
+    view = e.providers()["primary"]
+    assert (view["state"], view["last_reason"]) == ("cooling", klass)
+    assert cooldown_ms - 2_000 < view["cooling_for_ms"] <= cooldown_ms, view
+    log = e.access_log_lines(1)[0]
+    assert (log["http.status"], log["tried"], log["failover_reason"]) == (200, "primary,fallback", klass)
+    text = e.prometheus()
+    assert metric(text, "llm_failover_failovers", **{"from": "primary", "to": "fallback", "reason": klass}) == 1
+    assert metric(text, "llm_failover_cooldowns", provider="primary", reason=klass) == 1
+    assert len(primary.chat_requests()) == 1 and len(fallback.chat_requests()) == 1
+
+
+def test_a_spent_quota_is_said_once_per_cooldown_in_the_log(mocks, envoy):
+    primary = failing(mocks, "primary", 429, OPENAI_QUOTA)
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], withinRequest=False),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    # The first request gets the provider's own 429 (lab mode); the next ones go on.
+    assert e.post_chat(CHAT)[0] == 429
+    for _ in range(3):
+        assert e.post_chat(CHAT)[0] == 200
+    wait_until(lambda: "out of quota or credit" in e.log(), 5, "the quota line")
+    lines = [l for l in e.log().splitlines() if "out of quota or credit" in l]
+    assert len(lines) == 1, lines
+    assert "provider primary" in lines[0] and "600 s (maxCooldown)" in lines[0]
+
+
+@pytest.mark.parametrize("body", [OPENAI_CONTEXT, ANTHROPIC_CONTEXT, GEMINI_CONTEXT, VLLM_CONTEXT],
+                         ids=["openai", "anthropic", "gemini", "vllm"])
+def test_context_length_goes_only_to_a_larger_window_and_cools_nothing(mocks, envoy, body):
+    primary = failing(mocks, "primary", 400, body)
+    small = mocks("small")
+    big = mocks("big")
+    e = envoy(config([provider("primary", contextWindow=8192)], [provider("small", contextWindow=4096)],
+                     [provider("big", contextWindow=128000)]),
+              {"primary": primary.port, "small": small.port, "big": big.port}, router=True)
+    assert chat(e, stream=True)[0] == "big"
+    assert chat(e)[0] == "big"
+    # The request was at fault: the primary stays healthy and is asked again.
+    assert len(primary.chat_requests()) == 2
+    assert small.chat_requests() == [], "a smaller window must step aside"
+    assert len(big.chat_requests()) == 2
+    view = e.providers()
+    assert (view["primary"]["state"], view["small"]["state"]) == ("healthy", "healthy")
+    log = e.access_log_lines(2)[0]
+    assert (log["http.status"], log["provider"], log["failover_reason"]) == (200, "big", "context_length")
+
+
+def test_context_length_without_a_larger_window_returns_the_providers_400(mocks, envoy):
+    primary = failing(mocks, "primary", 400, OPENAI_CONTEXT)
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary", contextWindow=128000)], [provider("fallback", contextWindow=8192)]),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    status, headers, raw = e.post_chat(CHAT)
+    assert (status, json.loads(raw)) == (400, OPENAI_CONTEXT)
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(e, stream=True)
+    assert err.value.code == "context_length_exceeded"
+    assert fallback.chat_requests() == []
+    assert e.providers()["primary"]["state"] == "healthy"
+
+
+def test_a_content_policy_rejection_goes_to_the_client_unchanged(mocks, envoy):
+    primary = failing(mocks, "primary", 400, AZURE_FILTER)
+    fallback = mocks("fallback")
+    # Even with 400 in onStatus: a content-policy rejection does not fail over.
+    e = envoy(config([provider("primary")], [provider("fallback")], onStatus=[400, 429, 500, 502, 503, 504]),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    status, headers, raw = e.post_chat(CHAT)
+    assert (status, json.loads(raw), headers.get("x-llm-provider")) == (400, AZURE_FILTER, "primary")
+    with pytest.raises(openai.BadRequestError) as err:
+        chat(e, stream=True)
+    assert err.value.code == "content_filter"
+    assert fallback.chat_requests() == []
+    assert e.providers()["primary"]["state"] == "healthy"
+
+
+def test_content_policy_fails_over_when_configured(mocks, envoy):
+    primary = failing(mocks, "primary", 400, AZURE_FILTER)
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], errorClasses={"content_policy": "failover"}),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    assert chat(e, stream=True)[0] == "fallback"
+    assert e.providers()["primary"]["state"] == "healthy"
+
+
+def test_a_client_mistake_listed_in_on_status_still_returns_for_its_class_but_fails_over_as_listed(mocks, envoy):
+    primary = failing(mocks, "primary", 400, CLIENT_MISTAKE)
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")]),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    # Not in onStatus (the default): the client's mistake is the client's, nothing cools.
+    status, _, raw = e.post_chat(CHAT)
+    assert (status, json.loads(raw)) == (400, CLIENT_MISTAKE)
+    assert e.providers()["primary"]["state"] == "healthy"
+    assert fallback.chat_requests() == []
+
+
+def test_a_refused_injected_key_fails_over_cools_long_and_names_the_variable(mocks, envoy):
+    primary = mocks("primary", "--api-key", "the-right-key")
+    fallback = mocks("fallback")
+    p = provider("primary", policies={"auth": {"key": {"env": "PRIMARY_KEY"}}})
+    e = envoy(config([p], [provider("fallback")]), {"primary": primary.port, "fallback": fallback.port},
+              env={"PRIMARY_KEY": "a-wrong-key-value"}, router=True)
+    assert chat(e, stream=True)[0] == "fallback"
+    view = e.providers()["primary"]
+    assert (view["state"], view["last_reason"]) == ("cooling", "auth")
+    assert view["cooling_for_ms"] > MAX_COOLDOWN_MS - 2_000
+    wait_until(lambda: "refused the key" in e.log(), 5, "the auth line")
+    (line,) = [l for l in e.log().splitlines() if "refused the key" in l]
+    assert "provider primary" in line and "$PRIMARY_KEY" in line
+    assert "a-wrong-key-value" not in e.log()
+
+
+def test_the_clients_own_refused_credentials_go_back_to_the_client_and_cool_nothing(mocks, envoy):
+    primary = mocks("primary", "--api-key", "the-right-key")
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], onStatus=[401, 429, 500, 502, 503, 504]),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    with pytest.raises(openai.AuthenticationError):
+        chat(e)
+    assert fallback.chat_requests() == []
+    assert e.providers()["primary"]["state"] == "healthy"
+
+
+def test_classes_hold_under_16_concurrent_streamed_clients(mocks, envoy):
+    """16 clients at once: 64 requests too long for the primary (each streamed from the
+    big provider), then 64 its content policy rejects (each gets the 400). None reaches
+    the small provider, and nothing cools."""
+    primary = mocks("primary", "--failure-injection-rate", "100")
+    primary.configure(failure_status=400, failure_body=json.dumps(OPENAI_CONTEXT))
+    small = mocks("small")
+    big = mocks("big", "--chunk-delay-ms", "5")
+    e = envoy(config([provider("primary", contextWindow=8192)], [provider("small", contextWindow=4096)],
+                     [provider("big", contextWindow=128000)]),
+              {"primary": primary.port, "small": small.port, "big": big.port}, router=True)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: chat(e, stream=True), range(64)))
+    assert results == [("big", "Hello from big! 2+2 is 4.")] * 64
+    primary.configure(failure_body=json.dumps(AZURE_FILTER))
+
+    def one(_):
+        try:
+            chat(e, stream=True)
+        except openai.BadRequestError as err:
+            return err.code
+        return "answered"
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(64)))
+    assert codes == ["content_filter"] * 64
+    assert small.chat_requests() == []
+    assert len(big.chat_requests()) == 64 and len(primary.chat_requests()) == 128
+    assert {p["state"] for p in e.providers().values()} == {"healthy"}
