@@ -720,17 +720,18 @@ fn validate_provider(
             }
         }
     };
-    let context_window =
-        match rp.whole_number("contextWindow")? {
-            None => None,
-            Some(n) if (1..=MAX_CONTEXT_WINDOW).contains(&n) => Some(n),
-            Some(n) => return Err(ConfigError::new(
+    let context_window = match rp.whole_number("contextWindow")? {
+        None => None,
+        Some(n) if (1..=MAX_CONTEXT_WINDOW).contains(&n) => Some(n),
+        Some(n) => {
+            return Err(ConfigError::new(
                 format!("{at}.contextWindow"),
                 format!(
                     "{n} is out of range; it is a number of tokens from 1 to {MAX_CONTEXT_WINDOW}"
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let model_json = model.as_deref().map(json::quote);
     let health_key = match &model {
         Some(m) => format!("llm_failover.health.v1|{cluster}|{m}"),
@@ -1288,7 +1289,12 @@ mod tests {
             assert!(c.failover.is_failure_status(s), "{s}");
         }
         use crate::errors::Class;
-        for class in [Class::Quota, Class::Auth, Class::Overloaded, Class::ContextLength] {
+        for class in [
+            Class::Quota,
+            Class::Auth,
+            Class::Overloaded,
+            Class::ContextLength,
+        ] {
             assert!(c.failover.class_fails_over(class), "{class:?}");
         }
         for class in [Class::ContentPolicy, Class::RateLimited, Class::Client] {

@@ -522,6 +522,8 @@ impl FailoverFilter {
     /// Dispatch mode: records a failing answer as its verdict says and, when the
     /// verdict lets it, sends the request on. True when a call went out.
     fn failed_answer(&mut self, status: u16, verdict: &attempt::Verdict) -> bool {
+        self.telemetry
+            .count(metrics::errors(self.provider_name(), verdict.reason()));
         match verdict.failure {
             Some(failure) => {
                 let why = format!("status {status}, {}", verdict.reason());

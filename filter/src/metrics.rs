@@ -1,6 +1,6 @@
 //! Metric names. Envoy shows a wasm metric as `wasmcustom.<name>`; the bootstrap's
 //! `stats_config.stats_tags` (see `envoy/envoy.yaml` and the README) turn the
-//! `.provider.<p>`, `.status.<class>`, `.from.<a>`, `.to.<b>`, `.reason.<r>` and `.winner.<w>`
+//! `.provider.<p>`, `.status.<class>`, `.from.<a>`, `.to.<b>`, `.reason.<r>`, `.class.<c>` and `.winner.<w>`
 //! segments into Prometheus labels. Pure: registering and counting is `host.rs`'s.
 
 use crate::health::State;
@@ -33,6 +33,13 @@ pub fn failovers(from: &str, to: &str, reason: &str) -> String {
 /// client got.
 pub fn hedges(from: &str, to: &str, winner: &str) -> String {
     format!("llm_failover.hedges.from.{from}.to.{to}.winner.{winner}")
+}
+
+/// `llm_failover_errors{provider, class}`: failing answers (400 and up) providers
+/// gave, by error class (`errors.rs`), whether or not the request went on. Envoy's
+/// own upstream counters see a retried answer as the filter's retry status instead.
+pub fn errors(provider: &str, class: &str) -> String {
+    format!("llm_failover.errors.provider.{provider}.class.{class}")
 }
 
 /// `llm_failover_cooldowns{provider, reason}`: cooldowns started.
@@ -85,6 +92,10 @@ mod tests {
             "llm_failover.cooldowns.provider.a.reason.proactive"
         );
         assert_eq!(health("a"), "llm_failover.health.provider.a");
+        assert_eq!(
+            errors("a", "quota"),
+            "llm_failover.errors.provider.a.class.quota"
+        );
         assert_eq!(
             hedges("a", "b", "b"),
             "llm_failover.hedges.from.a.to.b.winner.b"

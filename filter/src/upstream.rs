@@ -51,6 +51,9 @@ pub const RETRY_STATUS: u16 = 591;
 /// Envoy's response flag for a downstream that went away (`DC`).
 const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
 
+/// A failing answer's status and headers, held while its error body is read.
+type Held = (u16, Vec<(String, Vec<u8>)>);
+
 pub struct AttemptFilter {
     config: Rc<Config>,
     telemetry: Rc<Telemetry>,
@@ -87,7 +90,7 @@ pub struct AttemptFilter {
     /// A failing answer whose headers are held until its error body is read (render
     /// sets `allow_on_headers_stop_iteration`, so the body still comes): its status
     /// and headers.
-    held: Option<(u16, Vec<(String, Vec<u8>)>)>,
+    held: Option<Held>,
     /// A streamed answer's headers held until its first event (`firstTokenTimeout`).
     awaiting_first_event: bool,
     /// When the answer's last bytes came (Unix ms), kept with `streamIdleTimeout`.
@@ -245,6 +248,8 @@ impl AttemptFilter {
         let config = Rc::clone(&self.config);
         let now = host::now_ms();
         let verdict = attempt::judge(&config, index, status, headers, body, now);
+        self.telemetry
+            .count(metrics::errors(self.name(), verdict.reason()));
         let why = format!("status {status}, {}", verdict.reason());
         match verdict.failure {
             Some(failure) => {

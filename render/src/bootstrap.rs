@@ -410,7 +410,8 @@ fn refresh_route() -> Value {
 /// Prometheus labels from the filter's metric names (README: "Metrics").
 fn stats_tags() -> Value {
     json!([
-        {"tag_name": "provider", "regex": r"^wasmcustom\.llm_failover\.(?:requests|cooldowns|health)(\.provider\.([^.]+))"},
+        {"tag_name": "provider", "regex": r"^wasmcustom\.llm_failover\.(?:requests|cooldowns|health|errors)(\.provider\.([^.]+))"},
+        {"tag_name": "class", "regex": r"^wasmcustom\.llm_failover\.errors\.provider\.[^.]+(\.class\.([^.]+))$"},
         {"tag_name": "status_class", "regex": r"^wasmcustom\.llm_failover\.requests\.provider\.[^.]+(\.status\.([^.]+))$"},
         {"tag_name": "from", "regex": r"^wasmcustom\.llm_failover\.(?:failovers|hedges)(\.from\.([^.]+))"},
         {"tag_name": "to", "regex": r"^wasmcustom\.llm_failover\.(?:failovers|hedges)\.from\.[^.]+(\.to\.([^.]+))"},

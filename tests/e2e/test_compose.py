@@ -117,10 +117,8 @@ def test_dashboard_queries_name_metrics_envoy_exposes(mocks, envoy):
     # The labels the queries group by exist on those metrics.
     assert re.search(r'^llm_failover_requests\{[^}]*provider="third"[^}]*status_class="2xx"', text, re.M)
     assert re.search(r'^llm_failover_hedges\{from="fallback",to="third",winner="third"\} [1-9]', text, re.M)
-    # Router mode: a 429 that Envoy retried on the next provider counts as a retry
-    # (envoy_cluster_retry_upstream_rq), one passed to the client as upstream_rq; the
-    # 429 panel sums both.
-    assert re.search(r'^envoy_cluster_retry_upstream_rq\{[^}]*envoy_response_code="429"[^}]*envoy_cluster_name="primary"',
-                     text, re.M) \
-        or re.search(r'^envoy_cluster_retry_upstream_rq\{[^}]*envoy_cluster_name="primary"[^}]*envoy_response_code="429"',
-                     text, re.M)
+    # Router mode: a 429 that the filter sends on to the next provider reaches Envoy's
+    # router as the filter's retry status, so the errors panel counts the filter's own
+    # llm_failover_errors by class.
+    assert re.search(r'^llm_failover_errors\{[^}]*provider="primary"[^}]*class="rate_limited"[^}]*\} [1-9]', text, re.M) \
+        or re.search(r'^llm_failover_errors\{[^}]*class="rate_limited"[^}]*provider="primary"[^}]*\} [1-9]', text, re.M), text

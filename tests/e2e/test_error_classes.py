@@ -113,23 +113,33 @@ def test_a_spent_quota_is_said_once_per_cooldown_in_the_log(mocks, envoy):
 
 @pytest.mark.parametrize("body", [OPENAI_CONTEXT, ANTHROPIC_CONTEXT, GEMINI_CONTEXT, VLLM_CONTEXT],
                          ids=["openai", "anthropic", "gemini", "vllm"])
-def test_context_length_goes_only_to_a_larger_window_and_cools_nothing(mocks, envoy, body):
+def test_context_length_goes_to_a_larger_window_and_cools_nothing(mocks, envoy, body):
     primary = failing(mocks, "primary", 400, body)
+    big = mocks("big")
+    e = envoy(config([provider("primary", contextWindow=8192)], [provider("big", contextWindow=128000)]),
+              {"primary": primary.port, "big": big.port}, router=True)
+    assert chat(e, stream=True)[0] == "big"
+    assert chat(e)[0] == "big"
+    # The request was at fault: the primary stays healthy and is asked again.
+    assert len(primary.chat_requests()) == 2 and len(big.chat_requests()) == 2
+    assert e.providers()["primary"]["state"] == "healthy"
+    log = e.access_log_lines(2)[0]
+    assert (log["http.status"], log["provider"], log["failover_reason"]) == (200, "big", "context_length")
+    assert metric(e.prometheus(), "llm_failover_errors", provider="primary", **{"class": "context_length"}) == 2
+
+
+def test_context_length_never_goes_to_a_smaller_window(mocks, envoy):
+    """The next provider of the order has a smaller window: the primary's 400 goes back
+    unchanged (Envoy's router cannot skip to the third; ARCHITECTURE.md)."""
+    primary = failing(mocks, "primary", 400, OPENAI_CONTEXT)
     small = mocks("small")
     big = mocks("big")
     e = envoy(config([provider("primary", contextWindow=8192)], [provider("small", contextWindow=4096)],
                      [provider("big", contextWindow=128000)]),
               {"primary": primary.port, "small": small.port, "big": big.port}, router=True)
-    assert chat(e, stream=True)[0] == "big"
-    assert chat(e)[0] == "big"
-    # The request was at fault: the primary stays healthy and is asked again.
-    assert len(primary.chat_requests()) == 2
-    assert small.chat_requests() == [], "a smaller window must step aside"
-    assert len(big.chat_requests()) == 2
-    view = e.providers()
-    assert (view["primary"]["state"], view["small"]["state"]) == ("healthy", "healthy")
-    log = e.access_log_lines(2)[0]
-    assert (log["http.status"], log["provider"], log["failover_reason"]) == (200, "big", "context_length")
+    status, _, raw = e.post_chat(CHAT)
+    assert (status, json.loads(raw)) == (400, OPENAI_CONTEXT)
+    assert small.chat_requests() == [] and big.chat_requests() == []
 
 
 def test_context_length_without_a_larger_window_returns_the_providers_400(mocks, envoy):
@@ -211,15 +221,12 @@ def test_the_clients_own_refused_credentials_go_back_to_the_client_and_cool_noth
 
 def test_classes_hold_under_16_concurrent_streamed_clients(mocks, envoy):
     """16 clients at once: 64 requests too long for the primary (each streamed from the
-    big provider), then 64 its content policy rejects (each gets the 400). None reaches
-    the small provider, and nothing cools."""
-    primary = mocks("primary", "--failure-injection-rate", "100")
-    primary.configure(failure_status=400, failure_body=json.dumps(OPENAI_CONTEXT))
-    small = mocks("small")
+    big provider), then 64 its content policy rejects (each gets the 400). Nothing
+    cools, and no request is asked twice of one provider."""
+    primary = failing(mocks, "primary", 400, OPENAI_CONTEXT)
     big = mocks("big", "--chunk-delay-ms", "5")
-    e = envoy(config([provider("primary", contextWindow=8192)], [provider("small", contextWindow=4096)],
-                     [provider("big", contextWindow=128000)]),
-              {"primary": primary.port, "small": small.port, "big": big.port}, router=True)
+    e = envoy(config([provider("primary", contextWindow=8192)], [provider("big", contextWindow=128000)]),
+              {"primary": primary.port, "big": big.port}, router=True)
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: chat(e, stream=True), range(64)))
     assert results == [("big", "Hello from big! 2+2 is 4.")] * 64
@@ -235,6 +242,5 @@ def test_classes_hold_under_16_concurrent_streamed_clients(mocks, envoy):
     with ThreadPoolExecutor(16) as pool:
         codes = list(pool.map(one, range(64)))
     assert codes == ["content_filter"] * 64
-    assert small.chat_requests() == []
     assert len(big.chat_requests()) == 64 and len(primary.chat_requests()) == 128
     assert {p["state"] for p in e.providers().values()} == {"healthy"}

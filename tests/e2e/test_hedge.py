@@ -198,7 +198,7 @@ def test_a_failed_hedge_leaves_the_routed_attempt_alone(mocks, envoy):
     assert (log["provider"], log["hedge"]) == ("primary", "limited:failed")
     wait_until(lambda: hedge_metric(e, "primary", "limited", "primary") == 1, 10, "the hedge metric")
     view = e.providers()
-    assert (view["limited"]["state"], view["limited"]["last_reason"]) == ("cooling", "status")
+    assert (view["limited"]["state"], view["limited"]["last_reason"]) == ("cooling", "rate_limited")
 
 
 def test_one_vm_for_both_filters_sends_no_hedges(mocks, envoy):

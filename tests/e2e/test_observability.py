@@ -36,8 +36,10 @@ def test_metrics_have_provider_status_and_reason_labels(failing_primary):
     text = e.prometheus()
     assert metric(text, "llm_failover_requests", provider="fallback", status_class="2xx") == 3
     assert metric(text, "llm_failover_requests", provider="primary", status_class="4xx") is None
-    assert metric(text, "llm_failover_failovers", **{"from": "primary", "to": "fallback", "reason": "status"}) == 1
-    assert metric(text, "llm_failover_cooldowns", provider="primary", reason="status") == 1
+    assert metric(text, "llm_failover_failovers", **{"from": "primary", "to": "fallback", "reason": "rate_limited"}) == 1
+    assert metric(text, "llm_failover_cooldowns", provider="primary", reason="rate_limited") == 1
+    # Every failing answer, by class, whether or not the request went on.
+    assert metric(text, "llm_failover_errors", provider="primary", **{"class": "rate_limited"}) == 1
     # Gauges are refreshed from shared data once a second: 1 = cooling, 0 = healthy.
     wait_until(lambda: metric(e.prometheus(), "llm_failover_health", provider="primary") == 1, 5, "health gauge")
     assert metric(e.prometheus(), "llm_failover_health", provider="fallback") == 0
@@ -49,7 +51,7 @@ def test_metrics_have_provider_status_and_reason_labels(failing_primary):
 def test_access_log_shows_who_answered_who_was_tried_and_why(failing_primary):
     first, second, _ = failing_primary.access_log_lines(3)
     assert first == {**first, "http.status": 200, "provider": "fallback", "tried": "primary,fallback",
-                     "attempts": "2", "failover_reason": "status"}
+                     "attempts": "2", "failover_reason": "rate_limited"}
     assert second == {**second, "http.status": 200, "provider": "fallback", "tried": None,
                       "attempts": None, "failover_reason": None, "upstream_cluster": "fallback"}
 
@@ -71,7 +73,7 @@ def test_health_view_on_the_ops_listener_only(failing_primary):
     view = e.health()
     by_name = {p["name"]: p for p in view["providers"]}
     assert by_name["primary"]["state"] == "cooling"
-    assert by_name["primary"]["last_reason"] == "status"
+    assert by_name["primary"]["last_reason"] == "rate_limited"
     assert 55_000 < by_name["primary"]["cooling_for_ms"] <= 60_000
     assert by_name["primary"]["cooling_until"].endswith("Z")
     assert by_name["fallback"]["state"] == "healthy"
@@ -156,7 +158,7 @@ def test_demo_runs_and_explains_itself():
     assert re.search(r"HTTP 200 from openai-fallback after 0\.[5-9] s, instead of waiting 10 s", out)
     assert "Request 5 (streamed): HTTP 200 from openai-fallback" in out
     assert "event 7: '4.'" in out
-    assert "mock-ratelimit-provider failed (status 429)" in out
+    assert "mock-ratelimit-provider failed (status 429, rate_limited)" in out
     assert "HTTP 200 from mock-ratelimit-provider" in out
     assert "http://127.0.0.1:9901/stats/prometheus" in out
     assert "http://127.0.0.1:9902/llm-failover/health" in out
