@@ -10,6 +10,7 @@
 
 use crate::config::{Auth, Config};
 use crate::errors::{self, Class};
+use crate::handoff::At;
 use crate::health::{Failure, HealthRecord, State};
 use crate::metrics;
 use crate::retry_after::{self, Headers};
@@ -290,6 +291,73 @@ pub fn takes_longer_context(config: &Config, from: usize, to: usize) -> bool {
         .get(to)
         .and_then(|p| p.context_window)
         .is_some_and(|w| w > need)
+}
+
+/// How an attempt ended, as far as the next attempt goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A failing answer with `status`, judged.
+    Answer(u16, Verdict),
+    /// The provider reset the connection after the request went out.
+    Reset,
+    /// Refused, no healthy host, or abandoned by a timeout: never asked again within
+    /// the request (a silent provider stays silent).
+    Gone,
+}
+
+/// The attempt that follows one that ended as `ended`, for provider `from` at `at`
+/// in a request whose plan is `plan` (provider indices): the same provider again
+/// (`retries`, with the wait `retryWithin` allows), the next provider of the plan that
+/// may take it (a larger context window after `context_length`), or `None` (the
+/// client gets what it has). Every attempt counts: no provider is asked more than
+/// `1 + retries` times.
+pub fn next_attempt(
+    config: &Config,
+    plan: &[usize],
+    at: At,
+    from: usize,
+    ended: Ended,
+) -> Option<(At, Option<u64>)> {
+    let failover = &config.failover;
+    let again = at.retry < failover.retries;
+    let same = |wait: Option<u64>| {
+        Some((
+            At {
+                position: at.position,
+                retry: at.retry + 1,
+            },
+            wait,
+        ))
+    };
+    let context = match ended {
+        Ended::Answer(status, v) => {
+            if !v.fail_over {
+                return None;
+            }
+            let transient = matches!(status, 500 | 502 | 503 | 504)
+                && matches!(v.class, Class::ServerError | Class::Overloaded);
+            if again && transient {
+                return same(None);
+            }
+            if let (true, Class::RateLimited, Some(within), Some(wait)) =
+                (again, v.class, failover.retry_within_ms, v.evidence_ms)
+            {
+                if wait <= within {
+                    return same(Some(wait));
+                }
+            }
+            v.class == Class::ContextLength
+        }
+        Ended::Reset if again => return same(None),
+        Ended::Reset | Ended::Gone => false,
+    };
+    let position = plan
+        .iter()
+        .enumerate()
+        .skip(at.position + 1)
+        .find(|(_, to)| !context || takes_longer_context(config, from, **to))?
+        .0;
+    Some((At { position, retry: 0 }, None))
 }
 
 /// The failure and `reason` label of an attempt that got no answer from its provider.
@@ -661,6 +729,133 @@ mod tests {
         assert_eq!(v.evidence_ms, Some(37_000));
         // The header wins.
         assert_eq!(verdict_of(&c, 0, 429, body).evidence_ms, Some(7_000));
+    }
+
+    fn at(position: usize, retry: u32) -> At {
+        At { position, retry }
+    }
+
+    #[test]
+    fn the_next_attempt_moves_on_by_the_plan() {
+        let c = keyed("{}");
+        let plan = [0, 1, 2];
+        let v = verdict_of(&c, 0, 429, "{}");
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Answer(429, v)),
+            Some((at(1, 0), None))
+        );
+        assert_eq!(
+            next_attempt(&c, &plan, at(2, 0), 2, Ended::Answer(429, v)),
+            None,
+            "the plan's end"
+        );
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Gone),
+            Some((at(1, 0), None))
+        );
+        // Without retries a reset moves on too.
+        assert_eq!(
+            next_attempt(&c, &plan, at(1, 0), 1, Ended::Reset),
+            Some((at(2, 0), None))
+        );
+        // An answer that goes back to the client ends it.
+        let v = verdict_of(&c, 0, 400, r#"{"error":{"code":"content_filter"}}"#);
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Answer(400, v)),
+            None
+        );
+    }
+
+    #[test]
+    fn context_length_skips_to_a_larger_window() {
+        let c = keyed("{}");
+        let v = verdict_of(
+            &c,
+            0,
+            400,
+            r#"{"error":{"code":"context_length_exceeded"}}"#,
+        );
+        // p (8000) -> u (undeclared) -> s (128000): u steps aside.
+        assert_eq!(
+            next_attempt(&c, &[0, 2, 1], at(0, 0), 0, Ended::Answer(400, v)),
+            Some((at(2, 0), None))
+        );
+        // s (128000) -> nothing larger.
+        assert_eq!(
+            next_attempt(&c, &[1, 0, 2], at(0, 0), 1, Ended::Answer(400, v)),
+            None
+        );
+    }
+
+    #[test]
+    fn retries_ask_the_same_provider_again_within_their_budget() {
+        let c = keyed(r#"{"retries":2,"retryWithin":"3s"}"#);
+        let plan = [0, 1];
+        let v500 = verdict_of(&c, 0, 500, "{}");
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Answer(500, v500)),
+            Some((at(0, 1), None))
+        );
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 1), 0, Ended::Answer(500, v500)),
+            Some((at(0, 2), None))
+        );
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 2), 0, Ended::Answer(500, v500)),
+            Some((at(1, 0), None)),
+            "budget spent"
+        );
+        let v529 = verdict_of(&c, 0, 529, "{}");
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Answer(529, v529)),
+            Some((at(1, 0), None)),
+            "529 is not retried"
+        );
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Reset),
+            Some((at(0, 1), None))
+        );
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Gone),
+            Some((at(1, 0), None)),
+            "never a timeout"
+        );
+        // A 429 asking for at most retryWithin is waited out; a longer one moves on.
+        let short = judge(
+            &c,
+            0,
+            429,
+            &[("retry-after".to_string(), b"2".to_vec())],
+            b"",
+            NOW,
+        );
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Answer(429, short)),
+            Some((at(0, 1), Some(2_000)))
+        );
+        let long = judge(
+            &c,
+            0,
+            429,
+            &[("retry-after".to_string(), b"4".to_vec())],
+            b"",
+            NOW,
+        );
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Answer(429, long)),
+            Some((at(1, 0), None))
+        );
+        let unsaid = judge(&c, 0, 429, &[], b"", NOW);
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Answer(429, unsaid)),
+            Some((at(1, 0), None))
+        );
+        // Quota is never retried on the same provider.
+        let quota = verdict_of(&c, 0, 429, r#"{"error":{"code":"insufficient_quota"}}"#);
+        assert_eq!(
+            next_attempt(&c, &plan, at(0, 0), 0, Ended::Answer(429, quota)),
+            Some((at(1, 0), None))
+        );
     }
 
     #[test]

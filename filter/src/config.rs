@@ -303,6 +303,12 @@ pub struct Failover {
     /// The longest cooldown, whatever the provider says; quota and auth failures
     /// cool this long.
     pub max_cooldown_ms: u64,
+    /// `retries`: router mode: how many times one provider may be asked again within
+    /// a request (500/502/503/504, a reset) before the request moves on.
+    pub retries: u32,
+    /// `retryWithin`: a 429 asking for at most this long is waited out and retried on
+    /// the same provider (within `retries`) instead of cooling it.
+    pub retry_within_ms: Option<u64>,
     /// `errorClasses`: whether each class of `errors::Class::CONFIGURABLE` (same
     /// order) sends the request on to another provider.
     pub class_fails_over: [bool; 5],
@@ -881,6 +887,8 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         "probeTimeout",
         "proactive",
         "errorClasses",
+        "retries",
+        "retryWithin",
     ])?;
     let mut on_status = [false; 600];
     let statuses = match raw.array("onStatus")? {
@@ -1055,6 +1063,7 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
     };
     let stream_first_byte_timeout_ms = stream_first_byte_timeout(&raw, mode, hedge_after_ms)?;
     let (first_token_timeout_ms, stream_idle_timeout_ms) = stream_silences(&raw, mode)?;
+    let (retries, retry_within_ms) = same_provider_retries(&raw, mode)?;
     Ok(Failover {
         mode,
         first_byte_timeout_ms,
@@ -1071,8 +1080,55 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         max_backoff_ms,
         max_cooldown_ms,
         class_fails_over,
+        retries,
+        retry_within_ms,
         attempt_timeout_ms,
     })
+}
+
+/// The most `retries` takes: each is one more attempt of the same provider.
+const MAX_RETRIES: u64 = 5;
+/// The longest `retryWithin`: a client waits this long at most for one provider.
+const MAX_RETRY_WITHIN_MS: u64 = 60_000;
+
+/// `failover.retries` (0 unless given) and `failover.retryWithin` (off unless given).
+/// Router mode only.
+fn same_provider_retries(raw: &Obj<'_>, mode: Mode) -> Result<(u32, Option<u64>), ConfigError> {
+    let retries = match raw.whole_number("retries")? {
+        None => 0,
+        Some(n) if n <= MAX_RETRIES => n as u32,
+        Some(n) => {
+            return Err(ConfigError::new(
+                "failover.retries",
+                format!("{n} is out of range; it is a count from 0 to {MAX_RETRIES}"),
+            ))
+        }
+    };
+    if retries > 0 && mode == Mode::Dispatch {
+        return Err(ConfigError::new(
+            "failover.retries",
+            "needs router mode (dispatch mode sends each provider the request once)",
+        ));
+    }
+    let Some(text) = raw.string("retryWithin")? else {
+        return Ok((retries, None));
+    };
+    let field = raw.at("retryWithin");
+    let ms = parse_duration_ms(text).map_err(|m| ConfigError::new(field.clone(), m))?;
+    if ms == 0 || ms > MAX_RETRY_WITHIN_MS {
+        return Err(ConfigError::new(
+            field,
+            format!("{text} is out of range; it is a duration from 1ms to 60s"),
+        ));
+    }
+    if retries == 0 {
+        return Err(ConfigError::new(
+            field,
+            "needs failover.retries of 1 or more: a 429 waited out is asked again, and \
+             every attempt counts",
+        ));
+    }
+    Ok((retries, Some(ms)))
 }
 
 /// `failover.streamFirstByteTimeout`: 20 s unless given; `"0s"` turns it off. Router

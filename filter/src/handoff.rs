@@ -5,16 +5,16 @@
 //!   order, `!` after one whose health record must be reset by a success, and a
 //!   leading `=` when the downstream filter rewrote the first attempt's body itself
 //!   (it always rewrites the first attempt's headers).
-//! - The cluster order for the router's priority-group cluster specifier: a
-//!   `google.protobuf.Value` list of `{name: <cluster>}`, serialized and base64'd,
-//!   which `header_to_metadata` turns into dynamic metadata (and removes the header).
+//! - Where the request stands (`At`): which plan position the attempt in flight is
+//!   for, set by the upstream filter that moves the request on; the cluster of that
+//!   attempt goes in `wasm.llm_failover_next`, which the route's matcher cluster
+//!   specifier reads (see ARCHITECTURE.md).
 //! - The client's own values of the headers a provider rewrites
 //!   (`wasm.llm_failover_client` filter state): all attempts share one request
 //!   header map, so every attempt after the first starts from these, and one
 //!   provider's key never reaches the next.
 
 use crate::attempt::Plan;
-use crate::config::Config;
 
 /// Encodes the plan as `2,0!,1` (`=2,0!,1` with `first_body_rewritten`).
 pub fn encode_plan(plan: &Plan, first_body_rewritten: bool) -> String {
@@ -78,65 +78,34 @@ pub fn decode_plan(bytes: &[u8], providers: usize) -> Option<Handoff> {
     })
 }
 
-/// The router's cluster order for this request (see the module doc).
-pub fn cluster_order(config: &Config, plan: &Plan) -> String {
-    let mut list = Vec::new();
-    for i in plan.indices() {
-        let Some(p) = config.providers.get(i) else {
-            continue;
-        };
-        let mut string_value = Vec::new();
-        field(3, p.cluster.as_bytes(), &mut string_value); // Value.string_value
-        let mut entry = Vec::new();
-        field(1, b"name", &mut entry); // map entry key
-        field(2, &string_value, &mut entry); // map entry value
-        let mut fields = Vec::new();
-        field(1, &entry, &mut fields); // Struct.fields
-        let mut value = Vec::new();
-        field(5, &fields, &mut value); // Value.struct_value
-        field(1, &value, &mut list); // ListValue.values
-    }
-    let mut out = Vec::new();
-    field(6, &list, &mut out); // Value.list_value
-    base64(&out)
+/// Where a request stands: the plan position of the attempt in flight (or next),
+/// and how many times that provider was tried before in this request (same-provider
+/// retries). Set by the upstream filter that moves the request on
+/// (`wasm.llm_failover_at`, as `2` or `2.1`); absent means the first attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct At {
+    pub position: usize,
+    pub retry: u32,
 }
 
-/// A length-delimited protobuf field.
-fn field(number: u8, body: &[u8], out: &mut Vec<u8>) {
-    out.push((number << 3) | 2);
-    let mut n = body.len();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
+impl At {
+    pub fn encode(self) -> String {
+        if self.retry == 0 {
+            self.position.to_string()
+        } else {
+            format!("{}.{}", self.position, self.retry)
         }
-        out.push(byte | 0x80);
     }
-    out.extend_from_slice(body);
-}
 
-/// Standard base64 with padding (what `header_to_metadata`'s `BASE64` decodes).
-fn base64(data: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
+    /// `None` when `bytes` is not `encode`'s output.
+    pub fn decode(bytes: &[u8]) -> Option<At> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (position, retry) = text.split_once('.').unwrap_or((text, "0"));
+        Some(At {
+            position: position.parse().ok()?,
+            retry: retry.parse().ok()?,
+        })
     }
-    out
 }
 
 /// Encodes the client's values of the rewritten headers: `name\nvalue\n` pairs
@@ -171,12 +140,6 @@ mod tests {
     use super::*;
     use crate::attempt::Pick;
     use crate::health::HealthRecord;
-
-    fn config() -> Config {
-        let json = r#"{"groups":[{"providers":[{"name":"a","cluster":"ca"}]},
-            {"providers":[{"name":"b","cluster":"cb"}]}]}"#;
-        Config::parse(json.as_bytes(), &|_| None).unwrap()
-    }
 
     fn pick(index: usize, failures: u32) -> Pick {
         Pick {
@@ -235,42 +198,28 @@ mod tests {
     }
 
     #[test]
-    fn cluster_order_is_a_base64_protobuf_list_of_names() {
-        let plan = Plan {
-            picks: vec![pick(1, 0), pick(0, 0)],
-            all_cooling: false,
-        };
-        // Value{list_value{values:[{struct{"name":"cb"}}, {struct{"name":"ca"}}]}}, made by hand.
-        let one = |c: &str| {
-            let mut v = vec![0x1a, c.len() as u8];
-            v.extend_from_slice(c.as_bytes());
-            let mut e = vec![0x0a, 4];
-            e.extend_from_slice(b"name");
-            e.push(0x12);
-            e.push(v.len() as u8);
-            e.extend_from_slice(&v);
-            let mut s = vec![0x0a, e.len() as u8];
-            s.extend_from_slice(&e);
-            let mut val = vec![0x2a, s.len() as u8];
-            val.extend_from_slice(&s);
-            let mut item = vec![0x0a, val.len() as u8];
-            item.extend_from_slice(&val);
-            item
-        };
-        let mut list = one("cb");
-        list.extend(one("ca"));
-        let mut want = vec![0x32, list.len() as u8];
-        want.extend_from_slice(&list);
-        assert_eq!(cluster_order(&config(), &plan), base64(&want));
-    }
-
-    #[test]
-    fn base64_pads_like_the_standard() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    fn where_a_request_stands_round_trips() {
+        for at in [
+            At::default(),
+            At {
+                position: 2,
+                retry: 0,
+            },
+            At {
+                position: 1,
+                retry: 3,
+            },
+        ] {
+            assert_eq!(At::decode(at.encode().as_bytes()), Some(at));
+        }
+        assert_eq!(At::default().encode(), "0");
+        assert_eq!(
+            At::decode(b"2.1").map(|a| (a.position, a.retry)),
+            Some((2, 1))
+        );
+        for bad in [&b""[..], b"x", b"1.", b".1", b"-1", b"1.2.3", b"\xff"] {
+            assert_eq!(At::decode(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

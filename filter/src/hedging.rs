@@ -14,15 +14,16 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::config::Config;
+use crate::handoff::At;
 use crate::hedge::{
     self, Answered, Due, Hedges, Live, CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, SEQUENCE_KEY,
 };
 use crate::host::{self, HostSharedData};
-use crate::http::ORDER_HEADER;
 use crate::metrics;
 use crate::reply::{self, Relayed};
 use crate::store::{self, SharedData};
 use crate::telemetry::Telemetry;
+use crate::upstream::AT_KEY;
 use crate::upstream::REFUSED_KEY;
 
 thread_local! {
@@ -99,8 +100,12 @@ impl Hedger {
             self.hedges.borrow_mut().give_up(due.context);
             return;
         }
-        // Where the router stands: its retries may have moved past the first provider.
-        let attempts = host::property_u64(&["upstream", "request_attempt_count"]).unwrap_or(1);
+        // Where the request stands: its upstream filters may have moved it past the
+        // first provider (the plan positions up to this one are reached).
+        let at = host::property(&[AT_KEY])
+            .and_then(|v| At::decode(&v))
+            .unwrap_or_default();
+        let attempts = at.position as u64 + 1;
         let Some((from, candidates)) = hedge::split(&due.plan, attempts) else {
             self.hedges.borrow_mut().give_up(due.context);
             return;
@@ -128,7 +133,7 @@ impl Hedger {
                 return;
             }
         };
-        let drop = [config.cluster_header.as_str(), ORDER_HEADER];
+        let drop = [config.cluster_header.as_str()];
         let headers: Result<Vec<(String, String)>, _> =
             hedge::headers(&request.headers, &drop, id, to)
                 .into_iter()

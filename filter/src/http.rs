@@ -39,8 +39,8 @@ use crate::select::{self, HealthView};
 use crate::store;
 use crate::telemetry::Telemetry;
 use crate::upstream::{
-    CLIENT_HEADERS_KEY, FAILED_AT_KEY, PLAN_KEY, REFUSED_KEY, RETRY_STATUS, STATUS_KEY,
-    STREAMED_KEY,
+    CLIENT_HEADERS_KEY, FAILED_AT_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, REFUSED_KEY, RETRY_STATUS,
+    STATUS_KEY, STREAMED_KEY,
 };
 
 /// Router mode: set on a request that asks for a streamed answer, once its body was
@@ -48,10 +48,6 @@ use crate::upstream::{
 /// streamed requests (its own per-try timeouts) takes it. Never from a client.
 pub const STREAMED_HEADER: &str = "x-llm-failover-streamed";
 use crate::view;
-
-/// The request header that carries the cluster order to `header_to_metadata`
-/// (router mode), which turns it into the router's metadata and removes it.
-pub const ORDER_HEADER: &str = "x-llm-failover-order";
 
 /// Which of Envoy's response flags say the router could not start an attempt at
 /// all (no upstream filter saw it): no healthy host, unknown cluster.
@@ -223,12 +219,14 @@ impl FailoverFilter {
             PLAN_KEY,
             &handoff::encode_plan(&self.plan, self.rewrite_first_body),
         );
-        // Replaces whatever a client sent, so no client can pick clusters or retries.
-        host::set_request_header(ORDER_HEADER, &handoff::cluster_order(&config, &self.plan));
-        host::set_request_header(
-            "x-envoy-max-retries",
-            &(self.plan.picks.len() - 1).to_string(),
-        );
+        // The first attempt's cluster, for the route's matcher cluster specifier (filter
+        // state: no client can set it). Set before the header below, whose change makes
+        // Envoy pick the route again.
+        host::set_property(NEXT_KEY, &config.providers[first.index].cluster);
+        // Replaces whatever a client sent, so no client can set the retries: one
+        // attempt per provider of the plan, and its same-provider retries.
+        let attempts = self.plan.picks.len() * (1 + config.failover.retries as usize);
+        host::set_request_header("x-envoy-max-retries", &(attempts - 1).to_string());
         // The client's values, before the first attempt's rewrite below changes them.
         let headers =
             if hedging || (self.plan.picks.len() > 1 && !config.rewritten_headers.is_empty()) {
@@ -300,18 +298,23 @@ impl FailoverFilter {
             status = parse_number(host::property(&[STATUS_KEY]).as_deref()).unwrap_or(502);
             host::set_response_header(":status", &status.to_string());
         }
-        let attempts = host::property_u64(&["upstream", "request_attempt_count"])
-            .unwrap_or(1)
-            .max(1);
-        let count = self.plan.picks.len().max(1);
-        let position = usize::try_from(attempts - 1)
-            .unwrap_or(usize::MAX)
-            .min(count - 1);
-        if let Some(pick) = self.plan.picks.get(position) {
-            self.current = pick.index;
-            self.current_record = pick.record;
+        // Where the upstream filters moved the request (absent: it stayed on the first).
+        if let Some(path) = host::property(&[PATH_KEY]) {
+            let positions: Vec<usize> = String::from_utf8_lossy(&path)
+                .split(',')
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            self.asked = positions
+                .iter()
+                .filter_map(|p| self.plan.picks.get(*p).map(|pick| pick.index))
+                .collect();
+            if let Some(pick) = positions.last().and_then(|p| self.plan.picks.get(*p)) {
+                self.current = pick.index;
+                self.current_record = pick.record;
+            }
+        } else {
+            self.asked = self.plan.indices().take(1).collect();
         }
-        self.asked = self.plan.indices().take(position + 1).collect();
         if status >= 400 {
             let details = host::property(&["response", "code_details"]).unwrap_or_default();
             let flags = host::property_u64(&["response", "flags"]).unwrap_or(0);
@@ -583,7 +586,7 @@ impl FailoverFilter {
             );
             let mut headers = rewrite::apply_to(&self.original_headers, &edits);
             // The call names its cluster itself; routing headers are not the provider's.
-            headers.retain(|(n, _)| *n != config.cluster_header && n != ORDER_HEADER);
+            headers.retain(|(n, _)| *n != config.cluster_header);
             let rewritten;
             let body = match (&self.original_body, &provider.model_json, &self.slots) {
                 (Some(b), Some(model), Some(slots)) => {

@@ -11,11 +11,11 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::attempt::{self, MetricsSink};
+use crate::attempt::{self, Ended, MetricsSink};
 use crate::body;
 use crate::config::Config;
-use crate::errors::{self, Class};
-use crate::handoff::{self, Step};
+use crate::errors;
+use crate::handoff::{self, At, Step};
 use crate::health::Failure;
 use crate::hedge::{self, Live, HEDGED_TO_KEY, HEDGE_HEADER, HELD_KEY};
 use crate::host::{self, HostSharedData};
@@ -34,6 +34,23 @@ pub const FAILED_AT_KEY: &str = "llm_failover_failed_at";
 /// Set when the downstream filter refused the request itself (400, 413): the attempt
 /// the router had started is then reset by the gateway, not by the provider.
 pub const REFUSED_KEY: &str = "llm_failover_refused";
+/// Where the request stands (`handoff::At`), set by the upstream filter that moves it
+/// on; absent for the first attempt.
+pub const AT_KEY: &str = "llm_failover_at";
+/// The cluster of the next attempt: the route's matcher cluster specifier reads it
+/// (`wasm.llm_failover_next`). The downstream filter sets the first attempt's.
+pub const NEXT_KEY: &str = "llm_failover_next";
+/// The plan positions the request's attempts went to, in order (`0,0,2`), when it
+/// moved on at least once: for the access log's `tried`.
+pub const PATH_KEY: &str = "llm_failover_path";
+/// The cluster the next attempt goes to when the plan is used up but Envoy's router
+/// still has retries: render's cluster whose only host cannot be reached, so no
+/// provider is asked more often than the plan says.
+pub const EXHAUSTED_CLUSTER: &str = "llm_failover_exhausted";
+/// A header on a failing answer turned into [`RETRY_STATUS`]: the seconds Envoy's
+/// router waits before the next attempt (`rate_limited_retry_back_off`, render; the
+/// `retryWithin` wait). Never reaches the client: the router drops a retried answer.
+pub const WAIT_HEADER: &str = "x-llm-failover-retry-in";
 /// Set by the downstream filter when the request asks for a streamed answer (it
 /// then takes render's route for streamed requests, with their own timeouts).
 pub const STREAMED_KEY: &str = "llm_failover_streamed";
@@ -58,7 +75,9 @@ pub struct AttemptFilter {
     config: Rc<Config>,
     telemetry: Rc<Telemetry>,
     plan: Vec<Step>,
-    /// This attempt's place in the plan, and its provider.
+    /// This attempt's place in the plan (and how often its provider was asked before
+    /// in this request), and its provider.
+    at: At,
     position: usize,
     provider: Option<usize>,
     /// Whether the body is held here to rewrite `model`.
@@ -108,6 +127,7 @@ impl AttemptFilter {
             config,
             telemetry,
             plan: Vec::new(),
+            at: At::default(),
             position: 0,
             provider: None,
             buffering: false,
@@ -133,10 +153,10 @@ impl AttemptFilter {
     /// count. Without a plan (the downstream filter is missing) the first provider of
     /// this cluster, so a hand-wired Envoy still rewrites.
     fn find_provider(&mut self) -> Option<usize> {
-        let attempt = host::property_u64(&["upstream", "request_attempt_count"])
-            .unwrap_or(1)
-            .max(1);
-        self.position = usize::try_from(attempt - 1).unwrap_or(usize::MAX);
+        self.at = host::property(&[AT_KEY])
+            .and_then(|v| At::decode(&v))
+            .unwrap_or_default();
+        self.position = self.at.position;
         if let Some(handoff) = host::property(&[PLAN_KEY])
             .and_then(|v| handoff::decode_plan(&v, self.config.providers.len()))
         {
@@ -157,7 +177,7 @@ impl AttemptFilter {
             .iter()
             .position(|p| p.cluster.as_bytes() == cluster.as_slice());
         log::warn!(
-            "llm-failover: attempt {attempt} to cluster {} has no plan entry; is the downstream filter missing?",
+            "llm-failover: an attempt to cluster {} has no plan entry; is the downstream filter missing?",
             String::from_utf8_lossy(&cluster)
         );
         found
@@ -216,13 +236,42 @@ impl AttemptFilter {
     }
 
     /// A failure of this attempt without an answer (refused, reset, timed out): the
-    /// router retries it itself, on the next attempt of the plan.
-    fn failed(&mut self, failure: Failure, reason: &'static str, evidence: Option<u64>, why: &str) {
+    /// router retries it itself, on the attempt this filter names.
+    fn failed(&mut self, failure: Failure, reason: &'static str, ended: Ended, why: &str) {
         let now = host::now_ms();
-        self.record(failure, evidence, why, now);
-        if let Some(next) = self.plan.get(self.position + 1).map(|s| s.index) {
-            self.failing_over(next, reason, now);
+        self.record(failure, None, why, now);
+        if self.move_on(ended, reason, now).is_none() {
+            // The plan is used up; the router may still have retries: they go nowhere.
+            host::set_property(NEXT_KEY, EXHAUSTED_CLUSTER);
         }
+    }
+
+    /// Names the attempt after this one (`attempt::next_attempt`) for the route's
+    /// cluster specifier and for that attempt's upstream filter, and counts a
+    /// failover. `None` when there is none; else the wait before it.
+    fn move_on(&self, ended: Ended, reason: &'static str, now: u64) -> Option<Option<u64>> {
+        let index = self.provider?;
+        let plan: Vec<usize> = self.plan.iter().map(|s| s.index).collect();
+        let (next, wait) = attempt::next_attempt(&self.config, &plan, self.at, index, ended)?;
+        let to = *plan.get(next.position)?;
+        let cluster = &self.config.providers.get(to)?.cluster;
+        host::set_property(AT_KEY, &next.encode());
+        host::set_property(NEXT_KEY, cluster);
+        let path = host::property(&[PATH_KEY])
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_else(|| self.at.position.to_string());
+        host::set_property(PATH_KEY, &format!("{path},{}", next.position));
+        if next.position == self.position {
+            log::info!(
+                "llm-failover: asking provider {} again (retry {} of {})",
+                self.name(),
+                next.retry,
+                self.config.failover.retries
+            );
+        } else {
+            self.failing_over(to, reason, now);
+        }
+        Some(wait)
     }
 
     /// Counts a failover to provider `to` and, for the first attempt, notes its
@@ -234,7 +283,7 @@ impl AttemptFilter {
         log::info!("llm-failover: failing over to provider {}", to.name);
         self.telemetry
             .count(metrics::failovers(self.name(), &to.name, reason));
-        if self.position == 0 {
+        if host::property(&[REASON_KEY]).is_none() {
             host::set_property(REASON_KEY, reason);
             host::set_property(FAILED_AT_KEY, &now.to_string());
         }
@@ -251,7 +300,14 @@ impl AttemptFilter {
         self.telemetry
             .count(metrics::errors(self.name(), verdict.reason()));
         let why = format!("status {status}, {}", verdict.reason());
+        let next = self.move_on(Ended::Answer(status, verdict), verdict.reason(), now);
+        let waited_out = matches!(next, Some(Some(_)));
         match verdict.failure {
+            // A 429 waited out (retryWithin) is asked again instead of cooling.
+            Some(_) if waited_out => log::info!(
+                "llm-failover: provider {} failed ({why}); waiting it out (retryWithin)",
+                self.name()
+            ),
             Some(failure) => {
                 let result = self.record(failure, verdict.evidence_ms, &why, now);
                 if result.as_ref().is_some_and(|r| r.cooldown_started) {
@@ -268,16 +324,13 @@ impl AttemptFilter {
                 self.record_success(index);
             }
         }
-        let next = if verdict.fail_over {
-            self.next_for(&verdict, index)
-        } else {
-            None
-        };
         match next {
-            Some(to) => {
-                self.failing_over(to, verdict.reason(), now);
+            Some(wait) => {
                 host::set_property(STATUS_KEY, &status.to_string());
                 host::set_response_header(":status", &RETRY_STATUS.to_string());
+                if let Some(ms) = wait {
+                    host::set_response_header(WAIT_HEADER, &ms.div_ceil(1000).to_string());
+                }
             }
             None if status == RETRY_STATUS => host::set_response_header(":status", "502"),
             None => {}
@@ -300,20 +353,6 @@ impl AttemptFilter {
             (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
             (a, b) => a.or(b),
         }
-    }
-
-    /// The provider the router's next attempt reaches, when this verdict may go
-    /// there: the next in the plan; for context length only if its context window is
-    /// larger (the router's attempt order is fixed when the request starts, and an
-    /// upstream filter cannot make it skip one: see ARCHITECTURE.md).
-    fn next_for(&self, verdict: &attempt::Verdict, index: usize) -> Option<usize> {
-        let next = self.plan.get(self.position + 1)?.index;
-        if verdict.class == Class::ContextLength
-            && !attempt::takes_longer_context(&self.config, index, next)
-        {
-            return None;
-        }
-        Some(next)
     }
 
     /// One line an operator cannot miss, once per cooldown, for failures that need a
@@ -341,7 +380,10 @@ impl AttemptFilter {
 
     /// Records a good answer (or one the request was at fault for) of provider `index`.
     fn record_success(&self, index: usize) {
-        let reset = self.plan.get(self.position).map(|s| s.reset_on_success);
+        // Asked again after a failure in this request: that failure may need undoing.
+        let reset = (self.at.retry == 0)
+            .then(|| self.plan.get(self.position).map(|s| s.reset_on_success))
+            .flatten();
         // Without a plan the record is unknown: read it (None) rather than skip a reset.
         let known = match reset {
             Some(false) => Some(crate::health::HealthRecord::default()),
@@ -421,7 +463,7 @@ impl Context for AttemptFilter {
                 self.failed(
                     Failure::Stall,
                     "stall",
-                    None,
+                    Ended::Gone,
                     &format!("no first event within firstTokenTimeout ({limit} ms)"),
                 );
             }
@@ -452,18 +494,25 @@ impl Context for AttemptFilter {
                 self.failed(
                     Failure::Timeout,
                     "timeout",
-                    None,
+                    Ended::Gone,
                     &format!("no response headers within {name} ({limit} ms)"),
                 );
                 return true;
             }
         }
-        let why = host::property(&["upstream", "transport_failure_reason"])
+        // A transport failure (refused, no healthy host) says so; without one the
+        // provider reset a request it had (which `retries` may ask again).
+        let (why, ended) = match host::property(&["upstream", "transport_failure_reason"])
             .filter(|r| !r.is_empty())
-            .map(|r| format!("unreachable: {}", String::from_utf8_lossy(&r)))
-            .unwrap_or_else(|| "no response: reset or timed out".to_string());
+        {
+            Some(r) => (
+                format!("unreachable: {}", String::from_utf8_lossy(&r)),
+                Ended::Gone,
+            ),
+            None => ("no response: reset".to_string(), Ended::Reset),
+        };
         let (failure, reason) = attempt::unreachable();
-        self.failed(failure, reason, None, &why);
+        self.failed(failure, reason, ended, &why);
         true
     }
 }

@@ -7,8 +7,6 @@ use serde_json::{json, Value};
 const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/llm_failover.wasm";
 /// Where Debian and the official Envoy image keep the system CA bundle.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
-/// The dynamic metadata namespace the cluster order goes to (see `handoff.rs`).
-const ORDER_NAMESPACE: &str = "llm_failover";
 /// Where the ops listener serves the health view.
 const HEALTH_PATH: &str = "/llm-failover/health";
 /// Below a regular file, so no socket can ever be created there (connect fails with ENOTDIR).
@@ -154,43 +152,48 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             "suppress_envoy_headers": true,
         },
     });
-    let order_to_metadata = json!({
-        "name": "envoy.filters.http.header_to_metadata",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
-            "request_rules": [{
-                "header": llm_failover::http::ORDER_HEADER,
-                "on_header_present": {
-                    "metadata_namespace": ORDER_NAMESPACE,
-                    "key": "priority_groups",
-                    "type": "PROTOBUF_VALUE",
-                    "encode": "BASE64",
-                },
-                // The header never reaches a provider.
-                "remove": true,
-            }],
-        },
-    });
-    let groups: Vec<Value> = clusters
+    // The cluster of each attempt is the one the filter names in filter state
+    // (`wasm.llm_failover_next`): the downstream filter for the first attempt, the
+    // upstream filter of a failing attempt for the next (see ARCHITECTURE.md).
+    let mut by_name = serde_json::Map::new();
+    for cluster in clusters
         .iter()
-        .map(|p| json!({"name": p.cluster, "clusters": [{"cluster_name": p.cluster, "weight": 1}]}))
-        .collect();
-    let route = json!({
+        .map(|p| p.cluster.as_str())
+        .chain([llm_failover::upstream::EXHAUSTED_CLUSTER])
+    {
+        by_name.insert(cluster.to_string(), json!({"action": {
+            "name": cluster,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.ClusterAction",
+                "cluster": cluster,
+            },
+        }}));
+    }
+    let specifier = json!({"extension": {
+        "name": "envoy.router.cluster_specifier_plugin.matcher",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.MatcherClusterSpecifier",
+            "cluster_matcher": {"matcher_tree": {
+                "input": {
+                    "name": "llm_failover_next",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.FilterStateInput",
+                        "key": format!("wasm.{}", llm_failover::upstream::NEXT_KEY),
+                    },
+                },
+                "exact_match_map": {"map": by_name},
+            }},
+        },
+    }});
+    let mut route = json!({
         "match": {"prefix": "/"},
         // Dispatch mode's routing header means nothing here; a client-sent one is not
         // passed on to a provider.
         // Nor is a hedge's mark (only the filter's own calls carry one).
         "request_headers_to_remove": [config.cluster_header, llm_failover::hedge::HEDGE_HEADER],
         "route": {
-            // The filter's attempt order, one cluster per attempt (see README, "How failover works").
-            "inline_cluster_specifier_plugin": {"extension": {
-                "name": "envoy.router.cluster_specifier_plugin.priority_group",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.priority_group.v3.PriorityGroupClusterSpecifier",
-                    "priority_groups": groups,
-                    "override_metadata_namespace": ORDER_NAMESPACE,
-                },
-            }},
+            // The cluster the filter names for each attempt (see above).
+            "inline_cluster_specifier_plugin": specifier,
             // No limit on the whole request: an LLM stream may run for minutes. Each
             // attempt's wait for its first byte is bounded by per_try_timeout.
             "timeout": "0s",
@@ -210,6 +213,14 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             },
         },
     });
+    if let Some(within) = config.failover.retry_within_ms {
+        // A 429 the filter waits out (retryWithin): the router waits the seconds the
+        // filter puts in this header before asking the same provider again.
+        route["route"]["retry_policy"]["rate_limited_retry_back_off"] = json!({
+            "reset_headers": [{"name": llm_failover::upstream::WAIT_HEADER, "format": "SECONDS"}],
+            "max_interval": format!("{}s", within.div_ceil(1000)),
+        });
+    }
     // Streamed requests (the filter sets its streamed header once it has read the
     // body) get a route of their own: a streamed answer sends its headers at once, so
     // a provider silent for streamFirstByteTimeout is abandoned. A non-streamed
@@ -299,8 +310,6 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             "per_connection_buffer_limit_bytes": buffer_limit,
             "filter_chains": hcm("llm", json!(routes), vec![
                 downstream_plugin,
-                order_to_metadata,
-                refresh_route(),
                 router.clone(),
             ], Some(&access_log)),
         },
@@ -384,27 +393,24 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         }
         out_clusters.push(c);
     }
+    // Where an attempt goes when the request's plan is used up but Envoy's router
+    // still has retries (the filter names it): its only host cannot be reached, so
+    // no provider is asked more often than the plan says.
+    let exhausted = llm_failover::upstream::EXHAUSTED_CLUSTER;
+    out_clusters.push(json!({
+        "name": exhausted,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": exhausted, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"pipe": {"path": NO_HEALTHY_HOST_PIPE}}}}]}]},
+        "circuit_breakers": {"thresholds": [{"max_retries": 1_000_000}]},
+    }));
     let doc = json!({
         "admin": {"address": socket(&options.admin)},
         "stats_config": {"stats_tags": stats_tags()},
         "static_resources": {"listeners": listeners, "clusters": out_clusters},
     });
     Ok((doc, warnings))
-}
-
-/// `header_to_metadata` looks up the route before it writes the cluster order into
-/// metadata, so the route (and the first attempt's cluster) would be chosen without
-/// it; this clears the route cache once the order is in place.
-fn refresh_route() -> Value {
-    json!({
-        "name": "envoy.filters.http.lua",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-            "default_source_code": {
-                "inline_string": "function envoy_on_request(request) request:clearRouteCache() end"
-            },
-        },
-    })
 }
 
 /// Prometheus labels from the filter's metric names (README: "Metrics").
@@ -464,7 +470,15 @@ mod tests {
     #[test]
     fn every_cluster_has_a_stand_in_for_no_healthy_host() {
         let (doc, _) = render(CONFIG, &Options::default()).unwrap();
-        for c in doc["static_resources"]["clusters"].as_array().unwrap() {
+        let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+        let (exhausted, providers) = clusters.split_last().unwrap();
+        assert_eq!(exhausted["name"], "llm_failover_exhausted");
+        assert_eq!(
+            exhausted["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["pipe"]["path"],
+            NO_HEALTHY_HOST_PIPE
+        );
+        for c in providers {
             let standin = &c["load_assignment"]["endpoints"][1];
             assert_eq!(standin["priority"], 1);
             assert_eq!(
@@ -552,7 +566,8 @@ mod tests {
     fn a_provider_without_endpoint_is_warned_about() {
         let cfg = r#"{"groups":[{"providers":[{"name":"a","cluster":"mine"}]}]}"#;
         let (doc, warnings) = render(cfg, &Options::default()).unwrap();
-        assert_eq!(doc["static_resources"]["clusters"], json!([]));
+        let clusters = doc["static_resources"]["clusters"].as_array().unwrap();
+        assert_eq!(clusters.len(), 1, "only the exhausted stand-in");
         assert!(
             warnings[0].contains("define cluster \"mine\""),
             "{warnings:?}"

@@ -79,7 +79,8 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
 
 
 class RawProvider:
-    """A loopback provider that misbehaves on purpose: `reset` resets the connection
+    """A loopback provider that misbehaves on purpose: `reset-once` resets the first
+    connection once its request arrived and answers the next ones; `reset` resets the connection
     once the request arrived (`late-reset`: 0.4 s after); `silent` reads the request and never answers (and notes
     when Envoy closes the connection); `broken-stream` streams two events and ends the
     stream cleanly but without `[DONE]`; `reset-stream` streams one event and resets
@@ -107,6 +108,18 @@ class RawProvider:
         conn.settimeout(10)
         try:
             self.received.append(conn.recv(65536))
+            if self.mode == "reset-once":
+                first = not self.received[1:]
+                if first:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    return
+                body = json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                                "finish_reason": "stop"}]}).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(body), body))
+                time.sleep(0.2)
+                return
             if self.mode in ("reset", "late-reset"):
                 if self.mode == "late-reset":
                     time.sleep(0.4)
@@ -291,7 +304,7 @@ def bootstrap(plugin: dict | str, clusters: dict[str, int], listen_port: int, ad
                             "route": {"cluster_header": "x-llm-failover-cluster", "timeout": route_timeout},
                             # The routing header is read for the cluster, then kept from the
                             # provider, like router mode's order header.
-                            "request_headers_to_remove": ["x-llm-failover-cluster", "x-llm-failover-order"]}],
+                            "request_headers_to_remove": ["x-llm-failover-cluster", "x-llm-failover-streamed"]}],
             }],
         },
         "http_filters": [BUFFER_FILTER, wasm_filter, {"name": "envoy.filters.http.router", "typed_config": {

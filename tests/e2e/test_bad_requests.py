@@ -80,7 +80,7 @@ CASES = {
     "HTTP/1.0": (post(ok, version="HTTP/1.0"), None, 426, None, False),
     "body trickled in 8-byte pieces": (post(ok), 8, 200, None, True),
     "huge headers": (post(ok, {"x-big": "a" * 100_000}), None, 431, None, False),
-    "forged routing and internal headers": (post(ok, {"x-llm-failover-cluster": "nope", "x-llm-failover-order": "AAAA",
+    "forged routing and internal headers": (post(ok, {"x-llm-failover-cluster": "nope", "x-llm-failover-streamed": "1",
                                                       "x-envoy-max-retries": "50"}), None, 200, None, True),
 }
 

@@ -4,6 +4,7 @@ request goes on, whether the provider cools and for how long. Bodies as the prov
 document them (the same as filter/src/errors.rs's unit tests)."""
 
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -128,18 +129,21 @@ def test_context_length_goes_to_a_larger_window_and_cools_nothing(mocks, envoy, 
     assert metric(e.prometheus(), "llm_failover_errors", provider="primary", **{"class": "context_length"}) == 2
 
 
-def test_context_length_never_goes_to_a_smaller_window(mocks, envoy):
-    """The next provider of the order has a smaller window: the primary's 400 goes back
-    unchanged (Envoy's router cannot skip to the third; ARCHITECTURE.md)."""
+def test_context_length_skips_a_smaller_window(mocks, envoy):
+    """The next provider of the order has a smaller window: it is never asked, the
+    request goes straight to the third (the filter names the next attempt's cluster)."""
     primary = failing(mocks, "primary", 400, OPENAI_CONTEXT)
     small = mocks("small")
     big = mocks("big")
     e = envoy(config([provider("primary", contextWindow=8192)], [provider("small", contextWindow=4096)],
                      [provider("big", contextWindow=128000)]),
               {"primary": primary.port, "small": small.port, "big": big.port}, router=True)
-    status, _, raw = e.post_chat(CHAT)
-    assert (status, json.loads(raw)) == (400, OPENAI_CONTEXT)
-    assert small.chat_requests() == [] and big.chat_requests() == []
+    assert chat(e, stream=True)[0] == "big"
+    assert chat(e)[0] == "big"
+    assert small.chat_requests() == [] and len(big.chat_requests()) == 2
+    log = e.access_log_lines(2)[0]
+    assert (log["tried"], log["attempts"], log["upstream_cluster"]) == ("primary,big", "2", "big")
+    assert {p["state"] for p in e.providers().values()} == {"healthy"}
 
 
 def test_context_length_without_a_larger_window_returns_the_providers_400(mocks, envoy):
@@ -244,3 +248,50 @@ def test_classes_hold_under_16_concurrent_streamed_clients(mocks, envoy):
     assert codes == ["content_filter"] * 64
     assert len(big.chat_requests()) == 64 and len(primary.chat_requests()) == 128
     assert {p["state"] for p in e.providers().values()} == {"healthy"}
+
+
+def test_retries_ask_the_same_provider_again_before_moving_on(mocks, envoy):
+    """retries: 1: a 500 is asked once more of the same provider, then the request
+    moves on; a timeout or a 429 never is (see the unit tests)."""
+    primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "server_error")
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], retries=1),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    assert [chat(e)[0] for _ in range(3)] == ["fallback"] * 3
+    # The first request asked the primary twice; then it was cooling.
+    assert len(primary.chat_requests()) == 2
+    log = e.access_log_lines(1)[0]
+    assert (log["tried"], log["attempts"], log["failover_reason"]) == ("primary,primary,fallback", "3",
+                                                                      "server_error")
+
+
+def test_a_retry_that_succeeds_keeps_the_provider_healthy(mocks, envoy, raw_providers):
+    flaky = raw_providers("reset-once")
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], retries=1),
+              {"primary": flaky.port, "fallback": fallback.port}, router=True)
+    assert chat(e)[0] == "primary"
+    log = e.access_log_lines(1)[0]
+    assert (log["tried"], log["provider"]) == ("primary,primary", "primary")
+    assert e.providers()["primary"]["state"] == "healthy"
+    assert fallback.chat_requests() == []
+
+
+def test_retry_within_waits_out_a_short_429_on_the_same_provider(mocks, envoy):
+    primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "1")
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], retries=1, retryWithin="2s"),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    start = time.monotonic()
+    # The primary keeps answering 429: waited out once (1 s), then the fallback.
+    assert chat(e)[0] == "fallback"
+    took = time.monotonic() - start
+    assert 0.95 < took < 1.6, took
+    assert len(primary.chat_requests()) == 2
+    # A Retry-After longer than retryWithin moves on at once.
+    primary.configure(retry_after="5")
+    e2 = envoy(config([provider("primary")], [provider("fallback")], retries=1, retryWithin="2s"),
+               {"primary": primary.port, "fallback": fallback.port}, router=True)
+    start = time.monotonic()
+    assert chat(e2)[0] == "fallback"
+    assert time.monotonic() - start < 0.5

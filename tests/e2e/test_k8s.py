@@ -102,7 +102,7 @@ def test_istio_gateway_gets_the_dispatch_wiring_the_tests_run():
     from providers."""
     net = {d["kind"]: d for d in docs(K8S / "istio" / "networking.yaml")}
     route_patch, filter_patch = net["EnvoyFilter"]["spec"]["configPatches"]
-    assert route_patch["patch"]["value"]["request_headers_to_remove"] == ["x-llm-failover-cluster", "x-llm-failover-order"]
+    assert route_patch["patch"]["value"]["request_headers_to_remove"] == ["x-llm-failover-cluster", "x-llm-failover-streamed"]
     assert filter_patch["applyTo"] == "HTTP_FILTER" and filter_patch["patch"]["operation"] == "INSERT_FIRST"
     assert filter_patch["patch"]["value"] == BUFFER_FILTER
     plugin = docs(K8S / "istio" / "wasmplugin.yaml")[0]["spec"]["pluginConfig"]
