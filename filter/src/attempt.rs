@@ -108,6 +108,13 @@ pub fn choose(
                 claim: None,
             });
         }
+        if config.failover.background_probes {
+            // The root probes it (`probe.rs`): no user request pays for that.
+            if let Some(e) = excluded.get_mut(i) {
+                *e = true;
+            }
+            continue;
+        }
         let now = view.now_ms();
         let key = &config.providers[i].health_key;
         match store::update_health_if(store, key, |h| h.claim_probe(now, &config.failover)) {

@@ -303,6 +303,9 @@ pub struct Failover {
     /// The longest cooldown, whatever the provider says; quota and auth failures
     /// cool this long.
     pub max_cooldown_ms: u64,
+    /// `backgroundProbes`: router mode: a recovering provider is probed by a small
+    /// request from the root, never by a user's request.
+    pub background_probes: bool,
     /// `retries`: router mode: how many times one provider may be asked again within
     /// a request (500/502/503/504, a reset) before the request moves on.
     pub retries: u32,
@@ -889,6 +892,7 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         "errorClasses",
         "retries",
         "retryWithin",
+        "backgroundProbes",
     ])?;
     let mut on_status = [false; 600];
     let statuses = match raw.array("onStatus")? {
@@ -1064,6 +1068,13 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
     let stream_first_byte_timeout_ms = stream_first_byte_timeout(&raw, mode, hedge_after_ms)?;
     let (first_token_timeout_ms, stream_idle_timeout_ms) = stream_silences(&raw, mode)?;
     let (retries, retry_within_ms) = same_provider_retries(&raw, mode)?;
+    let background_probes = raw.boolean("backgroundProbes")?.unwrap_or(false);
+    if background_probes && mode == Mode::Dispatch {
+        return Err(ConfigError::new(
+            "failover.backgroundProbes",
+            "needs router mode (a probe's answer is read by the upstream filter)",
+        ));
+    }
     Ok(Failover {
         mode,
         first_byte_timeout_ms,
@@ -1082,6 +1093,7 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         class_fails_over,
         retries,
         retry_within_ms,
+        background_probes,
         attempt_timeout_ms,
     })
 }

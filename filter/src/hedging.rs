@@ -133,7 +133,11 @@ impl Hedger {
                 return;
             }
         };
-        let drop = [config.cluster_header.as_str()];
+        let drop = [
+            config.cluster_header.as_str(),
+            crate::http::STREAMED_HEADER,
+            crate::probe::PROBE_HEADER,
+        ];
         let headers: Result<Vec<(String, String)>, _> =
             hedge::headers(&request.headers, &drop, id, to)
                 .into_iter()

@@ -31,6 +31,7 @@ use crate::hedging;
 use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::{self, Outcome};
+use crate::probe;
 use crate::registry;
 use crate::reply::{self, error_body, Relayed, PROVIDER_HEADER};
 use crate::retry_after;
@@ -586,7 +587,9 @@ impl FailoverFilter {
             );
             let mut headers = rewrite::apply_to(&self.original_headers, &edits);
             // The call names its cluster itself; routing headers are not the provider's.
-            headers.retain(|(n, _)| *n != config.cluster_header);
+            headers.retain(|(n, _)| {
+                *n != config.cluster_header && n != STREAMED_HEADER && n != probe::PROBE_HEADER
+            });
             let rewritten;
             let body = match (&self.original_body, &provider.model_json, &self.slots) {
                 (Some(b), Some(model), Some(slots)) => {

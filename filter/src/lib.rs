@@ -35,6 +35,7 @@ pub mod http;
 pub mod json;
 pub mod metrics;
 pub mod outcome;
+pub mod probe;
 pub mod registry;
 pub mod reply;
 pub mod retry_after;

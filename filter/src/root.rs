@@ -7,12 +7,15 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use crate::attempt;
 use crate::config::Config;
+use crate::health::State;
 use crate::hedge::{self, Hedges, Live};
 use crate::hedging::{self, Hedger};
 use crate::host::{self, HostSharedData};
 use crate::http::FailoverFilter;
 use crate::metrics;
+use crate::probe;
 use crate::registry;
 use crate::store;
 use crate::telemetry::Telemetry;
@@ -39,6 +42,8 @@ pub struct Root {
     live: Rc<RefCell<Live>>,
     /// When the health gauges were last refreshed.
     gauges_at_ms: u64,
+    /// Background probes out (`probe.rs`), by call token.
+    probes: Vec<u32>,
 }
 
 impl Default for Root {
@@ -53,6 +58,7 @@ impl Default for Root {
             hedger: None,
             live: Rc::default(),
             gauges_at_ms: 0,
+            probes: Vec::new(),
         }
     }
 }
@@ -69,9 +75,55 @@ impl Context for Root {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        // The only calls a root sends are hedges.
+        if let Some(at) = self.probes.iter().position(|t| *t == token_id) {
+            // Its upstream filter recorded the answer.
+            self.probes.swap_remove(at);
+            return;
+        }
+        // The other calls a root sends are hedges.
         if let Some(hedger) = &self.hedger {
             hedger.answer(token_id, body_size);
+        }
+    }
+}
+
+impl Root {
+    /// Background probes: claims the probe of every provider whose cooldown is over
+    /// (one worker wins each) and sends it (see `probe.rs`).
+    fn probe(&mut self, config: &Config, now: u64) {
+        for (index, p) in config.providers.iter().enumerate() {
+            if store::read_health(&HostSharedData, &p.health_key).state(now) != State::HalfOpen {
+                continue;
+            }
+            let claimed = store::update_health_if(&HostSharedData, &p.health_key, |h| {
+                h.claim_probe(now, &config.failover)
+            });
+            let Ok(Some(claim)) = claimed else { continue };
+            let Some((headers, body)) = probe::request(config, index) else {
+                continue;
+            };
+            match host::dispatch(
+                &p.cluster,
+                &headers,
+                Some(&body),
+                config.failover.probe_timeout_ms,
+            ) {
+                Ok(token) => {
+                    log::info!(
+                        "llm-failover: probing provider {} in the background",
+                        p.name
+                    );
+                    self.probes.push(token);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "llm-failover: cannot probe provider {} (cluster {}): {e:?}",
+                        p.name,
+                        p.cluster
+                    );
+                    attempt::release(config, &HostSharedData, index, claim.probe_until_ms);
+                }
+            }
         }
     }
 }
@@ -142,7 +194,10 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let Some(config) = &self.config else { return };
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        let config = &config;
         let now = host::now_ms();
         if self.upstream {
             hedging::poll_cancels(&self.live);
@@ -156,6 +211,9 @@ impl RootContext for Root {
             return;
         }
         self.gauges_at_ms = now;
+        if config.failover.background_probes {
+            self.probe(config, now);
+        }
         for (p, _) in config
             .providers
             .iter()

@@ -20,6 +20,7 @@ use crate::health::Failure;
 use crate::hedge::{self, Live, HEDGED_TO_KEY, HEDGE_HEADER, HELD_KEY};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
+use crate::probe;
 use crate::retry_after;
 use crate::sse::{self, StreamWatch};
 use crate::telemetry::Telemetry;
@@ -114,6 +115,8 @@ pub struct AttemptFilter {
     awaiting_first_event: bool,
     /// When the answer's last bytes came (Unix ms), kept with `streamIdleTimeout`.
     last_data_ms: u64,
+    /// This attempt is the root's background probe (`probe.rs`).
+    probing: bool,
 }
 
 impl AttemptFilter {
@@ -146,6 +149,7 @@ impl AttemptFilter {
             held: None,
             awaiting_first_event: false,
             last_data_ms: 0,
+            probing: false,
         }
     }
 
@@ -170,6 +174,19 @@ impl AttemptFilter {
         let cluster = host::property(&["xds", "cluster_name"])?;
         if let Some(index) = self.hedge(&cluster) {
             return Some(index);
+        }
+        if let Some(mark) = host::request_header(probe::PROBE_HEADER) {
+            // The root's background probe (`probe.rs`): one attempt, its own plan.
+            host::remove_request_header(probe::PROBE_HEADER);
+            if let Some(index) = probe::marked(&self.config, &mark, &cluster) {
+                self.plan = vec![Step {
+                    index,
+                    reset_on_success: true,
+                }];
+                self.probing = true;
+                return Some(index);
+            }
+            log::warn!("llm-failover: a probe mark for another cluster's provider; ignored");
         }
         let found = self
             .config
@@ -590,8 +607,8 @@ impl HttpContext for AttemptFilter {
         }
         crate::http::apply_edits(&config, provider, original_path.as_deref());
         self.buffering = !end_of_stream && provider.model_json.is_some();
-        if self.buffering && self.hedge_id.is_some() {
-            // Envoy gave the call the client body's length; the rewrite changes it.
+        if self.buffering && (self.hedge_id.is_some() || self.probing) {
+            // Envoy gave the call its body's length; the rewrite changes it.
             // (A routed attempt's was removed by the downstream filter.)
             host::remove_request_header("content-length");
         }

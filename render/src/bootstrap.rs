@@ -182,7 +182,16 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                     },
                 },
                 "exact_match_map": {"map": by_name},
-            }},
+            },
+            // Without the filter's word (the downstream filter missing, or its VM
+            // reloading): the first provider, as the groups say.
+            "on_no_match": {"action": {
+                "name": "first",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.ClusterAction",
+                    "cluster": clusters.first().map(|p| p.cluster.as_str()).unwrap_or(llm_failover::upstream::EXHAUSTED_CLUSTER),
+                },
+            }}},
         },
     }});
     let mut route = json!({
@@ -190,7 +199,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         // Dispatch mode's routing header means nothing here; a client-sent one is not
         // passed on to a provider.
         // Nor is a hedge's mark (only the filter's own calls carry one).
-        "request_headers_to_remove": [config.cluster_header, llm_failover::hedge::HEDGE_HEADER],
+        "request_headers_to_remove": [config.cluster_header, llm_failover::hedge::HEDGE_HEADER, llm_failover::probe::PROBE_HEADER],
         "route": {
             // The cluster the filter names for each attempt (see above).
             "inline_cluster_specifier_plugin": specifier,

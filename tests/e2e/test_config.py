@@ -110,7 +110,7 @@ BAD_FIELDS = [
     (_providers(_provider(policies={"auth": {"passthrough": {}, "key": {"env": "K"}}})), "groups[0].providers[0].policies.auth"),
     (_providers(_provider(policies={"auth": {"key": {"env": "OPENAI_API_KEY", "header": "x y"}}})), "groups[0].providers[0].policies.auth.key.header"),
     (_providers(_provider(policies={"auth": {"key": {"env": ""}}})), "groups[0].providers[0].policies.auth.key.env"),
-    (_failover(retries=3), "failover.retries"),
+    (_failover(retries=9), "failover.retries"),
     (_failover(onStatus=429), "failover.onStatus"),
     (_failover(onStatus=[600]), "failover.onStatus[0]"),
     (_failover(defaultCooldown="10m", maxCooldown="1m"), "failover.defaultCooldown"),

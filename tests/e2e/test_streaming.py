@@ -151,8 +151,7 @@ def test_each_attempt_carries_only_its_own_providers_credentials(mocks, envoy, r
               env={"KEY_A": "sk-a", "KEY_C": "sk-c"})
     status, headers, body = e.post_chat({"model": "x", "messages": MESSAGES},
                                         {"authorization": "Bearer client-token",
-                                         # Each wiring's own internal header, forged.
-                                         ("x-llm-failover-streamed" if router else "x-llm-failover-order"): "forged",
+                                         "x-llm-failover-streamed": "forged",
                                          "x-envoy-max-retries": "9"},
                                         path="/v1/chat/completions?tag=1")
     assert status == 200 and headers["x-llm-provider"] == "c", body
