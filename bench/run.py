@@ -19,10 +19,15 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
                  router mode (the default), as `llm-failover render` wires them
   router-2k-hedging   router-2k with `hedgeAfter: 5s` (never reached): the normal path's
                  cost of keeping each request for a hedge
+  router-2k-no-stream-route   router-2k with `streamFirstByteTimeout: "0s"`: no route for
+                 streamed requests, so the request headers are not held until the body
+                 is read (what that hold, on by default, costs)
 
 Then time to first event of a streamed answer (llm-mock providers, one request at a
-time): straight to the provider (no wasm), router mode direct and on failover, and
-dispatch mode on failover.
+time) and Envoy's CPU per streamed request: straight to the provider (no wasm), router
+mode direct (also without the route for streamed requests, and with
+`firstTokenTimeout`, which holds the answer's headers until its first event) and on
+failover, and dispatch mode on failover.
 
 The upstream is a second Envoy answering with `direct_response` behind a buffer filter
 (so it reads the whole body). For each configuration, in rounds (A B C ... A B C ...):
@@ -145,6 +150,8 @@ def rendered(plugin: dict, downstream: bool = True, upstream: bool = True):
             hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
         if not upstream:
             for c in cfg["static_resources"]["clusters"]:
+                if "typed_extension_protocol_options" not in c:
+                    continue  # llm_failover_exhausted
                 opts = c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
                 opts["http_filters"] = [f for f in opts["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
         return cfg
@@ -194,6 +201,9 @@ def proxy_configs(upstream_port):
         # hedgeAfter set, never reached (the upstream answers at once): what keeping each
         # request for a possible hedge costs on the normal path.
         "router-2k-hedging": (rendered(dict(router_two, failover={"hedgeAfter": "5s"})), 2048),
+        # streamFirstByteTimeout off: no route for streamed requests, so the request
+        # headers are not held until the body is read (router-2k holds them).
+        "router-2k-no-stream-route": (rendered(dict(router_two, failover={"streamFirstByteTimeout": "0s"})), 2048),
     }
 
 
@@ -310,6 +320,12 @@ def stream_configs(direct: Mock, limited: Mock, fallback: Mock, slow: Mock):
             admin, [listener(port, [{"match": {"prefix": "/"}, "route": {"cluster": "direct"}}], [])],
             [cluster("direct", direct.port)]),
         "stream-router-direct": rendered(groups(direct)),
+        # Without the route for streamed requests (request headers not held for the body).
+        "stream-router-direct-no-stream-route": rendered(dict(groups(direct), failover={
+            "streamFirstByteTimeout": "0s"})),
+        # firstTokenTimeout: the answer's headers are held until its first event.
+        "stream-router-direct-first-token": rendered(dict(groups(direct), failover={
+            "firstTokenTimeout": "10s"})),
         "stream-router-failover": rendered(groups(limited)),
         "stream-dispatch-failover": lambda port, admin: bootstrap(
             admin, [listener(port, by_header, [wasm_filter(WASM, dispatch_failover)])],
@@ -337,12 +353,15 @@ def measure_first_events(workdir: Path, proxy_cpu, samples: int, rounds: int):
         for name, builder in stream_configs(*mocks).items():
             procs[name] = Proc(name, builder, workdir, proxy_cpu)
         times = {name: [] for name in procs}
+        cpu = {name: 0.0 for name in procs}
         for _ in range(rounds):
             for name, p in procs.items():
                 first_event_seconds(p.port)  # warm the connection pools
                 # The slow-primary paths take about 1 s a request: fewer of them.
                 n = max(3, samples // 8) if "slow" in name and "hedge" not in name else samples
+                cpu0 = p.cpu_seconds()
                 times[name] += [first_event_seconds(p.port) for _ in range(n)]
+                cpu[name] += p.cpu_seconds() - cpu0
         if not any(r["path"] == "/v1/chat/completions" for r in mocks[1].requests()):
             raise SystemExit("bench: the failover runs never met the failing primary")
     finally:
@@ -354,9 +373,10 @@ def measure_first_events(workdir: Path, proxy_cpu, samples: int, rounds: int):
     for name, ts in times.items():
         ts.sort()
         out[name] = {"p50_ms": statistics.median(ts) * 1e3, "p90_ms": ts[int(len(ts) * 0.9)] * 1e3,
-                     "p99_ms": ts[min(len(ts) - 1, int(len(ts) * 0.99))] * 1e3, "samples": len(ts)}
+                     "p99_ms": ts[min(len(ts) - 1, int(len(ts) * 0.99))] * 1e3, "samples": len(ts),
+                     "cpu_us": cpu[name] / len(ts) * 1e6}
         print(f"{name:26s} first event p50 {out[name]['p50_ms']:6.2f} ms  p90 {out[name]['p90_ms']:6.2f} ms  "
-              f"p99 {out[name]['p99_ms']:6.2f} ms", flush=True)
+              f"p99 {out[name]['p99_ms']:6.2f} ms  cpu {out[name]['cpu_us']:6.0f} us/stream", flush=True)
     return out
 
 
@@ -465,12 +485,14 @@ def first_event_table(first_events):
     if not first_events:
         return "(not measured: --stream-samples 0)"
     direct = first_events.get("stream-router-direct")
-    lines = ["| path | first event p50 | p90 | p99 | samples | p50 over router direct |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| path | first event p50 | p90 | p99 | samples | p50 over router direct | Envoy CPU per stream |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in first_events.items():
         over = f"{r['p50_ms'] - direct['p50_ms']:+.2f} ms" if direct else "-"
         p99 = f"{r['p99_ms']:.2f} ms" if "p99_ms" in r else "-"
-        lines.append(f"| {name} | {r['p50_ms']:.2f} ms | {r['p90_ms']:.2f} ms | {p99} | {r.get('samples', '-')} | {over} |")
+        cpu = f"{r['cpu_us']:.0f} us" if "cpu_us" in r else "-"
+        lines.append(f"| {name} | {r['p50_ms']:.2f} ms | {r['p90_ms']:.2f} ms | {p99} | {r.get('samples', '-')} "
+                     f"| {over} | {cpu} |")
     return "\n".join(lines)
 
 

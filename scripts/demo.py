@@ -227,7 +227,7 @@ def main():
             """Another Envoy from render of the same configuration plus `field`, and one
             request through it: whether the fallback answered it fast."""
             plugin = json.loads((ROOT / "envoy" / "llm-failover.json").read_text())
-            plugin["failover"][field] = value
+            plugin.setdefault("failover", {})[field] = value
             (workdir / f"{name}.json").write_text(json.dumps(plugin))
             rendered = subprocess.run([str(RENDER), "render", "--config", str(workdir / f"{name}.json"),
                                        "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{port - 99}",

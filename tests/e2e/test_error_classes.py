@@ -295,3 +295,24 @@ def test_retry_within_waits_out_a_short_429_on_the_same_provider(mocks, envoy):
     start = time.monotonic()
     assert chat(e2)[0] == "fallback"
     assert time.monotonic() - start < 0.5
+
+
+def test_dispatch_mode_judges_its_failover_calls_by_body_and_its_first_attempt_by_status(mocks, envoy):
+    """Dispatch mode (hand-wired, no allow_on_headers_stop_iteration): the routed
+    attempt is judged by its status alone, a dispatched call by its body too."""
+    primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "service_unavailable")
+    second = failing(mocks, "second", 429, OPENAI_QUOTA)
+    third = mocks("third")
+    e = envoy(config([provider("primary")], [provider("second")], [provider("third")], mode="dispatch"),
+              {"primary": primary.port, "second": second.port, "third": third.port})
+    status, headers, _ = e.post_chat(CHAT)
+    assert (status, headers.get("x-llm-provider")) == (200, "third")
+    view = e.providers()
+    assert (view["primary"]["last_reason"], view["second"]["last_reason"]) == ("server_error", "quota")
+    assert view["second"]["cooling_for_ms"] > MAX_COOLDOWN_MS - 2_000
+    # A context-length 400 on the routed attempt: its body is not read, the client gets it.
+    primary.configure(failure_status=400, failure_body=json.dumps(OPENAI_CONTEXT))
+    e2 = envoy(config([provider("primary", contextWindow=8192)], [provider("third", contextWindow=128000)],
+                      mode="dispatch"), {"primary": primary.port, "third": third.port})
+    status, _, raw = e2.post_chat(CHAT)
+    assert (status, json.loads(raw)) == (400, OPENAI_CONTEXT)

@@ -5,7 +5,9 @@ Envoy (`--concurrency 2`, the filter in router mode, dispatch mode, and router m
 providers served by this script on loopback:
   primary   flaps at random between healthy and one fault at a time: 429 with
             Retry-After, with a reset header only, or bare; 503; a reset connection; an
-            answer slower than the attempt timeout. Every few seconds it also closes its
+            answer slower than the attempt timeout; and the error classes with their
+            providers' bodies: OpenAI's insufficient_quota 429, Anthropic's 529
+            overloaded_error, a context_length_exceeded 400 (not in dispatch mode). Every few seconds it also closes its
             listener for a short window (connections refused) and drops its keep-alive
             connections.
   fallback  always healthy.
@@ -47,9 +49,23 @@ SLOW_S = 3.0  # slower than the attempt timeout: Envoy abandons the attempt
 HEDGE_AFTER_MS = 400
 # The primary's regimes, switched at random every 0.3-1.5 s: healthy (half the time), or
 # one kind of fault, which then meets 80% of its requests (the rest get a 200).
-FAULTS = [("429-retry-after", 3), ("429-reset-header", 2), ("429-bare", 2), ("503", 3), ("reset", 2), ("slow", 1)]
+# The error classes (quota, overloaded, context length) come with their providers'
+# documented bodies.
+FAULTS = [("429-retry-after", 3), ("429-reset-header", 2), ("429-bare", 2), ("503", 3), ("reset", 2), ("slow", 1),
+          ("429-quota", 1), ("529-overloaded", 2), ("400-context", 2)]
 # Hedge mode meets the slow primary more often (what hedges are for).
 HEDGE_FAULTS = [(f, 6 if f == "slow" else w) for f, w in FAULTS]
+# Dispatch mode judges its routed attempt by status alone: a context-length 400 goes
+# back to the client there (docs/configuration.md), so it is not in that mix.
+DISPATCH_FAULTS = [(f, w) for f, w in FAULTS if f != "400-context"]
+ERROR_BODIES = {
+    "429-quota": {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                            "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}},
+    "529-overloaded": {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+    "400-context": {"error": {"message": "This model's maximum context length is 8192 tokens. However, your "
+                                         "messages resulted in 9013 tokens.", "type": "invalid_request_error",
+                              "param": "messages", "code": "context_length_exceeded"}},
+}
 
 
 class Provider:
@@ -158,6 +174,7 @@ class Provider:
                     "429-reset-header": (429, [("x-ratelimit-reset-requests", "300ms"),
                                                ("x-ratelimit-remaining-requests", "0")]),
                     "429-bare": (429, []), "503": (503, []),
+                    "429-quota": (429, []), "529-overloaded": (529, []), "400-context": (400, []),
                 }[outcome]
                 if status == 200:
                     self.executed[rid] = outcome
@@ -165,7 +182,8 @@ class Provider:
                                           "choices": [{"index": 0, "message": {"role": "assistant", "content": self.name},
                                                        "finish_reason": "stop"}]}).encode()
                 else:
-                    payload = json.dumps({"error": {"message": outcome, "type": "requests", "code": outcome}}).encode()
+                    payload = json.dumps(ERROR_BODIES.get(outcome) or
+                                         {"error": {"message": outcome, "type": "requests", "code": outcome}}).encode()
                 head = f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n"
                 head += "".join(f"{k}: {v}\r\n" for k, v in extra)
                 writer.write(head.encode() + b"\r\n" + payload)
@@ -183,9 +201,11 @@ def plugin(mode: str, primary_port: int, fallback_port: int) -> dict:
     return {"groups": [
         {"providers": [{"name": "primary", "cluster": "primary", "path": "/v1/chat/completions",
                         "endpoint": f"http://{LOOPBACK}:{primary_port}", "openai": {"model": MODELS["primary"]},
+                        "contextWindow": 8192,
                         "policies": {"auth": {"key": {"env": "SOAK_PRIMARY_KEY"}}}}]},
         {"providers": [{"name": "fallback", "cluster": "fallback", "path": "/v1/chat/completions",
                         "endpoint": f"http://{LOOPBACK}:{fallback_port}", "openai": {"model": MODELS["fallback"]},
+                        "contextWindow": 128000,
                         "policies": {"auth": {"key": {"env": "SOAK_FALLBACK_KEY", "header": "api-key"}}}}]}],
         "failover": {"mode": "dispatch" if mode == "dispatch" else "router", "defaultCooldown": "100ms",
                      "maxCooldown": "1s", "probeTimeout": "2s", "attemptTimeout": f"{int(ATTEMPT_TIMEOUT_S * 1000)}ms",
@@ -246,7 +266,7 @@ def providers_process(pipe, seed: int, tempo: float, faults: list):
 def run_mode(mode: str, requests: int, clients: int, max_seconds: float, seed: int, tempo: float,
              pace: float = 0.0) -> dict:
     parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.Process(target=providers_process, args=(child, seed, tempo, HEDGE_FAULTS if mode == "hedge" else FAULTS),
+    proc = multiprocessing.Process(target=providers_process, args=(child, seed, tempo, {"hedge": HEDGE_FAULTS, "dispatch": DISPATCH_FAULTS}.get(mode, FAULTS)),
                                    daemon=True)
     proc.start()
     primary_port, fallback_port = parent.recv()
@@ -428,7 +448,9 @@ built filter, in front of two loopback providers run by the soak itself. The pri
 flaps at random: every 0.3-1.5 s it is healthy (half the time) or takes up one fault,
 which then meets 80% of its requests: 429 with `Retry-After` (0 or 1), 429 with only a
 reset header, bare 429, 503, a reset connection, an answer slower than `attemptTimeout`
-= {ATTEMPT_TIMEOUT_S} s. Every 2-6 s it also closes its listener for 0.2-0.8 s and drops its
+= {ATTEMPT_TIMEOUT_S} s, OpenAI's `insufficient_quota` 429, Anthropic's 529 `overloaded_error`,
+and a `context_length_exceeded` 400 that only the fallback's larger `contextWindow` takes
+(router and hedge mode: dispatch mode judges its first attempt by status alone). Every 2-6 s it also closes its listener for 0.2-0.8 s and drops its
 keep-alive connections. The fallback is healthy. Every request carries its own id; each provider checks that it got
 its own model and key, and records the ids it executed. *Hedge mode* is router mode with
 `hedgeAfter: {HEDGE_AFTER_MS}ms`, and the slow fault six times as likely.
