@@ -37,27 +37,83 @@ pub fn check(plugin_raw: &str, bootstrap: &Value) -> Result<Vec<String>, String>
             ));
             continue;
         };
-        if config.failover.mode == Mode::Router && !has_upstream_filter(cluster) {
-            problems.push(format!(
+        if config.failover.mode != Mode::Router {
+            continue;
+        }
+        match upstream_filter(cluster) {
+            None => problems.push(format!(
                 "provider {}: cluster {:?} does not run the filter as an upstream HTTP filter \
                  (router mode rewrites and records attempts there; see `llm-failover render`)",
                 p.name, p.cluster
-            ));
+            )),
+            Some(f) if !holds_headers(f) => problems.push(format!(
+                "provider {}: the upstream filter on cluster {:?} lacks \
+                 allow_on_headers_stop_iteration: true (without it an attempt with a failing \
+                 answer hangs while the filter waits for the error body)",
+                p.name, p.cluster
+            )),
+            Some(_) => {}
+        }
+    }
+    if config.failover.mode == Mode::Router {
+        let mut downstream = Vec::new();
+        if let Some(listeners) = bootstrap.pointer("/static_resources/listeners") {
+            plugins_with_root_id(listeners, "llm_failover", &mut downstream);
+        }
+        // The routing instances (the ops listener's view-only one holds nothing).
+        let routing = |f: &&&Value| {
+            f.pointer("/configuration/value")
+                .and_then(Value::as_str)
+                .and_then(|raw| Config::parse(raw.as_bytes(), &|_| Some("set".to_string())).ok())
+                .is_some_and(|c| !c.providers.is_empty())
+        };
+        if downstream.iter().filter(routing).any(|f| !holds_headers(f)) {
+            problems.push(
+                "the downstream filter (root_id llm_failover) lacks \
+                 allow_on_headers_stop_iteration: true (without it a request with a body hangs \
+                 while the filter waits for the body)"
+                    .to_string(),
+            );
         }
     }
     Ok(problems)
 }
 
-fn has_upstream_filter(cluster: &Value) -> bool {
+/// The filter's `config` (PluginConfig) as an upstream HTTP filter of `cluster`.
+fn upstream_filter(cluster: &Value) -> Option<&Value> {
     cluster
         .pointer("/typed_extension_protocol_options/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/http_filters")
-        .and_then(Value::as_array)
-        .is_some_and(|filters| {
-            filters.iter().any(|f| {
-                f.pointer("/typed_config/config/root_id").and_then(Value::as_str)
-                    == Some(llm_failover::root::UPSTREAM_ROOT_ID)
-            })
+        .and_then(Value::as_array)?
+        .iter()
+        .filter_map(|f| f.pointer("/typed_config/config"))
+        .find(|c| {
+            c.get("root_id").and_then(Value::as_str) == Some(llm_failover::root::UPSTREAM_ROOT_ID)
         })
+}
+
+/// Whether a wasm PluginConfig lets the filter hold headers and still get the body.
+fn holds_headers(plugin: &Value) -> bool {
+    plugin.get("allow_on_headers_stop_iteration") == Some(&Value::Bool(true))
+}
+
+/// Every wasm PluginConfig with this `root_id` below `value`.
+fn plugins_with_root_id<'a>(value: &'a Value, root_id: &str, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            if map.get("root_id").and_then(Value::as_str) == Some(root_id) {
+                out.push(value);
+            }
+            for v in map.values() {
+                plugins_with_root_id(v, root_id, out);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                plugins_with_root_id(v, root_id, out);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// One character different, two neighbours swapped, or one character more or less.
@@ -121,5 +177,22 @@ mod tests {
         .0;
         let plugin = r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}]}"#;
         assert_eq!(check(plugin, &rendered).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn router_mode_wants_both_filters_to_hold_headers() {
+        let plugin = r#"{"groups":[{"providers":[{"name":"a","cluster":"c","endpoint":"http://127.0.0.1:1"}]}]}"#;
+        let (mut boot, _) =
+            crate::bootstrap::render(plugin, &crate::bootstrap::Options::default()).unwrap();
+        let text = boot.to_string().replace(
+            r#""allow_on_headers_stop_iteration":true"#,
+            r#""allow_on_headers_stop_iteration":false"#,
+        );
+        boot = serde_json::from_str(&text).unwrap();
+        let problems = check(plugin, &boot).unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0]
+            .contains("upstream filter on cluster \"c\" lacks allow_on_headers_stop_iteration"));
+        assert!(problems[1].contains("the downstream filter (root_id llm_failover) lacks"));
     }
 }

@@ -32,6 +32,7 @@ def test_with_the_defaults_a_silent_provider_hands_a_stream_to_the_fallback_in_2
     e = envoy(config([provider("primary")], [provider("fallback")]),
               {"primary": silent.port, "fallback": fallback.port}, router=True)
     served, first, _, text = stream(e)
+    print(f"a silent provider's stream reached the fallback's first event after {first:.2f} s")
     assert (served, text) == ("fallback", "Hello from fallback! 2+2 is 4.")
     assert 19.9 < first < 21.0, first
     log = e.access_log_lines(1)[0]
@@ -172,4 +173,5 @@ def test_with_the_defaults_a_provider_healed_after_a_minute_gets_its_traffic_bac
         assert served.headers.get("x-llm-provider") in ("primary", "fallback")
         time.sleep(max(0.0, 4 - (time.monotonic() - start - now)))
     assert back_at is not None, "the primary never got its traffic back"
+    print(f"the primary healed at {healed_at:.1f} s and served again at {back_at:.1f} s")
     assert back_at - healed_at <= 30, f"back {back_at - healed_at:.1f} s after healing"
