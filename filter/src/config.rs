@@ -1452,6 +1452,12 @@ mod tests {
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"firstTokenTimeout":"0s"}}"#.into(), "failover.firstTokenTimeout", "longer than 0s"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"mode":"dispatch","streamIdleTimeout":"5s"}}"#.into(), "failover.streamIdleTimeout", "needs router mode"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"firstTokenTimeout":"5s","streamIdleTimeout":"30s"}}"#.into(), "failover.streamIdleTimeout", "differs from firstTokenTimeout"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"mode":"dispatch","retries":1}}"#.into(), "failover.retries", "needs router mode"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"retries":6}}"#.into(), "failover.retries", "out of range"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"retryWithin":"2s"}}"#.into(), "failover.retryWithin", "needs failover.retries of 1 or more"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"retries":1,"retryWithin":"2m"}}"#.into(), "failover.retryWithin", "out of range"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"mode":"dispatch","backgroundProbes":true}}"#.into(), "failover.backgroundProbes", "needs router mode"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"backgroundProbes":"yes"}}"#.into(), "failover.backgroundProbes", "invalid type"),
         ];
         for (json, field, message) in cases {
             let e = err(&json);

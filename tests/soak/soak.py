@@ -240,9 +240,14 @@ def providers_process(pipe, seed: int, tempo: float, faults: list):
 
     def regimes():
         rng = random.Random(seed + 3)
-        healthy = False  # a fault first, so even a short run meets one
+        # A fault first, so even a short run meets one: the mix's most likely (hedge
+        # mode's slow primary).
+        first = max(faults, key=lambda f: f[1])[0]
+        healthy = False
         while True:
-            primary.regime = "ok" if healthy else rng.choices([f for f, _ in faults], [w for _, w in faults])[0]
+            primary.regime = first if first else "ok" if healthy else \
+                rng.choices([f for f, _ in faults], [w for _, w in faults])[0]
+            first = None
             if stop.wait(rng.uniform(0.3, 1.5) * tempo):
                 return
             healthy = rng.random() < 0.5
