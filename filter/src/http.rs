@@ -258,12 +258,19 @@ impl FailoverFilter {
                 Some(all) => parse_number(header_value(all, "content-length")),
                 None => parse_number(host::request_header("content-length").as_deref()),
             };
+            let only_reads = !config.needs_json_body && !hedging;
             if content_length.is_some_and(|len| len > config.max_body_bytes) {
-                self.reply_too_large();
-                return Action::Pause;
+                if !only_reads {
+                    self.reply_too_large();
+                    return Action::Pause;
+                }
+                // Read only to tell a stream, and too large to read: it goes on unread,
+                // as a non-streamed request.
+                self.phase = Phase::Streaming;
+            } else if !only_reads {
+                // A rewritten body has another length: the upstream gets it chunked.
+                host::remove_request_header("content-length");
             }
-            // A rewritten body has another length: the upstream gets it chunked.
-            host::remove_request_header("content-length");
         }
         if let (true, Some(all)) = (hedging, headers) {
             // Kept for a hedge, which waits from when the whole request went on.
@@ -823,8 +830,16 @@ impl HttpContext for FailoverFilter {
         }
         let config = Rc::clone(&self.config);
         if body_size as u64 > config.max_body_bytes {
-            self.reply_too_large();
-            return Action::Pause;
+            if config.needs_json_body || self.hedge_request.is_some() {
+                self.reply_too_large();
+                return Action::Pause;
+            }
+            // Read only to tell a stream (no model to rewrite, nothing kept for a
+            // hedge), and too large to read: it goes on unread, as a non-streamed
+            // request, with the held headers.
+            host::remove_request_header(STREAMED_HEADER);
+            self.phase = Phase::Streaming;
+            return Action::Continue;
         }
         if !end_of_stream {
             // Buffer until the whole body is here: it is checked, rewritten and kept whole.

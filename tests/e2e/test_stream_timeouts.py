@@ -2,12 +2,13 @@
 official SDK): streamFirstByteTimeout (on by default), firstTokenTimeout and
 streamIdleTimeout, and recovery with the default cooldowns."""
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from harness import MESSAGES, config, provider, wait_until
+from harness import MESSAGES, config, http, provider, wait_until
 
 
 def client(e, timeout=60):
@@ -175,3 +176,22 @@ def test_with_the_defaults_a_provider_healed_after_a_minute_gets_its_traffic_bac
     assert back_at is not None, "the primary never got its traffic back"
     print(f"the primary healed at {healed_at:.1f} s and served again at {back_at:.1f} s")
     assert back_at - healed_at <= 30, f"back {back_at - healed_at:.1f} s after healing"
+
+
+def test_a_body_too_large_to_read_goes_on_unread(mocks, envoy):
+    """No model to rewrite and no hedge: the filter reads the body only to tell a
+    stream, and one over maxBodyBytes goes on unread (as a non-streamed request)
+    instead of getting a 413."""
+    primary = mocks("primary")
+    e = envoy(config([provider("primary")], [provider("fallback")]), {"primary": primary.port,
+                                                                      "fallback": primary.port},
+              router=True)
+    big = json.dumps({"model": "m", "stream": True,
+                      "messages": [{"role": "user", "content": "x" * 1_200_000}]}).encode()
+    status, headers, body = http("POST", f"{e.url}/v1/chat/completions", big, {"content-type": "application/json"})
+    assert (status, headers.get("x-llm-provider")) == (200, "primary"), body[:300]
+    (r,) = primary.chat_requests()
+    assert len(r["body"]) == len(big)
+    # With a model to rewrite the filter must read it: 413.
+    e2 = envoy(config([provider("primary", openai={"model": "m2"})]), {"primary": primary.port}, router=True)
+    assert http("POST", f"{e2.url}/v1/chat/completions", big, {"content-type": "application/json"})[0] == 413
