@@ -256,119 +256,175 @@ mod tests {
     const OPENROUTER_CREDITS: &str = r#"{"error":{"code":402,"message":"Insufficient credits. Add more using https://openrouter.ai/settings/credits"}}"#;
     const DEEPSEEK_BALANCE: &str = r#"{"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}"#;
 
-    #[test]
-    fn openai_bodies() {
-        assert_eq!(
-            classify(429, OPENAI_RATE_LIMIT.as_bytes()),
-            Class::RateLimited
-        );
-        assert_eq!(classify(429, OPENAI_QUOTA.as_bytes()), Class::Quota);
-        assert_eq!(
-            classify(400, OPENAI_CONTEXT.as_bytes()),
-            Class::ContextLength
-        );
-        assert_eq!(
-            classify(400, OPENAI_POLICY.as_bytes()),
-            Class::ContentPolicy
-        );
-        assert_eq!(classify(401, OPENAI_KEY.as_bytes()), Class::Auth);
-        assert_eq!(
-            classify(503, OPENAI_OVERLOADED.as_bytes()),
-            Class::Overloaded
-        );
-        assert_eq!(classify(500, OPENAI_500.as_bytes()), Class::ServerError);
-        assert_eq!(classify(429, OPENAI_SPEND.as_bytes()), Class::Quota);
-    }
-
-    #[test]
-    fn azure_bodies() {
-        assert_eq!(classify(400, AZURE_FILTER.as_bytes()), Class::ContentPolicy);
-        assert_eq!(classify(429, AZURE_RATE.as_bytes()), Class::RateLimited);
-        assert_eq!(
-            classify(400, AZURE_CONTEXT.as_bytes()),
-            Class::ContextLength
-        );
-        assert_eq!(classify(401, AZURE_KEY.as_bytes()), Class::Auth);
-        assert_eq!(
-            classify(400, AZURE_CONTEXT_NEW.as_bytes()),
-            Class::ContextLength
-        );
-    }
-
-    #[test]
-    fn anthropic_bodies() {
-        assert_eq!(
-            classify(529, ANTHROPIC_OVERLOADED.as_bytes()),
-            Class::Overloaded
-        );
-        assert_eq!(
-            classify(400, ANTHROPIC_CONTEXT.as_bytes()),
-            Class::ContextLength
-        );
-        assert_eq!(classify(400, ANTHROPIC_CREDIT.as_bytes()), Class::Quota);
-        assert_eq!(classify(400, ANTHROPIC_USAGE.as_bytes()), Class::Quota);
-        assert_eq!(classify(429, ANTHROPIC_RATE.as_bytes()), Class::RateLimited);
-        assert_eq!(
-            classify(400, ANTHROPIC_CONTEXT_LIMIT.as_bytes()),
-            Class::ContextLength
-        );
-        assert_eq!(classify(401, ANTHROPIC_KEY.as_bytes()), Class::Auth);
-        assert_eq!(
-            classify(500, ANTHROPIC_API_ERROR.as_bytes()),
-            Class::ServerError
-        );
-    }
-
-    #[test]
-    fn gemini_bodies() {
+    /// Each provider's documented failing answers and the class each must get.
+    const DOCUMENTED: [(&str, u16, &str, Class); 39] = [
+        (
+            "openai rate limit",
+            429,
+            OPENAI_RATE_LIMIT,
+            Class::RateLimited,
+        ),
+        ("openai insufficient_quota", 429, OPENAI_QUOTA, Class::Quota),
+        ("openai spend limit", 429, OPENAI_SPEND, Class::Quota),
+        (
+            "openai context length",
+            400,
+            OPENAI_CONTEXT,
+            Class::ContextLength,
+        ),
+        (
+            "openai content policy",
+            400,
+            OPENAI_POLICY,
+            Class::ContentPolicy,
+        ),
+        ("openai invalid key", 401, OPENAI_KEY, Class::Auth),
+        (
+            "openai overloaded",
+            503,
+            OPENAI_OVERLOADED,
+            Class::Overloaded,
+        ),
+        ("openai 500", 500, OPENAI_500, Class::ServerError),
+        (
+            "azure content filter",
+            400,
+            AZURE_FILTER,
+            Class::ContentPolicy,
+        ),
+        ("azure rate limit", 429, AZURE_RATE, Class::RateLimited),
+        (
+            "azure context length",
+            400,
+            AZURE_CONTEXT,
+            Class::ContextLength,
+        ),
+        (
+            "azure input tokens limit",
+            400,
+            AZURE_CONTEXT_NEW,
+            Class::ContextLength,
+        ),
+        ("azure invalid key", 401, AZURE_KEY, Class::Auth),
+        (
+            "anthropic 529",
+            529,
+            ANTHROPIC_OVERLOADED,
+            Class::Overloaded,
+        ),
+        (
+            "anthropic prompt too long",
+            400,
+            ANTHROPIC_CONTEXT,
+            Class::ContextLength,
+        ),
+        (
+            "anthropic context limit",
+            400,
+            ANTHROPIC_CONTEXT_LIMIT,
+            Class::ContextLength,
+        ),
+        (
+            "anthropic credit balance",
+            400,
+            ANTHROPIC_CREDIT,
+            Class::Quota,
+        ),
+        ("anthropic usage limits", 400, ANTHROPIC_USAGE, Class::Quota),
+        (
+            "anthropic rate limit",
+            429,
+            ANTHROPIC_RATE,
+            Class::RateLimited,
+        ),
+        ("anthropic invalid key", 401, ANTHROPIC_KEY, Class::Auth),
+        (
+            "anthropic api_error",
+            500,
+            ANTHROPIC_API_ERROR,
+            Class::ServerError,
+        ),
         // Gemini's per-minute 429 says "quota" but is a rate limit with a retry delay.
-        assert_eq!(classify(429, GEMINI_RATE.as_bytes()), Class::RateLimited);
-        assert_eq!(
-            classify(400, GEMINI_CONTEXT.as_bytes()),
-            Class::ContextLength
-        );
-        assert_eq!(
-            classify(503, GEMINI_OVERLOADED.as_bytes()),
-            Class::Overloaded
-        );
-        assert_eq!(classify(400, GEMINI_KEY.as_bytes()), Class::Auth);
-        assert_eq!(classify(429, GEMINI_PER_DAY.as_bytes()), Class::Quota);
-        assert_eq!(classify(503, GEMINI_DEMAND.as_bytes()), Class::Overloaded);
-        assert_eq!(
-            classify(429, GEMINI_COMPAT_RATE.as_bytes()),
-            Class::RateLimited
-        );
-    }
+        ("gemini 429", 429, GEMINI_RATE, Class::RateLimited),
+        ("gemini per-day quota", 429, GEMINI_PER_DAY, Class::Quota),
+        (
+            "gemini input token count",
+            400,
+            GEMINI_CONTEXT,
+            Class::ContextLength,
+        ),
+        (
+            "gemini overloaded",
+            503,
+            GEMINI_OVERLOADED,
+            Class::Overloaded,
+        ),
+        ("gemini high demand", 503, GEMINI_DEMAND, Class::Overloaded),
+        ("gemini invalid key", 400, GEMINI_KEY, Class::Auth),
+        (
+            "gemini openai-compatible 429",
+            429,
+            GEMINI_COMPAT_RATE,
+            Class::RateLimited,
+        ),
+        (
+            "vllm context length, old body",
+            400,
+            VLLM_CONTEXT_OLD,
+            Class::ContextLength,
+        ),
+        (
+            "vllm context length, new body",
+            400,
+            VLLM_CONTEXT_NEW,
+            Class::ContextLength,
+        ),
+        (
+            "openrouter insufficient credits",
+            402,
+            OPENROUTER_CREDITS,
+            Class::Quota,
+        ),
+        (
+            "openrouter more credits",
+            402,
+            OPENROUTER_MORE_CREDITS,
+            Class::Quota,
+        ),
+        (
+            "deepseek insufficient balance",
+            402,
+            DEEPSEEK_BALANCE,
+            Class::Quota,
+        ),
+        (
+            "deepseek context length",
+            400,
+            DEEPSEEK_CONTEXT,
+            Class::ContextLength,
+        ),
+        (
+            "groq context length",
+            400,
+            GROQ_CONTEXT,
+            Class::ContextLength,
+        ),
+        // Status alone.
+        ("a bare 429", 429, "", Class::RateLimited),
+        ("a bare 402", 402, "{}", Class::Quota),
+        ("a bare 403", 403, "forbidden", Class::Auth),
+        ("a bare 529", 529, "", Class::Overloaded),
+    ];
 
     #[test]
-    fn vllm_openrouter_deepseek_bodies() {
-        assert_eq!(
-            classify(400, VLLM_CONTEXT_OLD.as_bytes()),
-            Class::ContextLength
-        );
-        assert_eq!(
-            classify(400, VLLM_CONTEXT_NEW.as_bytes()),
-            Class::ContextLength
-        );
-        assert_eq!(classify(402, OPENROUTER_CREDITS.as_bytes()), Class::Quota);
-        assert_eq!(classify(402, DEEPSEEK_BALANCE.as_bytes()), Class::Quota);
-        assert_eq!(
-            classify(400, DEEPSEEK_CONTEXT.as_bytes()),
-            Class::ContextLength
-        );
-        assert_eq!(classify(400, GROQ_CONTEXT.as_bytes()), Class::ContextLength);
-        assert_eq!(
-            classify(402, OPENROUTER_MORE_CREDITS.as_bytes()),
-            Class::Quota
-        );
+    fn each_providers_documented_bodies_get_their_class() {
+        for (what, status, body, class) in DOCUMENTED {
+            assert_eq!(classify(status, body.as_bytes()), class, "{what}");
+        }
     }
 
     #[test]
     fn status_alone_when_the_body_says_nothing_known() {
-        assert_eq!(classify(429, b""), Class::RateLimited);
-        assert_eq!(classify(402, b"{}"), Class::Quota);
-        assert_eq!(classify(403, b"forbidden"), Class::Auth);
-        assert_eq!(classify(529, b""), Class::Overloaded);
         assert_eq!(
             classify(502, b"<html>bad gateway</html>"),
             Class::ServerError
