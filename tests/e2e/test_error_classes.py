@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from harness import CHAT, MESSAGES, config, metric, provider, wait_until
+from harness import CHAT, MESSAGES, config, free_port, metric, provider, wait_until
 
 OPENAI_QUOTA = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
                           "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
@@ -316,3 +316,57 @@ def test_dispatch_mode_judges_its_failover_calls_by_body_and_its_first_attempt_b
                       mode="dispatch"), {"primary": primary.port, "third": third.port})
     status, _, raw = e2.post_chat(CHAT)
     assert (status, json.loads(raw)) == (400, OPENAI_CONTEXT)
+
+
+def test_retries_never_ask_a_provider_more_than_one_plus_retries_times_under_16_clients(mocks, envoy,
+                                                                                        raw_providers):
+    """16 clients, 128 requests, each with its own id. The primary answers half its
+    requests 500 (asked again, then the fallback); every request is answered, and no id
+    reaches the primary more than twice or the fallback more than once."""
+    primary = mocks("primary", "--failure-injection-rate", "50", "--failure-types", "server_error")
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], retries=1, consecutiveFailures=1000),
+              {"primary": primary.port, "fallback": fallback.port}, router=True)
+    client = openai.OpenAI(base_url=f"{e.url}/v1", api_key="client-token", max_retries=0, timeout=30)
+
+    def one(i):
+        raw = client.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": f"request {i}"}])
+        return raw.headers.get("x-llm-provider")
+
+    with ThreadPoolExecutor(16) as pool:
+        served = list(pool.map(one, range(128)))
+    assert set(served) <= {"primary", "fallback"} and len(served) == 128
+
+    def per_id(mock):
+        counts = {}
+        for r in mock.chat_requests():
+            rid = json.loads(r["body"])["messages"][0]["content"]
+            counts[rid] = counts.get(rid, 0) + 1
+        return counts
+
+    p, f = per_id(primary), per_id(fallback)
+    assert max(p.values()) <= 2 and max(f.values(), default=0) <= 1, (p, f)
+    # Those the fallback served met the primary's 500 twice.
+    assert all(p[rid] == 2 for rid in f), (p, f)
+    assert sum(1 for s in served if s == "fallback") == len(f)
+
+
+def test_a_used_up_plan_sends_no_attempt_anywhere_else_under_16_clients(mocks, envoy, raw_providers):
+    """The first provider refuses connections, the second resets every request; with
+    retries: 1 the second is asked twice per request, then the plan is used up. The
+    router's retry left over goes to no provider (llm_failover_exhausted): each request
+    ends in a 503, and the second got exactly two attempts per request."""
+    reset = raw_providers("reset")
+    e = envoy(config([provider("a")], [provider("b")], retries=1, consecutiveFailures=1000),
+              {"a": free_port(), "b": reset.port}, router=True)
+
+    def one(_):
+        return e.post_chat(CHAT)[0]
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = list(pool.map(one, range(64)))
+    assert statuses == [503] * 64
+    assert len(reset.received) == 128
+    lines = e.access_log_lines(64)
+    assert {l["tried"] for l in lines} == {"a,b,b"}
