@@ -306,8 +306,8 @@ pub struct Failover {
     /// `backgroundProbes`: router mode: a recovering provider is probed by a small
     /// request from the root, never by a user's request.
     pub background_probes: bool,
-    /// `retries`: router mode: how many times one provider may be asked again within
-    /// a request (500/502/503/504, a reset) before the request moves on.
+    /// `retries`: how many times one provider may be asked again within a request
+    /// (500/502/503/504; in router mode also a reset) before the request moves on.
     pub retries: u32,
     /// `retryWithin`: a 429 asking for at most this long is waited out and retried on
     /// the same provider (within `retries`) instead of cooling it.
@@ -1103,8 +1103,8 @@ const MAX_RETRIES: u64 = 5;
 /// The longest `retryWithin`: a client waits this long at most for one provider.
 const MAX_RETRY_WITHIN_MS: u64 = 60_000;
 
-/// `failover.retries` (0 unless given) and `failover.retryWithin` (off unless given).
-/// Router mode only.
+/// `failover.retries` (0 unless given) and `failover.retryWithin` (off unless given;
+/// router mode only).
 fn same_provider_retries(raw: &Obj<'_>, mode: Mode) -> Result<(u32, Option<u64>), ConfigError> {
     let retries = match raw.whole_number("retries")? {
         None => 0,
@@ -1116,16 +1116,16 @@ fn same_provider_retries(raw: &Obj<'_>, mode: Mode) -> Result<(u32, Option<u64>)
             ))
         }
     };
-    if retries > 0 && mode == Mode::Dispatch {
-        return Err(ConfigError::new(
-            "failover.retries",
-            "needs router mode (dispatch mode sends each provider the request once)",
-        ));
-    }
     let Some(text) = raw.string("retryWithin")? else {
         return Ok((retries, None));
     };
     let field = raw.at("retryWithin");
+    if mode == Mode::Dispatch {
+        return Err(ConfigError::new(
+            field,
+            "needs router mode (dispatch mode has no timer to wait with before it asks again)",
+        ));
+    }
     let ms = parse_duration_ms(text).map_err(|m| ConfigError::new(field.clone(), m))?;
     if ms == 0 || ms > MAX_RETRY_WITHIN_MS {
         return Err(ConfigError::new(
@@ -1452,7 +1452,7 @@ mod tests {
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"firstTokenTimeout":"0s"}}"#.into(), "failover.firstTokenTimeout", "longer than 0s"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"mode":"dispatch","streamIdleTimeout":"5s"}}"#.into(), "failover.streamIdleTimeout", "needs router mode"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"firstTokenTimeout":"5s","streamIdleTimeout":"30s"}}"#.into(), "failover.streamIdleTimeout", "differs from firstTokenTimeout"),
-            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"mode":"dispatch","retries":1}}"#.into(), "failover.retries", "needs router mode"),
+            (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"mode":"dispatch","retries":1,"retryWithin":"2s"}}"#.into(), "failover.retryWithin", "needs router mode"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"retries":6}}"#.into(), "failover.retries", "out of range"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"retryWithin":"2s"}}"#.into(), "failover.retryWithin", "needs failover.retries of 1 or more"),
             (r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"retries":1,"retryWithin":"2m"}}"#.into(), "failover.retryWithin", "out of range"),

@@ -21,10 +21,10 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::attempt::{self, LazyHealth, Plan};
+use crate::attempt::{self, Ended, LazyHealth, Plan};
 use crate::body::{self, ModelSlots};
 use crate::config::{Config, Mode, Provider};
-use crate::handoff;
+use crate::handoff::{self, At};
 use crate::health::{Failure, HealthRecord};
 use crate::hedge::{self, Candidate, Ending, Hedges, HEDGE_KEY};
 use crate::hedging;
@@ -109,6 +109,8 @@ pub struct FailoverFilter {
     /// until its body is complete (`hedgeAfter` only).
     hedges: Rc<RefCell<Hedges>>,
     hedge_request: Option<hedge::Request>,
+    /// Dispatch mode: how often the provider now serving was asked again (`retries`).
+    retried: u32,
 }
 
 impl FailoverFilter {
@@ -141,6 +143,7 @@ impl FailoverFilter {
             context_id,
             hedges,
             hedge_request: None,
+            retried: 0,
         }
     }
 
@@ -551,6 +554,9 @@ impl FailoverFilter {
                 self.probe_claim = None;
             }
         }
+        if self.retry_same(status, verdict) {
+            return true;
+        }
         if !verdict.fail_over {
             return false;
         }
@@ -587,31 +593,7 @@ impl FailoverFilter {
                 return false;
             };
             let provider = &config.providers[next];
-            let edits = rewrite::edits_for(
-                provider,
-                &config.cluster_header,
-                self.original_path.as_deref(),
-            );
-            let mut headers = rewrite::apply_to(&self.original_headers, &edits);
-            // The call names its cluster itself; routing headers are not the provider's.
-            headers.retain(|(n, _)| {
-                *n != config.cluster_header && n != STREAMED_HEADER && n != probe::PROBE_HEADER
-            });
-            let rewritten;
-            let body = match (&self.original_body, &provider.model_json, &self.slots) {
-                (Some(b), Some(model), Some(slots)) => {
-                    rewritten = body::with_model(b, slots, model);
-                    Some(rewritten.as_slice())
-                }
-                (Some(b), _, _) => Some(b.as_slice()),
-                (None, _, _) => None,
-            };
-            match host::dispatch(
-                &provider.cluster,
-                &headers,
-                body,
-                config.failover.attempt_timeout_ms,
-            ) {
+            match self.call(next) {
                 Ok(token) => {
                     log::info!("llm-failover: failing over to provider {}", provider.name);
                     let from = self.provider_name().to_string();
@@ -623,6 +605,7 @@ impl FailoverFilter {
                     self.asked.push(next);
                     self.pending_call = Some(token);
                     self.current = next;
+                    self.retried = 0;
                     return true;
                 }
                 Err(status) => {
@@ -636,6 +619,78 @@ impl FailoverFilter {
                 }
             }
         }
+    }
+
+    /// Dispatch mode, `retries`: asks the provider that just answered `status` again
+    /// when the verdict lets it (`attempt::next_attempt`, the router mode's rule: a
+    /// 500/502/503/504, within the budget). True when a call went out.
+    fn retry_same(&mut self, status: u16, verdict: &attempt::Verdict) -> bool {
+        let at = At {
+            position: 0,
+            retry: self.retried,
+        };
+        let again = attempt::next_attempt(
+            &self.config,
+            &[self.current],
+            at,
+            self.current,
+            Ended::Answer(status, *verdict),
+        );
+        if again.is_none() {
+            return false;
+        }
+        let Ok(token) = self.call(self.current) else {
+            return false;
+        };
+        self.retried += 1;
+        log::info!(
+            "llm-failover: asking provider {} again (retry {} of {})",
+            self.provider_name(),
+            self.retried,
+            self.config.failover.retries
+        );
+        if self.asked.is_empty() {
+            self.asked.push(self.current);
+        }
+        self.asked.push(self.current);
+        if self.failover_reason.is_none() {
+            self.failover_reason = Some(verdict.reason());
+            self.failover_started_ms = host::now_ms();
+        }
+        self.pending_call = Some(token);
+        true
+    }
+
+    /// Sends the client's request, rewritten for provider `index`, with
+    /// `dispatch_http_call`; the call's token.
+    fn call(&self, index: usize) -> Result<u32, proxy_wasm::types::Status> {
+        let config = &self.config;
+        let provider = &config.providers[index];
+        let edits = rewrite::edits_for(
+            provider,
+            &config.cluster_header,
+            self.original_path.as_deref(),
+        );
+        let mut headers = rewrite::apply_to(&self.original_headers, &edits);
+        // The call names its cluster itself; routing headers are not the provider's.
+        headers.retain(|(n, _)| {
+            *n != config.cluster_header && n != STREAMED_HEADER && n != probe::PROBE_HEADER
+        });
+        let rewritten;
+        let body = match (&self.original_body, &provider.model_json, &self.slots) {
+            (Some(b), Some(model), Some(slots)) => {
+                rewritten = body::with_model(b, slots, model);
+                Some(rewritten.as_slice())
+            }
+            (Some(b), _, _) => Some(b.as_slice()),
+            (None, _, _) => None,
+        };
+        host::dispatch(
+            &provider.cluster,
+            &headers,
+            body,
+            config.failover.attempt_timeout_ms,
+        )
     }
 
     /// Lets the routed attempt's failed answer (still in Envoy's response headers) go

@@ -370,3 +370,22 @@ def test_a_used_up_plan_sends_no_attempt_anywhere_else_under_16_clients(mocks, e
     assert len(reset.received) == 128
     lines = e.access_log_lines(64)
     assert {l["tried"] for l in lines} == {"a,b,b"}
+
+
+def test_dispatch_mode_retries_the_same_provider_with_another_call(mocks, envoy):
+    primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "server_error")
+    fallback = mocks("fallback")
+    e = envoy(config([provider("primary")], [provider("fallback")], mode="dispatch", retries=1),
+              {"primary": primary.port, "fallback": fallback.port})
+    status, headers, _ = e.post_chat(CHAT)
+    assert (status, headers.get("x-llm-provider")) == (200, "fallback")
+    assert len(primary.chat_requests()) == 2 and len(fallback.chat_requests()) == 1
+    log = e.access_log_lines(1)[0]
+    assert (log["tried"], log["attempts"]) == ("primary,primary,fallback", "3")
+    # A 429 is not asked again: it moves on at once.
+    primary.reset()
+    primary.configure(failure_types=["rate_limit"])
+    e2 = envoy(config([provider("primary")], [provider("fallback")], mode="dispatch", retries=1),
+               {"primary": primary.port, "fallback": fallback.port})
+    assert e2.post_chat(CHAT)[0] == 200
+    assert len(primary.chat_requests()) == 1
