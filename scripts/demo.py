@@ -263,7 +263,39 @@ def main():
         fast = fast and hedged
         post("http://127.0.0.1:8000/mock/config", {"latency_ms": 0})
 
-        say("Step 8  what an operator sees")
+        say("Step 8  the primary's error body decides what happens (error classes)")
+        content_filter = {"error": {"message": "The response was filtered due to the prompt triggering Azure"
+                                               " OpenAI's content management policy.", "type": None,
+                                    "param": "prompt", "code": "content_filter", "status": 400}}
+        quota = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                           "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
+        post("http://127.0.0.1:8000/mock/config", {"failure_injection_rate": 100, "failure_status": 400,
+                                                   "failure_body": json.dumps(content_filter)})
+
+        def primary_state():
+            view = json.loads(get(HEALTH)[1] or b"{}")
+            return next((p["state"] for p in view.get("providers", []) if p["name"] == "mock-ratelimit-provider"),
+                        None)
+
+        # Step 6's 429 asked for 5 s: the next request after that probes the primary.
+        wait_for(lambda: primary_state() in ("healthy", "half_open"), RETRY_AFTER + 5, "the primary's cooldown")
+        c_status, c_headers, c_body = post(GATEWAY, {"model": "", "messages": [{"role": "user", "content": "hi"}]})
+        code = json.loads(c_body or b"{}").get("error", {}).get("code")
+        say(f"  Request 6: HTTP {c_status} from {c_headers.get('x-llm-provider')}: {code}")
+        say(f"  {DIM}A content-policy rejection is the request's fault: it goes back unchanged, no failover,"
+            f" no cooldown.{RESET}")
+        post("http://127.0.0.1:8000/mock/config", {"failure_status": 429, "failure_body": json.dumps(quota)})
+        q_status, q_headers, _ = post(GATEWAY, {"model": "", "messages": [{"role": "user", "content": "hi"}]})
+        say(f"  Request 7: HTTP {q_status} from {q_headers.get('x-llm-provider')}")
+        wait_for(lambda: "out of quota or credit" in (workdir / "envoy.log").read_text(), 5, "the quota line")
+        line = next(l for l in (workdir / "envoy.log").read_text().splitlines() if "out of quota or credit" in l)
+        say(f"  filter:     {line.split('llm-failover: ', 1)[-1]}")
+        say(f"  {DIM}A spent quota does not heal in a minute: the primary is left alone for maxCooldown, and one"
+            f" line says so.{RESET}")
+        classes = (c_status, code, q_status, q_headers.get("x-llm-provider")) == \
+            (400, "content_filter", 200, "openai-fallback")
+
+        say("Step 9  what an operator sees")
         say(f"  metrics  {ADMIN}/stats/prometheus")
         gauge_value = {"healthy": 0, "cooling": 1, "half_open": 2, "probing": 3}
 
@@ -278,7 +310,7 @@ def main():
         view, prom = wait_for(gauges_agree, 5, "the health gauges to match the health view")
         for line in prom.decode().splitlines():
             if line.startswith(("llm_failover_requests", "llm_failover_failovers", "llm_failover_cooldowns",
-                                "llm_failover_health")):
+                                "llm_failover_errors", "llm_failover_health")):
                 say(f"    {line}")
         say(f"  health   {HEALTH}")
         for p in json.loads(view)["providers"]:
@@ -286,10 +318,11 @@ def main():
             say(f"    {p['name']}: {p['state']}{last}")
 
         ok = ([r[0] for r in results] == [200, 200, 200] and (status, provider) == (200, "mock-ratelimit-provider")
-              and streamed and fast)
+              and streamed and fast and classes)
         say()
         say(f"{GREEN if ok else RED}{'Failover and recovery worked' if ok else 'Something went wrong'}{RESET}:"
-            " no client saw an error, and traffic returned to the primary by itself.")
+            " no client saw a provider's failure (the one 400 was the request's own fault), and traffic"
+            " returned to the primary by itself.")
         return 0 if ok else 1
     finally:
         stop_all()

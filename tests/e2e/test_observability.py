@@ -151,9 +151,14 @@ def test_demo_runs_and_explains_itself():
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout
-    # The lab's three, the streamed one, and the ones firstByteTimeout sent on and
-    # hedgeAfter asked (step 7).
-    assert out.count("HTTP 200 from openai-fallback") == 6
+    # The lab's three, the streamed one, the ones firstByteTimeout sent on and
+    # hedgeAfter asked (step 7), and the spent quota's (step 8).
+    assert out.count("HTTP 200 from openai-fallback") == 7
+    # Step 8: a content-policy 400 goes back unchanged, a spent quota fails over loudly.
+    assert "Request 6: HTTP 400 from mock-ratelimit-provider: content_filter" in out
+    assert "Request 7: HTTP 200 from openai-fallback" in out
+    assert "provider mock-ratelimit-provider is out of quota or credit (status 429)" in out
+    assert 'llm_failover_errors{provider="mock-ratelimit-provider",class="content_policy"} 1' in out
     assert re.search(r"HTTP 200 from openai-fallback after 1\.\d s, instead of waiting 10 s", out)
     assert re.search(r"HTTP 200 from openai-fallback after 0\.[5-9] s, instead of waiting 10 s", out)
     assert "Request 5 (streamed): HTTP 200 from openai-fallback" in out
