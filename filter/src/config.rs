@@ -9,6 +9,7 @@ use std::fmt;
 
 use crate::duration::parse_duration_ms;
 use crate::json::{self, Value};
+use crate::names::DEFAULT_CLUSTER_HEADER;
 
 /// Default failure statuses: rate limited, the transient server errors and
 /// Anthropic's 529 (overloaded).
@@ -33,7 +34,6 @@ const DEFAULT_PROBE_TIMEOUT: &str = "60s";
 /// those keep `attemptTimeout`.
 const DEFAULT_STREAM_FIRST_BYTE_TIMEOUT: &str = "20s";
 const MAX_CONSECUTIVE_FAILURES: u64 = 1_000;
-const DEFAULT_CLUSTER_HEADER: &str = "x-llm-failover-cluster";
 /// Just under Envoy's default `per_connection_buffer_limit_bytes` (1 MiB), so that
 /// the filter's own OpenAI-style 413 answers before Envoy's plain-text one.
 const DEFAULT_MAX_BODY_BYTES: u64 = 1_000_000;

@@ -14,35 +14,15 @@
 //!   ends the stream, and with it the routed attempt;
 //! - the routed attempt fails after the hedge went out and Envoy's retry goes to the
 //!   hedge's provider: that retry is held, never sent, and the hedge's answer (good
-//!   or not) is the client's (see [`HEDGED_TO_KEY`]). No provider is asked twice.
+//!   or not) is the client's (see [`crate::names::HEDGED_TO_KEY`]). No provider is asked twice.
 //!
 //! `Hedges` is one worker's table of requests that may still be hedged, shared by
 //! that worker's root context (which fires hedges on its tick) and its request
 //! filters. Times are passed in.
 
 use crate::health::State;
+use crate::names::HEDGE_HEADER;
 
-/// The request header that marks a dispatched hedge, with its id and provider index
-/// (`<id>.<index>`); the hedge's upstream filter takes it off.
-pub const HEDGE_HEADER: &str = "x-llm-failover-hedge";
-
-/// Shared data: the ids of hedges to cancel (the most recent ones, comma-separated).
-pub const CANCEL_KEY: &str = "llm_failover_hedge_cancel";
-/// Filter state on a request whose hedge is out: `<id>.<provider index>` (as
-/// [`mark`]), for the upstream filter of a routed attempt to the same provider.
-///
-/// Such an attempt is *held* (Envoy's retry sent it there because the attempt before
-/// it failed after the hedge went out): sending it too would ask that provider
-/// twice. It is never sent: the hedge's answer, good or not, is the answer it would
-/// have got, and the client gets it (which ends the request, and the held attempt
-/// with it). (Letting it go instead would need `continue_stream` from a tick, which
-/// Envoy 1.40 defers until the VM's next request callback: measured, it never went.)
-pub const HEDGED_TO_KEY: &str = "llm_failover_hedged_to";
-/// Filter state set by the upstream filter of an attempt it holds (see
-/// [`HEDGED_TO_KEY`]): the downstream root then answers with the hedge's answer.
-pub const HELD_KEY: &str = "llm_failover_hedge_held";
-/// Shared data: the last hedge id handed out (ids are unique across workers).
-pub const SEQUENCE_KEY: &str = "llm_failover_hedge_seq";
 /// How many ids the cancel list keeps: the upstream filters poll it every
 /// `POLL_MS`, so a cancel is only missed if this many follow within one poll.
 const ID_LIST_LEN: usize = 64;
@@ -50,10 +30,6 @@ const ID_LIST_LEN: usize = 64;
 /// The root tick while hedging is configured (how late a hedge may start), and the
 /// upstream filters' poll of the cancel list while a hedge is out.
 pub const POLL_MS: u64 = 10;
-
-/// Filter state for the access log: `<provider>:won`, `<provider>:lost` or
-/// `<provider>:failed` for the hedge a request sent.
-pub const HEDGE_KEY: &str = "llm_failover_hedge";
 
 /// What a request keeps so that it can be sent again: the client's headers before
 /// any rewrite, and its body.

@@ -1,6 +1,6 @@
 //! Hedging's host side (what it decides is `hedge.rs`): the root context of each
 //! worker sends due hedges from its tick and answers the client with a hedge that
-//! won (or with the answer a held retry waits for, see `hedge::HEDGED_TO_KEY`); the cancel
+//! won (or with the answer a held retry waits for, see `HEDGED_TO_KEY`); the cancel
 //! list in shared data tells a losing hedge's upstream filter to reset it.
 //!
 //! A hedge is a `dispatch_http_call` to the provider's cluster, so it passes that
@@ -15,16 +15,16 @@ use std::rc::Rc;
 
 use crate::config::Config;
 use crate::handoff::At;
-use crate::hedge::{
-    self, Answered, Due, Hedges, Live, CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, SEQUENCE_KEY,
-};
+use crate::hedge::{self, Answered, Due, Hedges, Live};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
+use crate::names::{
+    AT_KEY, CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, PROBE_HEADER, REFUSED_KEY,
+    SEQUENCE_KEY, STREAMED_HEADER,
+};
 use crate::reply::{self, Relayed};
 use crate::store::{self, SharedData};
 use crate::telemetry::Telemetry;
-use crate::upstream::AT_KEY;
-use crate::upstream::REFUSED_KEY;
 
 thread_local! {
     /// Set when this VM also runs the upstream filter (a hand-wired Envoy that gives
@@ -135,8 +135,8 @@ impl Hedger {
         };
         let drop = [
             config.cluster_header.as_str(),
-            crate::http::STREAMED_HEADER,
-            crate::probe::PROBE_HEADER,
+            STREAMED_HEADER,
+            PROBE_HEADER,
         ];
         let headers: Result<Vec<(String, String)>, _> =
             hedge::headers(&request.headers, &drop, id, to)

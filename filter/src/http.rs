@@ -26,28 +26,24 @@ use crate::body::{self, ModelSlots};
 use crate::config::{Config, Mode, Provider};
 use crate::handoff::{self, At};
 use crate::health::{Failure, HealthRecord};
-use crate::hedge::{self, Candidate, Ending, Hedges, HEDGE_KEY};
+use crate::hedge::{self, Candidate, Ending, Hedges};
 use crate::hedging;
 use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::outcome::{self, Outcome};
-use crate::probe;
 use crate::registry;
-use crate::reply::{self, error_body, Relayed, PROVIDER_HEADER};
+use crate::reply::{self, error_body, Relayed};
 use crate::retry_after;
 use crate::rewrite::{self, Edit};
 use crate::select::{self, HealthView};
 use crate::store;
 use crate::telemetry::Telemetry;
-use crate::upstream::{
-    CLIENT_HEADERS_KEY, FAILED_AT_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, REFUSED_KEY, RETRY_STATUS,
-    STATUS_KEY, STREAMED_KEY,
-};
 
-/// Router mode: set on a request that asks for a streamed answer, once its body was
-/// read (the request headers are held until then), so that render's route for
-/// streamed requests (its own per-try timeouts) takes it. Never from a client.
-pub const STREAMED_HEADER: &str = "x-llm-failover-streamed";
+use crate::names::{
+    ATTEMPTS_KEY, CLIENT_HEADERS_KEY, FAILED_AT_KEY, HEDGE_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY,
+    PROBE_HEADER, PROVIDER_HEADER, REASON_KEY, REFUSED_KEY, RETRY_STATUS, STATUS_KEY,
+    STREAMED_HEADER, STREAMED_KEY, TRIED_KEY,
+};
 use crate::view;
 
 /// Which of Envoy's response flags say the router could not start an attempt at
@@ -168,7 +164,7 @@ impl FailoverFilter {
         }
         if let Some(reason) = self.failover_reason {
             self.log_asked();
-            host::set_property("llm_failover_reason", reason);
+            host::set_property(REASON_KEY, reason);
             let spent = host::now_ms().saturating_sub(self.failover_started_ms);
             self.telemetry.histogram(metrics::FAILOVER_TIME_MS, spent);
         }
@@ -181,8 +177,8 @@ impl FailoverFilter {
             .iter()
             .filter_map(|i| self.config.providers.get(*i).map(|p| p.name.as_str()))
             .collect();
-        host::set_property("llm_failover_tried", &asked.join(","));
-        host::set_property("llm_failover_attempts", &asked.len().to_string());
+        host::set_property(TRIED_KEY, &asked.join(","));
+        host::set_property(ATTEMPTS_KEY, &asked.len().to_string());
     }
 
     /// Router mode, request headers: plans the attempts and hands the plan over.
@@ -674,7 +670,7 @@ impl FailoverFilter {
         let mut headers = rewrite::apply_to(&self.original_headers, &edits);
         // The call names its cluster itself; routing headers are not the provider's.
         headers.retain(|(n, _)| {
-            *n != config.cluster_header && n != STREAMED_HEADER && n != probe::PROBE_HEADER
+            *n != config.cluster_header && n != STREAMED_HEADER && n != PROBE_HEADER
         });
         let rewritten;
         let body = match (&self.original_body, &provider.model_json, &self.slots) {

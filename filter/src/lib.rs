@@ -34,6 +34,7 @@ pub mod host;
 pub mod http;
 pub mod json;
 pub mod metrics;
+pub mod names;
 pub mod outcome;
 pub mod probe;
 pub mod registry;

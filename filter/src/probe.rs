@@ -7,11 +7,7 @@
 //! Pure: the request is built here, sent by `root.rs`.
 
 use crate::config::Config;
-
-/// Marks a probe for the upstream filter (`<provider index>`); removed there, and a
-/// client's is removed by the route (render) and ignored when it names a provider of
-/// another cluster.
-pub const PROBE_HEADER: &str = "x-llm-failover-probe";
+use crate::names::PROBE_HEADER;
 
 /// A request's headers and body, as `host::dispatch` takes them.
 pub type Request = (Vec<(String, String)>, Vec<u8>);

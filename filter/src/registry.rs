@@ -9,10 +9,9 @@
 
 use crate::config::Config;
 use crate::json::{self, quote, quote_or_null, Value};
+use crate::names::REGISTRY_KEY;
 use crate::store::{SharedData, StoreError};
 
-/// Shared-data key of the registry (one per VM id).
-pub const KEY: &str = "llm_failover.registry";
 /// Bounded compare-and-swap retries, as for health records.
 const MAX_ATTEMPTS: usize = 16;
 
@@ -147,7 +146,7 @@ impl Registry {
 
 /// Reads the registry (empty when nothing was published yet).
 pub fn read(store: &dyn SharedData) -> Registry {
-    match store.get(KEY) {
+    match store.get(REGISTRY_KEY) {
         Ok((Some(bytes), _)) => Registry::decode(&bytes).unwrap_or_default(),
         _ => Registry::default(),
     }
@@ -161,7 +160,7 @@ pub fn publish(
     config: &Config,
 ) -> Result<(Vec<bool>, Vec<String>), StoreError> {
     for _ in 0..MAX_ATTEMPTS {
-        let (bytes, cas) = store.get(KEY)?;
+        let (bytes, cas) = store.get(REGISTRY_KEY)?;
         let mut registry = bytes
             .as_deref()
             .and_then(Registry::decode)
@@ -171,13 +170,13 @@ pub fn publish(
         if registry == before {
             return Ok((own, registry.conflicts));
         }
-        match store.set(KEY, registry.encode().as_bytes(), cas) {
+        match store.set(REGISTRY_KEY, registry.encode().as_bytes(), cas) {
             Ok(()) => return Ok((own, registry.conflicts)),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Contended(KEY.to_string()))
+    Err(StoreError::Contended(REGISTRY_KEY.to_string()))
 }
 
 #[cfg(test)]

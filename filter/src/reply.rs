@@ -2,10 +2,8 @@
 //! answer passed on to the client.
 
 use crate::json::quote;
+use crate::names::PROVIDER_HEADER;
 use crate::rewrite;
-
-/// Names the provider whose answer the client got.
-pub const PROVIDER_HEADER: &str = "x-llm-provider";
 
 /// `{"error": {"message": ..., "type": ..., "code": ...}}`, as OpenAI's API answers
 /// errors, so SDKs surface the message.

@@ -15,14 +15,12 @@ use crate::hedging::{self, Hedger};
 use crate::host::{self, HostSharedData};
 use crate::http::FailoverFilter;
 use crate::metrics;
+use crate::names::UPSTREAM_ROOT_ID;
 use crate::probe;
 use crate::registry;
 use crate::store;
 use crate::telemetry::Telemetry;
 use crate::upstream::AttemptFilter;
-
-/// The `root_id` of the filter's instances on the provider clusters (router mode).
-pub const UPSTREAM_ROOT_ID: &str = "llm_failover_upstream";
 
 pub struct Root {
     config: Option<Rc<Config>>,

@@ -17,54 +17,18 @@ use crate::config::Config;
 use crate::errors;
 use crate::handoff::{self, At, Step};
 use crate::health::Failure;
-use crate::hedge::{self, Live, HEDGED_TO_KEY, HEDGE_HEADER, HELD_KEY};
+use crate::hedge::{self, Live};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
+use crate::names::{
+    AT_KEY, CLIENT_HEADERS_KEY, EXHAUSTED_CLUSTER, FAILED_AT_KEY, HEDGED_TO_KEY, HEDGE_HEADER,
+    HELD_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, PROBE_HEADER, REASON_KEY, REFUSED_KEY, RETRY_STATUS,
+    STATUS_KEY, STREAMED_KEY, STREAM_KEY, WAIT_HEADER,
+};
 use crate::probe;
 use crate::retry_after;
 use crate::sse::{self, StreamWatch};
 use crate::telemetry::Telemetry;
-
-/// Filter state the downstream filter sets (read back as `wasm.<name>`).
-pub const PLAN_KEY: &str = "llm_failover_plan";
-pub const CLIENT_HEADERS_KEY: &str = "llm_failover_client";
-/// The reason of a request's first failover, for the access log.
-pub const REASON_KEY: &str = "llm_failover_reason";
-/// When the request's first attempt failed (Unix ms), for the failover-time histogram.
-pub const FAILED_AT_KEY: &str = "llm_failover_failed_at";
-/// Set when the downstream filter refused the request itself (400, 413): the attempt
-/// the router had started is then reset by the gateway, not by the provider.
-pub const REFUSED_KEY: &str = "llm_failover_refused";
-/// Where the request stands (`handoff::At`), set by the upstream filter that moves it
-/// on; absent for the first attempt.
-pub const AT_KEY: &str = "llm_failover_at";
-/// The cluster of the next attempt: the route's matcher cluster specifier reads it
-/// (`wasm.llm_failover_next`). The downstream filter sets the first attempt's.
-pub const NEXT_KEY: &str = "llm_failover_next";
-/// The plan positions the request's attempts went to, in order (`0,0,2`), when it
-/// moved on at least once: for the access log's `tried`.
-pub const PATH_KEY: &str = "llm_failover_path";
-/// The cluster the next attempt goes to when the plan is used up but Envoy's router
-/// still has retries: render's cluster whose only host cannot be reached, so no
-/// provider is asked more often than the plan says.
-pub const EXHAUSTED_CLUSTER: &str = "llm_failover_exhausted";
-/// A header on a failing answer turned into [`RETRY_STATUS`]: the seconds Envoy's
-/// router waits before the next attempt (`rate_limited_retry_back_off`, render; the
-/// `retryWithin` wait). Never reaches the client: the router drops a retried answer.
-pub const WAIT_HEADER: &str = "x-llm-failover-retry-in";
-/// Set by the downstream filter when the request asks for a streamed answer (it
-/// then takes render's route for streamed requests, with their own timeouts).
-pub const STREAMED_KEY: &str = "llm_failover_streamed";
-/// `broken` or `reset` when the answer's stream broke off, for the access log.
-pub const STREAM_KEY: &str = "llm_failover_stream";
-/// The status of the last failing answer sent on to the router as [`RETRY_STATUS`],
-/// so the downstream filter can restore it if the router did not retry after all.
-pub const STATUS_KEY: &str = "llm_failover_status";
-/// The status an upstream filter gives a failing answer it wants retried on the next
-/// provider: the route's only retriable status (render). The filter decides from the
-/// status and error body (`attempt::judge`), Envoy's router only executes. A status
-/// no provider sends; one that does is passed on as 502.
-pub const RETRY_STATUS: u16 = 591;
 
 /// Envoy's response flag for a downstream that went away (`DC`).
 const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
@@ -105,7 +69,7 @@ pub struct AttemptFilter {
     /// this worker's hedges out.
     hedge_id: Option<u64>,
     live: Rc<RefCell<Live>>,
-    /// This routed attempt was held for the request's hedge (see `hedge::HEDGED_TO_KEY`).
+    /// This routed attempt was held for the request's hedge (see `HEDGED_TO_KEY`).
     holding: bool,
     /// A failing answer whose headers are held until its error body is read (render
     /// sets `allow_on_headers_stop_iteration`, so the body still comes): its status
@@ -175,9 +139,9 @@ impl AttemptFilter {
         if let Some(index) = self.hedge(&cluster) {
             return Some(index);
         }
-        if let Some(mark) = host::request_header(probe::PROBE_HEADER) {
+        if let Some(mark) = host::request_header(PROBE_HEADER) {
             // The root's background probe (`probe.rs`): one attempt, its own plan.
-            host::remove_request_header(probe::PROBE_HEADER);
+            host::remove_request_header(PROBE_HEADER);
             if let Some(index) = probe::marked(&self.config, &mark, &cluster) {
                 self.plan = vec![Step {
                     index,
@@ -223,7 +187,7 @@ impl AttemptFilter {
     }
 
     /// A retry to the provider this request's hedge is out to waits for the hedge
-    /// (see `hedge::HEDGED_TO_KEY`): whether this attempt is held.
+    /// (see `HEDGED_TO_KEY`): whether this attempt is held.
     fn hold_for_hedge(&mut self, index: usize) -> bool {
         if self.config.failover.hedge_after_ms.is_none() {
             return false;
@@ -459,7 +423,7 @@ impl MetricsSink for Telemetry {
 impl Context for AttemptFilter {
     fn on_done(&mut self) -> bool {
         if self.holding {
-            // Held, never sent (see hedge::HEDGED_TO_KEY): nobody's failure.
+            // Held, never sent (see HEDGED_TO_KEY): nobody's failure.
             return true;
         }
         if let Some(id) = self.hedge_id.take() {
