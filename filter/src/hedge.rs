@@ -188,7 +188,8 @@ impl Hedges {
         }
     }
 
-    /// `context` will not be hedged (no provider to ask, or the call failed).
+    /// `context` will not be hedged (no provider to ask, or the call failed), or its
+    /// hedge's answer was a failure: the routed attempt goes on alone.
     pub fn give_up(&mut self, context: u32) {
         self.remove(context);
     }
@@ -214,11 +215,6 @@ impl Hedges {
         if let Some(e) = self.get_mut(context) {
             e.stage = Stage::Won { from, to };
         }
-    }
-
-    /// The hedge's answer was a failure: the routed attempt goes on alone.
-    pub fn failed(&mut self, context: u32) {
-        self.remove(context);
     }
 
     /// Response headers reached request `context`, or it ended: how its hedge ended.
@@ -466,7 +462,7 @@ mod tests {
         h.wait(8, 0, 100, cands(&[(0, false), (1, false)]), request());
         h.asked(8, 42, 6, 0, 1);
         assert_eq!(h.answered(42).map(|a| a.context), Some(8));
-        h.failed(8);
+        h.give_up(8);
         assert_eq!(
             h.end(8),
             Ending::None,

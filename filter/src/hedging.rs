@@ -193,7 +193,7 @@ impl Hedger {
         let config = &self.config;
         let (from_name, to_name) = (&config.providers[from].name, &config.providers[to].name);
         if !host::act_for(context) {
-            self.hedges.borrow_mut().failed(context);
+            self.hedges.borrow_mut().give_up(context);
             return;
         }
         let good = status.is_some_and(|s| (200..300).contains(&s));
@@ -203,7 +203,7 @@ impl Hedger {
         if !good && !held {
             // The hedge's upstream filter recorded the provider's failure; the routed
             // attempt goes on alone, and a later retry to this provider need not wait.
-            self.hedges.borrow_mut().failed(context);
+            self.hedges.borrow_mut().give_up(context);
             host::set_property(HEDGE_KEY, &format!("{to_name}:failed"));
             host::set_property(HEDGED_TO_KEY, "");
             self.telemetry

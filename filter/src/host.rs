@@ -198,10 +198,6 @@ pub fn send_response(status: u16, headers: &[(String, String)], body: &[u8]) {
     );
 }
 
-pub fn resume_response() {
-    log_err("resuming the response", hostcalls::resume_http_response());
-}
-
 pub fn plugin_configuration() -> Option<Vec<u8>> {
     log_err(
         "reading the plugin configuration",

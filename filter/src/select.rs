@@ -34,49 +34,6 @@ pub trait HealthView {
     }
 }
 
-/// A fixed set of records and a fixed time: for tests, and wherever all records are
-/// already at hand.
-pub struct Fixed<'a> {
-    pub records: &'a [HealthRecord],
-    pub now_ms: u64,
-}
-
-impl HealthView for Fixed<'_> {
-    fn record(&mut self, index: usize) -> HealthRecord {
-        self.records.get(index).copied().unwrap_or_default()
-    }
-    fn now_ms(&mut self) -> u64 {
-        self.now_ms
-    }
-}
-
-/// The provider a request starts with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
-    /// A provider that is not cooling down, from the highest-priority group that has one.
-    Healthy(usize),
-    /// Every provider is cooling down (or being probed): the one that can be tried
-    /// again first.
-    Soonest(usize),
-}
-
-impl Choice {
-    pub fn index(self) -> usize {
-        match self {
-            Choice::Healthy(i) | Choice::Soonest(i) => i,
-        }
-    }
-}
-
-/// Picks the provider for a new request. `ticket` is a per-request counter that
-/// spreads traffic by weight inside a group.
-pub fn first_choice(config: &Config, view: &mut dyn HealthView, ticket: u64) -> Choice {
-    match next_choice(config, view, &[], ticket) {
-        Some(i) => Choice::Healthy(i),
-        None => Choice::Soonest(soonest(config, view)),
-    }
-}
-
 /// Picks the next provider for a request that already tried the providers marked
 /// in `tried`: the first group with an untried provider that is not cooling down.
 /// Cooling providers are never picked here: when nothing healthy is left, the
@@ -161,6 +118,48 @@ pub fn retry_after_secs(config: &Config, view: &mut dyn HealthView) -> Option<u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fixed set of records and a fixed time.
+    struct Fixed<'a> {
+        records: &'a [HealthRecord],
+        now_ms: u64,
+    }
+
+    impl HealthView for Fixed<'_> {
+        fn record(&mut self, index: usize) -> HealthRecord {
+            self.records.get(index).copied().unwrap_or_default()
+        }
+        fn now_ms(&mut self) -> u64 {
+            self.now_ms
+        }
+    }
+
+    /// The provider a request starts with.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Choice {
+        /// A provider that is not cooling down, from the highest-priority group that has one.
+        Healthy(usize),
+        /// Every provider is cooling down (or being probed): the one that can be tried
+        /// again first.
+        Soonest(usize),
+    }
+
+    impl Choice {
+        fn index(self) -> usize {
+            match self {
+                Choice::Healthy(i) | Choice::Soonest(i) => i,
+            }
+        }
+    }
+
+    /// The provider a new request starts with, as `attempt::plan` picks it: the next
+    /// choice, else the soonest.
+    fn first_choice(config: &Config, view: &mut dyn HealthView, ticket: u64) -> Choice {
+        match next_choice(config, view, &[], ticket) {
+            Some(i) => Choice::Healthy(i),
+            None => Choice::Soonest(soonest(config, view)),
+        }
+    }
 
     fn config(json: &str) -> Config {
         Config::parse(json.as_bytes(), &|_| None).unwrap()

@@ -72,7 +72,11 @@ def test_fallback_killed_while_the_primary_cools(mocks, envoy):
         start = time.monotonic()
         status, headers, body = e.post_chat({"model": "", "messages": []}, path="/v1/chat/completions")
         took = time.monotonic() - start
-        assert status in (429, 503), body
+        # The first request finds the fallback refusing; then every provider cools (the
+        # primary's 429 for 30 s, the fallback's refused connection for 5 s, the default
+        # cooldown): each request goes to the one back first, the fallback, and gets
+        # Envoy's 503 for its refused connection.
+        assert (status, headers.get("x-llm-provider")) == (503, "fallback"), body
         assert int(headers["retry-after"]) > 0
         assert took < 2, took
     assert {name: p["state"] for name, p in e.providers().items()} == {"primary": "cooling", "fallback": "cooling"}
