@@ -407,14 +407,17 @@ def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
 
 
 class Envoy:
-    """A real Envoy with the filter, `--concurrency 2`, on loopback. With `router=True`
-    the wiring is `llm-failover render`'s (providers get `endpoint`s from
-    `clusters`); otherwise the hand-wired dispatch-mode bootstrap above. `tweak(cfg)`
-    may then change the bootstrap."""
+    """A real Envoy with the filter, `--concurrency 2`, on loopback. By default router
+    mode, the product's default: the wiring is `llm-failover render`'s (providers get
+    `endpoint`s from `clusters`). With `router=False`, or a plugin configuration in
+    dispatch mode, the hand-wired dispatch-mode bootstrap above. `tweak(cfg)` may then
+    change the bootstrap."""
 
     def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
-                 concurrency: int = 2, route_timeout: str = "120s", router: bool = False, tweak=None,
+                 concurrency: int = 2, route_timeout: str = "120s", router: bool = True, tweak=None,
                  ops_plugin: dict | None = None, wasm: Path = WASM, wasm_log: str = "info"):
+        if isinstance(plugin, dict) and plugin.get("failover", {}).get("mode") == "dispatch":
+            router = False  # render wires router mode only
         # A port free_port() found can be taken by another process before Envoy binds
         # it: then start again on other ports (at most three times).
         for tries_left in (2, 1, 0):

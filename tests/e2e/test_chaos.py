@@ -82,7 +82,7 @@ def test_fallback_killed_while_the_primary_cools(mocks, envoy):
     assert {name: p["state"] for name, p in e.providers().items()} == {"primary": "cooling", "fallback": "cooling"}
 
 
-def test_bad_configuration_pushed_to_a_running_envoy_is_refused_and_the_old_one_serves(mocks, tmp_path):
+def test_bad_configuration_pushed_over_lds_is_refused_and_the_old_one_serves_dispatch_wiring(mocks, tmp_path):
     """The listener (with the filter's configuration) comes from a file (LDS); a bad
     configuration written there is refused, the log names the field, traffic goes on."""
     from harness import bootstrap, envoy_bin, stop_process

@@ -216,11 +216,14 @@ def test_refused_connection_on_failover_attempt(mocks, envoy):
     assert len(primary.chat_requests()) == 1
 
 
-def test_upstream_timeout_counts_as_failure(mocks, envoy):
+@pytest.mark.parametrize("router", [True, False], ids=["router", "dispatch"])
+def test_upstream_timeout_counts_as_failure(mocks, envoy, router):
     slow = mocks("slow", "--latency-ms", "3000")
     fallback = mocks("fallback")
-    e = envoy(config([provider("slow")], [provider("fallback")]),
-              {"slow": slow.port, "fallback": fallback.port}, route_timeout="1s")
+    # Router mode: attemptTimeout (the per-try timeout); dispatch mode: the hand-wired
+    # route's timeout.
+    e = envoy(config([provider("slow")], [provider("fallback")], **({"attemptTimeout": "1s"} if router else {})),
+              {"slow": slow.port, "fallback": fallback.port}, route_timeout="1s", router=router)
     assert served_by(e) == (200, "fallback")
     started = time.monotonic()
     assert served_by(e) == (200, "fallback")

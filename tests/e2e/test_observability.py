@@ -1,5 +1,6 @@
 """Metrics, access log fields and the health view, read from real Envoy after real traffic."""
 
+import json
 import re
 import socket
 import subprocess
@@ -98,7 +99,15 @@ def test_health_view_and_gauge_follow_the_routing_configuration(mocks, envoy, op
         copy["groups"] = copy["groups"][:1]
         copy["groups"][0]["providers"][0]["openai"]["model"] = "m1-typo"
         ops_plugin = dict(copy, healthPath="/llm-failover/health")
-    e = envoy(config(), {"primary": primary.port, "fallback": fallback.port}, ops_plugin=ops_plugin)
+    def ops_copy(cfg):
+        # The ops listener's filter configured with the hand copy instead of the view-only one.
+        (ops_listener,) = [l for l in cfg["static_resources"]["listeners"] if l["name"] == "ops"]
+        for f in ops_listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
+            if f["name"] == "envoy.filters.http.wasm":
+                f["typed_config"]["config"]["configuration"]["value"] = json.dumps(ops_plugin)
+
+    e = envoy(config(), {"primary": primary.port, "fallback": fallback.port},
+              tweak=ops_copy if ops_plugin else None)
     assert e.post_chat(CHAT)[0] == 200
     view = e.health()
     assert [(p["name"], p["model"], p["state"]) for p in view["providers"]] == [

@@ -106,7 +106,7 @@ def test_streaming_failover_still_gives_a_valid_sse_stream(mocks, envoy):
     assert chunks[-1].choices[0].finish_reason == "stop"
 
 
-def _override_env(mocks, envoy, router=False, **top):
+def _override_env(mocks, envoy, router=True, **top):
     up = mocks("up")
     cfg = {"groups": [{"providers": [{"name": "up", "cluster": "up", "openai": {"model": "m"},
                                       "path": "/v1/chat/completions"}]}]}
