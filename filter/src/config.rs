@@ -894,177 +894,16 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         "retryWithin",
         "backgroundProbes",
     ])?;
-    let mut on_status = [false; 600];
-    let statuses = match raw.array("onStatus")? {
-        None => DEFAULT_ON_STATUS.iter().map(|s| u64::from(*s)).collect(),
-        Some(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let field = format!("failover.onStatus[{i}]");
-                match item {
-                    Value::Number(text) => out.push(
-                        whole_number(text)
-                            .ok_or_else(|| ConfigError::new(field, invalid_number(text)))?,
-                    ),
-                    other => {
-                        return Err(ConfigError::new(
-                            field,
-                            format!("invalid type: {}, expected a status code", other.kind()),
-                        ))
-                    }
-                }
-            }
-            out
-        }
-    };
-    for (i, s) in statuses.iter().enumerate() {
-        if !(400..=599).contains(s) {
-            return Err(ConfigError::new(
-                format!("failover.onStatus[{i}]"),
-                format!("{s} is not an HTTP error status (400-599)"),
-            ));
-        }
-        on_status[*s as usize] = true;
-    }
-    let duration = |field: &str, default: &str| -> Result<u64, ConfigError> {
-        let text = raw.string(field)?.unwrap_or(default);
-        parse_duration_ms(text).map_err(|m| ConfigError::new(raw.at(field), m))
-    };
-    let default_cooldown_ms = duration("defaultCooldown", DEFAULT_COOLDOWN)?;
-    let max_cooldown_ms = duration("maxCooldown", DEFAULT_MAX_COOLDOWN)?;
-    let attempt_timeout_ms = duration("attemptTimeout", DEFAULT_ATTEMPT_TIMEOUT)?;
-    let probe_timeout_ms = duration("probeTimeout", DEFAULT_PROBE_TIMEOUT)?;
-    if probe_timeout_ms == 0 {
-        return Err(ConfigError::new(
-            "failover.probeTimeout",
-            "must be longer than 0s",
-        ));
-    }
-    let consecutive_failures = match raw.whole_number("consecutiveFailures")? {
-        None => 1,
-        Some(n) if (1..=MAX_CONSECUTIVE_FAILURES).contains(&n) => n as u32,
-        Some(n) => {
-            return Err(ConfigError::new(
-                "failover.consecutiveFailures",
-                format!("{n} is out of range; it is a count from 1 to {MAX_CONSECUTIVE_FAILURES}"),
-            ))
-        }
-    };
-    if max_cooldown_ms == 0 {
-        return Err(ConfigError::new(
-            "failover.maxCooldown",
-            "must be longer than 0s",
-        ));
-    }
-    if default_cooldown_ms > max_cooldown_ms {
-        return Err(ConfigError::new(
-            "failover.defaultCooldown",
-            format!(
-                "{default_cooldown_ms}ms is longer than failover.maxCooldown ({max_cooldown_ms}ms)"
-            ),
-        ));
-    }
-    // Unless given: 20 s, or defaultCooldown when that is longer (then no doubling).
-    let max_backoff_ms = match raw.string("maxBackoff")? {
-        None => DEFAULT_MAX_BACKOFF_MS
-            .max(default_cooldown_ms)
-            .min(max_cooldown_ms),
-        Some(text) => {
-            let ms =
-                parse_duration_ms(text).map_err(|m| ConfigError::new(raw.at("maxBackoff"), m))?;
-            if ms < default_cooldown_ms {
-                return Err(ConfigError::new(
-                    "failover.maxBackoff",
-                    format!(
-                        "{ms}ms is shorter than failover.defaultCooldown ({default_cooldown_ms}ms)"
-                    ),
-                ));
-            }
-            if ms > max_cooldown_ms {
-                return Err(ConfigError::new(
-                    "failover.maxBackoff",
-                    format!("{ms}ms is longer than failover.maxCooldown ({max_cooldown_ms}ms)"),
-                ));
-            }
-            ms
-        }
-    };
+    let on_status = on_status(&raw)?;
+    let cooldowns = cooldowns(&raw)?;
+    let probe_timeout_ms = positive_duration(&raw, "probeTimeout", DEFAULT_PROBE_TIMEOUT)?;
+    let consecutive_failures = consecutive_failures(&raw)?;
     let class_fails_over = error_classes(raw.object("errorClasses")?)?;
-    if attempt_timeout_ms == 0 {
-        return Err(ConfigError::new(
-            "failover.attemptTimeout",
-            "must be longer than 0s",
-        ));
-    }
-    let mode = match raw.string("mode")? {
-        None | Some("router") => Mode::Router,
-        Some("dispatch") => Mode::Dispatch,
-        Some(other) => {
-            return Err(ConfigError::new(
-                "failover.mode",
-                format!(
-                    "{} is not a mode; expected \"router\" or \"dispatch\"",
-                    quoted(other)
-                ),
-            ))
-        }
-    };
-    // Off unless given: an attempt without response headers this long is abandoned
-    // (router mode: Envoy's per-try timeout), counted as a `timeout` failure.
-    let first_byte_timeout_ms = match raw.string("firstByteTimeout")? {
-        None => None,
-        Some(text) => {
-            let ms = parse_duration_ms(text)
-                .map_err(|m| ConfigError::new(raw.at("firstByteTimeout"), m))?;
-            if ms == 0 {
-                return Err(ConfigError::new(
-                    "failover.firstByteTimeout",
-                    "must be longer than 0s",
-                ));
-            }
-            if mode == Mode::Dispatch {
-                return Err(ConfigError::new(
-                    "failover.firstByteTimeout",
-                    "needs router mode (dispatch mode cannot abandon its routed attempt); \
-                     in dispatch mode attemptTimeout limits the dispatched attempts",
-                ));
-            }
-            Some(ms)
-        }
-    };
+    let attempt_timeout_ms = positive_duration(&raw, "attemptTimeout", DEFAULT_ATTEMPT_TIMEOUT)?;
+    let mode = mode(&raw)?;
     let within_request = raw.boolean("withinRequest")?.unwrap_or(true);
-    // Off unless given: after this long without response headers the next provider is
-    // asked too (router mode; see hedge.rs).
-    let hedge_after_ms = match raw.string("hedgeAfter")? {
-        None => None,
-        Some(text) => {
-            let ms =
-                parse_duration_ms(text).map_err(|m| ConfigError::new(raw.at("hedgeAfter"), m))?;
-            let refuse = |m: String| Err(ConfigError::new("failover.hedgeAfter", m));
-            if ms == 0 {
-                return refuse("must be longer than 0s".to_string());
-            }
-            if mode == Mode::Dispatch {
-                return refuse(
-                    "needs router mode (dispatch mode has no upstream filter to cancel a hedge with)"
-                        .to_string(),
-                );
-            }
-            if !within_request {
-                return refuse(
-                    "needs withinRequest: a hedge sends the request to a second provider"
-                        .to_string(),
-                );
-            }
-            if let Some(fbt) = first_byte_timeout_ms.filter(|fbt| ms >= *fbt) {
-                return refuse(format!(
-                    "{text} must be shorter than firstByteTimeout ({fbt} ms), which would \
-                     abandon the attempt before the hedge is sent"
-                ));
-            }
-            Some(ms)
-        }
-    };
+    let (first_byte_timeout_ms, hedge_after_ms) =
+        before_the_first_byte(&raw, mode, within_request)?;
     let stream_first_byte_timeout_ms = stream_first_byte_timeout(&raw, mode, hedge_after_ms)?;
     let (first_token_timeout_ms, stream_idle_timeout_ms) = stream_silences(&raw, mode)?;
     let (retries, retry_within_ms) = same_provider_retries(&raw, mode)?;
@@ -1087,15 +926,186 @@ fn validate_failover(raw: Option<Obj<'_>>) -> Result<Failover, ConfigError> {
         consecutive_failures,
         probe_timeout_ms,
         proactive: raw.boolean("proactive")?.unwrap_or(true),
-        default_cooldown_ms,
-        max_backoff_ms,
-        max_cooldown_ms,
+        default_cooldown_ms: cooldowns.default_ms,
+        max_backoff_ms: cooldowns.max_backoff_ms,
+        max_cooldown_ms: cooldowns.max_ms,
         class_fails_over,
         retries,
         retry_within_ms,
         background_probes,
         attempt_timeout_ms,
     })
+}
+
+/// `failover.onStatus`: the statuses (400-599) that count as failures.
+fn on_status(raw: &Obj<'_>) -> Result<[bool; 600], ConfigError> {
+    let statuses = match raw.array("onStatus")? {
+        None => DEFAULT_ON_STATUS.iter().map(|s| u64::from(*s)).collect(),
+        Some(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let field = format!("failover.onStatus[{i}]");
+                match item {
+                    Value::Number(text) => out.push(
+                        whole_number(text)
+                            .ok_or_else(|| ConfigError::new(field, invalid_number(text)))?,
+                    ),
+                    other => {
+                        return Err(ConfigError::new(
+                            field,
+                            format!("invalid type: {}, expected a status code", other.kind()),
+                        ))
+                    }
+                }
+            }
+            out
+        }
+    };
+    let mut on_status = [false; 600];
+    for (i, s) in statuses.iter().enumerate() {
+        if !(400..=599).contains(s) {
+            return Err(ConfigError::new(
+                format!("failover.onStatus[{i}]"),
+                format!("{s} is not an HTTP error status (400-599)"),
+            ));
+        }
+        on_status[*s as usize] = true;
+    }
+    Ok(on_status)
+}
+
+/// A duration field of `failover`, or its default.
+fn duration(raw: &Obj<'_>, field: &str, default: &str) -> Result<u64, ConfigError> {
+    let text = raw.string(field)?.unwrap_or(default);
+    parse_duration_ms(text).map_err(|m| ConfigError::new(raw.at(field), m))
+}
+
+/// A duration field of `failover` that must be longer than 0s.
+fn positive_duration(raw: &Obj<'_>, field: &str, default: &str) -> Result<u64, ConfigError> {
+    let ms = duration(raw, field, default)?;
+    if ms == 0 {
+        return Err(ConfigError::new(raw.at(field), "must be longer than 0s"));
+    }
+    Ok(ms)
+}
+
+/// `failover.defaultCooldown`, `maxBackoff` and `maxCooldown`.
+struct Cooldowns {
+    default_ms: u64,
+    max_backoff_ms: u64,
+    max_ms: u64,
+}
+
+fn cooldowns(raw: &Obj<'_>) -> Result<Cooldowns, ConfigError> {
+    let default_ms = duration(raw, "defaultCooldown", DEFAULT_COOLDOWN)?;
+    let max_ms = positive_duration(raw, "maxCooldown", DEFAULT_MAX_COOLDOWN)?;
+    if default_ms > max_ms {
+        return Err(ConfigError::new(
+            "failover.defaultCooldown",
+            format!("{default_ms}ms is longer than failover.maxCooldown ({max_ms}ms)"),
+        ));
+    }
+    // Unless given: 20 s, or defaultCooldown when that is longer (then no doubling).
+    let max_backoff_ms = match raw.string("maxBackoff")? {
+        None => DEFAULT_MAX_BACKOFF_MS.max(default_ms).min(max_ms),
+        Some(text) => {
+            let ms =
+                parse_duration_ms(text).map_err(|m| ConfigError::new(raw.at("maxBackoff"), m))?;
+            if ms < default_ms {
+                return Err(ConfigError::new(
+                    "failover.maxBackoff",
+                    format!("{ms}ms is shorter than failover.defaultCooldown ({default_ms}ms)"),
+                ));
+            }
+            if ms > max_ms {
+                return Err(ConfigError::new(
+                    "failover.maxBackoff",
+                    format!("{ms}ms is longer than failover.maxCooldown ({max_ms}ms)"),
+                ));
+            }
+            ms
+        }
+    };
+    Ok(Cooldowns {
+        default_ms,
+        max_backoff_ms,
+        max_ms,
+    })
+}
+
+/// `failover.consecutiveFailures`, 1 unless given.
+fn consecutive_failures(raw: &Obj<'_>) -> Result<u32, ConfigError> {
+    match raw.whole_number("consecutiveFailures")? {
+        None => Ok(1),
+        Some(n) if (1..=MAX_CONSECUTIVE_FAILURES).contains(&n) => Ok(n as u32),
+        Some(n) => Err(ConfigError::new(
+            "failover.consecutiveFailures",
+            format!("{n} is out of range; it is a count from 1 to {MAX_CONSECUTIVE_FAILURES}"),
+        )),
+    }
+}
+
+/// `failover.mode`, router unless given.
+fn mode(raw: &Obj<'_>) -> Result<Mode, ConfigError> {
+    match raw.string("mode")? {
+        None | Some("router") => Ok(Mode::Router),
+        Some("dispatch") => Ok(Mode::Dispatch),
+        Some(other) => Err(ConfigError::new(
+            "failover.mode",
+            format!(
+                "{} is not a mode; expected \"router\" or \"dispatch\"",
+                quoted(other)
+            ),
+        )),
+    }
+}
+
+/// `failover.firstByteTimeout` and `failover.hedgeAfter`, both off unless given and
+/// both router mode only: an attempt without response headers this long is
+/// abandoned (Envoy's per-try timeout, a `timeout` failure), or also asked of the next
+/// provider (`hedge.rs`).
+fn before_the_first_byte(
+    raw: &Obj<'_>,
+    mode: Mode,
+    within_request: bool,
+) -> Result<(Option<u64>, Option<u64>), ConfigError> {
+    let first_byte_timeout_ms = match raw.string("firstByteTimeout")? {
+        None => None,
+        Some(_) => {
+            let ms = positive_duration(raw, "firstByteTimeout", "")?;
+            if mode == Mode::Dispatch {
+                return Err(ConfigError::new(
+                    "failover.firstByteTimeout",
+                    "needs router mode (dispatch mode cannot abandon its routed attempt); \
+                     in dispatch mode attemptTimeout limits the dispatched attempts",
+                ));
+            }
+            Some(ms)
+        }
+    };
+    let Some(text) = raw.string("hedgeAfter")? else {
+        return Ok((first_byte_timeout_ms, None));
+    };
+    let ms = positive_duration(raw, "hedgeAfter", "")?;
+    let refuse = |m: String| Err(ConfigError::new("failover.hedgeAfter", m));
+    if mode == Mode::Dispatch {
+        return refuse(
+            "needs router mode (dispatch mode has no upstream filter to cancel a hedge with)"
+                .to_string(),
+        );
+    }
+    if !within_request {
+        return refuse(
+            "needs withinRequest: a hedge sends the request to a second provider".to_string(),
+        );
+    }
+    if let Some(fbt) = first_byte_timeout_ms.filter(|fbt| ms >= *fbt) {
+        return refuse(format!(
+            "{text} must be shorter than firstByteTimeout ({fbt} ms), which would \
+             abandon the attempt before the hedge is sent"
+        ));
+    }
+    Ok((first_byte_timeout_ms, Some(ms)))
 }
 
 /// The most `retries` takes: each is one more attempt of the same provider.
