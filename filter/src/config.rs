@@ -419,54 +419,7 @@ impl Config {
         if root.get("groups").is_none() && root.get("healthPath").is_some() {
             return view_only(&root);
         }
-        let groups = root.required("groups")?;
-        let Value::Array(groups) = groups else {
-            return Err(root.wrong_type("groups", groups, "an array"));
-        };
-        if groups.is_empty() {
-            return Err(ConfigError::new(
-                "groups",
-                "at least one priority group is required",
-            ));
-        }
-        let mut providers = Vec::new();
-        let mut ranges = Vec::new();
-        let mut names: HashMap<String, String> = HashMap::new();
-        for (g, group) in groups.iter().enumerate() {
-            let group = Obj::new(group, format!("groups[{g}]"))?;
-            group.only(&["providers"])?;
-            group.required("providers")?;
-            let list = group.array("providers")?.unwrap_or_default();
-            let field = group.at("providers");
-            if list.is_empty() {
-                return Err(ConfigError::new(
-                    field,
-                    "a group needs at least one provider",
-                ));
-            }
-            if list.len() > MAX_GROUP_SIZE {
-                return Err(ConfigError::new(
-                    field,
-                    format!("a group holds at most {MAX_GROUP_SIZE} providers"),
-                ));
-            }
-            let start = providers.len();
-            for (p, raw) in list.iter().enumerate() {
-                let at = format!("{field}[{p}]");
-                let provider = validate_provider(Obj::new(raw, at.clone())?, g, env)?;
-                if let Some(first) = names.insert(provider.name.clone(), at.clone()) {
-                    return Err(ConfigError::new(
-                        format!("{at}.name"),
-                        format!(
-                            "duplicate provider name \"{}\" (also at {first})",
-                            provider.name
-                        ),
-                    ));
-                }
-                providers.push(provider);
-            }
-            ranges.push(start..providers.len());
-        }
+        let (providers, ranges) = read_groups(&root, env)?;
         let failover = validate_failover(root.object("failover")?)?;
         let cluster_header = match root.string("clusterHeader")? {
             None => DEFAULT_CLUSTER_HEADER.to_string(),
@@ -497,6 +450,63 @@ impl Config {
             can_fail_over,
         })
     }
+}
+
+/// `groups`: every provider, validated, in priority order, and each group's range
+/// of them. Provider names are unique across groups.
+fn read_groups(
+    root: &Obj<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Vec<Provider>, Vec<std::ops::Range<usize>>), ConfigError> {
+    let groups = root.required("groups")?;
+    let Value::Array(groups) = groups else {
+        return Err(root.wrong_type("groups", groups, "an array"));
+    };
+    if groups.is_empty() {
+        return Err(ConfigError::new(
+            "groups",
+            "at least one priority group is required",
+        ));
+    }
+    let mut providers = Vec::new();
+    let mut ranges = Vec::new();
+    let mut names: HashMap<String, String> = HashMap::new();
+    for (g, group) in groups.iter().enumerate() {
+        let group = Obj::new(group, format!("groups[{g}]"))?;
+        group.only(&["providers"])?;
+        group.required("providers")?;
+        let list = group.array("providers")?.unwrap_or_default();
+        let field = group.at("providers");
+        if list.is_empty() {
+            return Err(ConfigError::new(
+                field,
+                "a group needs at least one provider",
+            ));
+        }
+        if list.len() > MAX_GROUP_SIZE {
+            return Err(ConfigError::new(
+                field,
+                format!("a group holds at most {MAX_GROUP_SIZE} providers"),
+            ));
+        }
+        let start = providers.len();
+        for (p, raw) in list.iter().enumerate() {
+            let at = format!("{field}[{p}]");
+            let provider = validate_provider(Obj::new(raw, at.clone())?, g, env)?;
+            if let Some(first) = names.insert(provider.name.clone(), at.clone()) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!(
+                        "duplicate provider name \"{}\" (also at {first})",
+                        provider.name
+                    ),
+                ));
+            }
+            providers.push(provider);
+        }
+        ranges.push(start..providers.len());
+    }
+    Ok((providers, ranges))
 }
 
 /// `healthPath`, when given.
