@@ -99,6 +99,9 @@ pub const HEDGE_KEY: &str = "llm_failover_hedge";
 
 // Shared data (one store per `vm_id`).
 
+/// A provider's health record: this, then `<cluster>|<model override>` (`health.rs`).
+pub const HEALTH_KEY_PREFIX: &str = "llm_failover.health.v1|";
+
 /// Shared data: the ids of hedges to cancel (the most recent ones, comma-separated).
 pub const CANCEL_KEY: &str = "llm_failover_hedge_cancel";
 
