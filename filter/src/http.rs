@@ -595,11 +595,7 @@ impl FailoverFilter {
                     let from = self.provider_name().to_string();
                     self.telemetry
                         .count(metrics::failovers(&from, &provider.name, reason));
-                    if self.asked.is_empty() {
-                        self.asked.push(self.current);
-                    }
-                    self.asked.push(next);
-                    self.pending_call = Some(token);
+                    self.called(next, token, reason);
                     self.current = next;
                     self.retried = 0;
                     return true;
@@ -645,16 +641,22 @@ impl FailoverFilter {
             self.retried,
             self.config.failover.retries
         );
+        self.called(self.current, token, verdict.reason());
+        true
+    }
+
+    /// A call to provider `to` went out (`token`): noted for the access log (the
+    /// first failure's reason, the providers asked) and awaited.
+    fn called(&mut self, to: usize, token: u32, reason: &'static str) {
+        if self.failover_reason.is_none() {
+            self.failover_reason = Some(reason);
+            self.failover_started_ms = host::now_ms();
+        }
         if self.asked.is_empty() {
             self.asked.push(self.current);
         }
-        self.asked.push(self.current);
-        if self.failover_reason.is_none() {
-            self.failover_reason = Some(verdict.reason());
-            self.failover_started_ms = host::now_ms();
-        }
+        self.asked.push(to);
         self.pending_call = Some(token);
-        true
     }
 
     /// Sends the client's request, rewritten for provider `index`, with

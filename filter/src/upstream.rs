@@ -43,7 +43,6 @@ pub struct AttemptFilter {
     /// This attempt's place in the plan (and how often its provider was asked before
     /// in this request), and its provider.
     at: At,
-    position: usize,
     provider: Option<usize>,
     /// Whether the body is held here to rewrite `model`.
     buffering: bool,
@@ -95,7 +94,6 @@ impl AttemptFilter {
             telemetry,
             plan: Vec::new(),
             at: At::default(),
-            position: 0,
             provider: None,
             buffering: false,
             planned: false,
@@ -124,14 +122,13 @@ impl AttemptFilter {
         self.at = host::property(&[AT_KEY])
             .and_then(|v| At::decode(&v))
             .unwrap_or_default();
-        self.position = self.at.position;
         if let Some(handoff) = host::property(&[PLAN_KEY])
             .and_then(|v| handoff::decode_plan(&v, self.config.providers.len()))
         {
             self.plan = handoff.steps;
             self.planned = true;
             self.first_body_rewritten = handoff.first_body_rewritten;
-            if let Some(step) = self.plan.get(self.position) {
+            if let Some(step) = self.plan.get(self.at.position) {
                 return Some(step.index);
             }
         }
@@ -242,7 +239,7 @@ impl AttemptFilter {
             .and_then(|v| String::from_utf8(v).ok())
             .unwrap_or_else(|| self.at.position.to_string());
         host::set_property(PATH_KEY, &format!("{path},{}", next.position));
-        if next.position == self.position {
+        if next.position == self.at.position {
             log::info!(
                 "llm-failover: asking provider {} again (retry {} of {})",
                 self.name(),
@@ -363,7 +360,7 @@ impl AttemptFilter {
     fn record_success(&self, index: usize) {
         // Asked again after a failure in this request: that failure may need undoing.
         let reset = (self.at.retry == 0)
-            .then(|| self.plan.get(self.position).map(|s| s.reset_on_success))
+            .then(|| self.plan.get(self.at.position).map(|s| s.reset_on_success))
             .flatten();
         // Without a plan the record is unknown: read it (None) rather than skip a reset.
         let known = match reset {
@@ -541,7 +538,7 @@ impl HttpContext for AttemptFilter {
         {
             self.started_ms = host::now_ms();
         }
-        if self.planned && self.position == 0 {
+        if self.planned && self.at.position == 0 {
             // The downstream filter rewrote the first attempt's headers (and, when it
             // says so, its body) already.
             self.buffering =
@@ -551,7 +548,7 @@ impl HttpContext for AttemptFilter {
         // Later attempts start from the client's values: the earlier attempts'
         // rewrites are still in the shared header map.
         let mut original_path = None;
-        if self.position > 0 && !config.rewritten_headers.is_empty() {
+        if self.at.position > 0 && !config.rewritten_headers.is_empty() {
             let client = host::property(&[CLIENT_HEADERS_KEY])
                 .map(|v| handoff::decode_client_headers(&v))
                 .unwrap_or_default();
@@ -576,7 +573,7 @@ impl HttpContext for AttemptFilter {
             // (A routed attempt's was removed by the downstream filter.)
             host::remove_request_header("content-length");
         }
-        if self.planned && self.position > 0 && self.hold_for_hedge(index) {
+        if self.planned && self.at.position > 0 && self.hold_for_hedge(index) {
             return Action::Pause;
         }
         Action::Continue
