@@ -54,19 +54,19 @@ pub struct Update {
     failure_injection_rate: Option<u8>,
     failure_types: Option<Vec<String>>,
     /// `null` removes the header; absent leaves it as it is.
-    #[serde(default, with = "double_option")]
+    #[serde(default, deserialize_with = "double")]
     retry_after: Option<Option<String>>,
     latency_ms: Option<u64>,
     chunk_delay_ms: Option<u64>,
     headers: Option<std::collections::BTreeMap<String, String>>,
     failure_headers: Option<std::collections::BTreeMap<String, String>>,
     /// `null` goes back to the kind's own status and body.
-    #[serde(default, with = "double_option_u16")]
+    #[serde(default, deserialize_with = "double")]
     failure_status: Option<Option<u16>>,
-    #[serde(default, with = "double_option")]
+    #[serde(default, deserialize_with = "double")]
     failure_body: Option<Option<String>>,
     first_event_delay_ms: Option<u64>,
-    #[serde(default, with = "double_option_usize")]
+    #[serde(default, deserialize_with = "double")]
     stall_after: Option<Option<usize>>,
     stall_ms: Option<u64>,
 }
@@ -76,30 +76,6 @@ fn double<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Ok(Some(Option::deserialize(d)?))
-}
-
-mod double_option {
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Option<String>>, D::Error> {
-        super::double(d)
-    }
-}
-
-mod double_option_u16 {
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Option<u16>>, D::Error> {
-        super::double(d)
-    }
-}
-
-mod double_option_usize {
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Option<usize>>, D::Error> {
-        super::double(d)
-    }
 }
 
 impl Behaviour {
