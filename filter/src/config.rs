@@ -9,7 +9,7 @@ use std::fmt;
 
 use crate::duration::parse_duration_ms;
 use crate::json::{self, Value};
-use crate::names::{DEFAULT_CLUSTER_HEADER, HEALTH_KEY_PREFIX};
+use crate::names::{DEFAULT_CLUSTER_HEADER, HEALTH_KEY_PREFIX, PROBE_HEADER, STREAMED_HEADER};
 
 /// Default failure statuses: rate limited, the transient server errors and
 /// Anthropic's 529 (overloaded).
@@ -403,6 +403,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// The filter's own request headers, which a dispatched call (a failover in
+    /// dispatch mode, a hedge) must not pass on: a client's are never a provider's.
+    pub fn internal_request_headers(&self) -> [&str; 3] {
+        [self.cluster_header.as_str(), STREAMED_HEADER, PROBE_HEADER]
+    }
+
     /// Parses and validates the plugin configuration. `env` looks up environment
     /// variables (passed in so that this stays pure and testable).
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {

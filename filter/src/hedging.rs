@@ -19,8 +19,7 @@ use crate::hedge::{self, Answered, Due, Hedges, Live};
 use crate::host::{self, HostSharedData};
 use crate::metrics;
 use crate::names::{
-    AT_KEY, CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, PROBE_HEADER, REFUSED_KEY,
-    SEQUENCE_KEY, STREAMED_HEADER,
+    AT_KEY, CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, REFUSED_KEY, SEQUENCE_KEY,
 };
 use crate::reply::{self, Relayed};
 use crate::store::{self, SharedData};
@@ -133,11 +132,7 @@ impl Hedger {
                 return;
             }
         };
-        let drop = [
-            config.cluster_header.as_str(),
-            STREAMED_HEADER,
-            PROBE_HEADER,
-        ];
+        let drop = config.internal_request_headers();
         let headers: Result<Vec<(String, String)>, _> =
             hedge::headers(&request.headers, &drop, id, to)
                 .into_iter()

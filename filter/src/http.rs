@@ -41,8 +41,8 @@ use crate::telemetry::Telemetry;
 
 use crate::names::{
     ATTEMPTS_KEY, CLIENT_HEADERS_KEY, FAILED_AT_KEY, HEDGE_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY,
-    PROBE_HEADER, PROVIDER_HEADER, REASON_KEY, REFUSED_KEY, RETRY_STATUS, STATUS_KEY,
-    STREAMED_HEADER, STREAMED_KEY, TRIED_KEY,
+    PROVIDER_HEADER, REASON_KEY, REFUSED_KEY, RETRY_STATUS, STATUS_KEY, STREAMED_HEADER,
+    STREAMED_KEY, TRIED_KEY,
 };
 use crate::view;
 
@@ -671,9 +671,8 @@ impl FailoverFilter {
         );
         let mut headers = rewrite::apply_to(&self.original_headers, &edits);
         // The call names its cluster itself; routing headers are not the provider's.
-        headers.retain(|(n, _)| {
-            *n != config.cluster_header && n != STREAMED_HEADER && n != PROBE_HEADER
-        });
+        let internal = config.internal_request_headers();
+        headers.retain(|(n, _)| !internal.contains(&n.as_str()));
         let rewritten;
         let body = match (&self.original_body, &provider.model_json, &self.slots) {
             (Some(b), Some(model), Some(slots)) => {
