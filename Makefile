@@ -37,15 +37,15 @@ demo: build
 	$(PY) scripts/demo.py
 
 unit-test: setup
-	cargo test -p llm-failover
+	cargo test -p llm-failover-core -p llm-failover -p llm-failover-render
 
 wasm-test: setup
-	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_RUNNER)" cargo test --target wasm32-wasip1 -p llm-failover
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_RUNNER)" cargo test --target wasm32-wasip1 -p llm-failover-core
 
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p llm-failover -p noop-filter --all-targets --target wasm32-wasip1 -- -D warnings
+	cargo clippy -p llm-failover-core -p llm-failover -p noop-filter --all-targets --target wasm32-wasip1 -- -D warnings
 
 e2e: build
 	$(PY) -m pytest tests/e2e -q

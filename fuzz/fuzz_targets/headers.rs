@@ -2,5 +2,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    llm_failover::fuzz_checks::headers(data);
+    llm_failover_core::fuzz_checks::headers(data);
 });

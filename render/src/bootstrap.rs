@@ -1,6 +1,6 @@
 //! Builds the Envoy bootstrap for a plugin configuration (router mode wiring).
 
-use llm_failover::config::{Config, Mode};
+use llm_failover_core::config::{Config, Mode};
 use serde_json::{json, Value};
 
 /// The default `.wasm` path, relative to the directory Envoy runs in.
@@ -84,14 +84,14 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         }
     }
     // One cluster (and one priority group) per distinct cluster name, in provider order.
-    let mut clusters: Vec<&llm_failover::config::Provider> = Vec::new();
+    let mut clusters: Vec<&llm_failover_core::config::Provider> = Vec::new();
     for p in &config.providers {
         if !clusters.iter().any(|c| c.cluster == p.cluster) {
             clusters.push(p);
         }
     }
     let vm_config = json!({
-        "vm_id": llm_failover::names::ROOT_ID,
+        "vm_id": llm_failover_core::names::ROOT_ID,
         "runtime": "envoy.wasm.runtime.v8",
         "code": {"local": {"filename": options.wasm}},
         "environment_variables": {"host_env_keys": env_keys},
@@ -131,7 +131,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 },
             },
         });
-        if root_id == llm_failover::names::UPSTREAM_ROOT_ID {
+        if root_id == llm_failover_core::names::UPSTREAM_ROOT_ID {
             // The upstream filter holds a failing answer's headers until it has read
             // the error body (and a stream's until its first event): with this, proxy-wasm's
             // Pause is a plain StopIteration and the body callbacks still come (without
@@ -159,7 +159,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
     for cluster in clusters
         .iter()
         .map(|p| p.cluster.as_str())
-        .chain([llm_failover::names::EXHAUSTED_CLUSTER])
+        .chain([llm_failover_core::names::EXHAUSTED_CLUSTER])
     {
         by_name.insert(cluster.to_string(), json!({"action": {
             "name": cluster,
@@ -178,7 +178,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                     "name": "llm_failover_next",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.FilterStateInput",
-                        "key": format!("wasm.{}", llm_failover::names::NEXT_KEY),
+                        "key": format!("wasm.{}", llm_failover_core::names::NEXT_KEY),
                     },
                 },
                 "exact_match_map": {"map": by_name},
@@ -189,7 +189,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 "name": "first",
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.extensions.router.cluster_specifiers.matcher.v3.ClusterAction",
-                    "cluster": clusters.first().map(|p| p.cluster.as_str()).unwrap_or(llm_failover::names::EXHAUSTED_CLUSTER),
+                    "cluster": clusters.first().map(|p| p.cluster.as_str()).unwrap_or(llm_failover_core::names::EXHAUSTED_CLUSTER),
                 },
             }}},
         },
@@ -199,7 +199,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         // Dispatch mode's routing header means nothing here; a client-sent one is not
         // passed on to a provider.
         // Nor is a hedge's mark (only the filter's own calls carry one).
-        "request_headers_to_remove": [config.cluster_header, llm_failover::names::HEDGE_HEADER, llm_failover::names::PROBE_HEADER],
+        "request_headers_to_remove": [config.cluster_header, llm_failover_core::names::HEDGE_HEADER, llm_failover_core::names::PROBE_HEADER],
         "route": {
             // The cluster the filter names for each attempt (see above).
             "inline_cluster_specifier_plugin": specifier,
@@ -210,7 +210,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 // The upstream filter decides which answers go on to the next provider
                 // (by status and error body) and marks them with this one status.
                 "retry_on": "retriable-status-codes,connect-failure,reset",
-                "retriable_status_codes": [llm_failover::names::RETRY_STATUS],
+                "retriable_status_codes": [llm_failover_core::names::RETRY_STATUS],
                 // A ceiling; the filter sets x-envoy-max-retries per request to its plan.
                 "num_retries": config.providers.len().saturating_sub(1),
                 // firstByteTimeout when set, else attemptTimeout: either way only the wait
@@ -226,7 +226,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         // A 429 the filter waits out (retryWithin): the router waits the seconds the
         // filter puts in this header before asking the same provider again.
         route["route"]["retry_policy"]["rate_limited_retry_back_off"] = json!({
-            "reset_headers": [{"name": llm_failover::names::WAIT_HEADER, "format": "SECONDS"}],
+            "reset_headers": [{"name": llm_failover_core::names::WAIT_HEADER, "format": "SECONDS"}],
             "max_interval": format!("{}s", within.div_ceil(1000)),
         });
     }
@@ -252,7 +252,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 json!(format!("{}s", ms_to_secs(silence)));
         }
         streamed["match"]["headers"] = json!([{
-            "name": llm_failover::names::STREAMED_HEADER,
+            "name": llm_failover_core::names::STREAMED_HEADER,
             "present_match": true,
         }]);
         streamed["route"]["retry_policy"]["per_try_timeout"] =
@@ -262,7 +262,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
     routes.push(route);
     for r in &mut routes {
         if let Some(list) = r["request_headers_to_remove"].as_array_mut() {
-            list.push(json!(llm_failover::names::STREAMED_HEADER));
+            list.push(json!(llm_failover_core::names::STREAMED_HEADER));
         }
     }
     let access_log = json!([{
@@ -309,7 +309,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
     // The downstream filter holds a request's headers until it has read the body
     // (which says whether the answer is streamed, and so the route): with this,
     // proxy-wasm's Pause is a plain StopIteration and the body still comes.
-    let mut downstream_plugin = plugin("llm_failover", llm_failover::names::ROOT_ID, raw);
+    let mut downstream_plugin = plugin("llm_failover", llm_failover_core::names::ROOT_ID, raw);
     downstream_plugin["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
     let listeners = json!([
         {
@@ -331,13 +331,13 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 "match": {"prefix": "/"},
                 "direct_response": {"status": 404, "body": {"inline_string": "only /llm-failover/health here\n"}},
             }]), vec![
-                plugin("llm_failover_ops", llm_failover::names::ROOT_ID, &ops_raw),
+                plugin("llm_failover_ops", llm_failover_core::names::ROOT_ID, &ops_raw),
                 router,
             ], None),
         },
     ]);
     let upstream_filters = json!([
-        plugin_in(&upstream_vm_config, "llm_failover_upstream", llm_failover::names::UPSTREAM_ROOT_ID, raw),
+        plugin_in(&upstream_vm_config, "llm_failover_upstream", llm_failover_core::names::UPSTREAM_ROOT_ID, raw),
         {"name": "envoy.filters.http.upstream_codec", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
     ]);
@@ -405,7 +405,7 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
     // Where an attempt goes when the request's plan is used up but Envoy's router
     // still has retries (the filter names it): its only host cannot be reached, so
     // no provider is asked more often than the plan says.
-    let exhausted = llm_failover::names::EXHAUSTED_CLUSTER;
+    let exhausted = llm_failover_core::names::EXHAUSTED_CLUSTER;
     out_clusters.push(json!({
         "name": exhausted,
         "type": "STATIC",

@@ -3,7 +3,7 @@
 //! cluster (the filter only names it at run time, where a typo looks like a provider
 //! that cannot be reached), so this does.
 
-use llm_failover::config::{Config, Mode};
+use llm_failover_core::config::{Config, Mode};
 use serde_json::Value;
 
 /// Problems found, one line each; empty when the two fit together.
@@ -58,7 +58,11 @@ pub fn check(plugin_raw: &str, bootstrap: &Value) -> Result<Vec<String>, String>
     if config.failover.mode == Mode::Router {
         let mut downstream = Vec::new();
         if let Some(listeners) = bootstrap.pointer("/static_resources/listeners") {
-            plugins_with_root_id(listeners, llm_failover::names::ROOT_ID, &mut downstream);
+            plugins_with_root_id(
+                listeners,
+                llm_failover_core::names::ROOT_ID,
+                &mut downstream,
+            );
         }
         // The routing instances (the ops listener's view-only one holds nothing).
         let routing = |f: &&&Value| {
@@ -87,7 +91,7 @@ fn upstream_filter(cluster: &Value) -> Option<&Value> {
         .iter()
         .filter_map(|f| f.pointer("/typed_config/config"))
         .find(|c| {
-            c.get("root_id").and_then(Value::as_str) == Some(llm_failover::names::UPSTREAM_ROOT_ID)
+            c.get("root_id").and_then(Value::as_str) == Some(llm_failover_core::names::UPSTREAM_ROOT_ID)
         })
 }
 

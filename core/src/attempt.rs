@@ -10,9 +10,9 @@
 
 use crate::config::{Auth, Config};
 use crate::errors::{self, Class};
-use crate::handoff::At;
 use crate::health::{Failure, HealthRecord, State};
 use crate::metrics;
+use crate::plan::{At, Plan, Step};
 use crate::retry_after::{self, Headers};
 use crate::select::{self, HealthView};
 use crate::store::{self, SharedData, StoreError};
@@ -75,17 +75,6 @@ impl HealthView for LazyHealth<'_> {
     }
 }
 
-/// A provider picked for an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pick {
-    pub index: usize,
-    /// Its record as read when it was picked: decides whether a success has anything
-    /// to reset (usually not, so nothing is written).
-    pub record: HealthRecord,
-    /// The end of the probe claim this request won on it, when it was half-open.
-    pub claim: Option<u64>,
-}
-
 /// Picks the next provider: the first group with one that is healthy, or half-open
 /// and whose probe this request manages to claim (compare-and-swap, so exactly one
 /// request across all workers probes it). `tried` marks providers this request
@@ -96,17 +85,13 @@ pub fn choose(
     view: &mut LazyHealth<'_>,
     tried: &[bool],
     ticket: u64,
-) -> Option<Pick> {
+) -> Option<Step> {
     let mut excluded: Vec<bool> = tried.to_vec();
     excluded.resize(config.providers.len(), false);
     loop {
         let i = select::next_choice(config, view, &excluded, ticket)?;
         if view.state(i) != State::HalfOpen {
-            return Some(Pick {
-                index: i,
-                record: view.record(i),
-                claim: None,
-            });
+            return Some(Step::new(i, view.record(i).after_success().is_some()));
         }
         if config.failover.background_probes {
             // The root probes it (`probe.rs`): no user request pays for that.
@@ -119,9 +104,9 @@ pub fn choose(
         let key = &config.providers[i].health_key;
         match store::update_health_if(store, key, |h| h.claim_probe(now, &config.failover)) {
             Ok(Some(claimed)) => {
-                return Some(Pick {
+                return Some(Step {
                     index: i,
-                    record: claimed,
+                    reset_on_success: true,
                     claim: Some(claimed.probe_until_ms),
                 })
             }
@@ -133,25 +118,6 @@ pub fn choose(
                 view.forget(i);
             }
         }
-    }
-}
-
-/// The providers one request will try, in order, at most once each.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Plan {
-    pub picks: Vec<Pick>,
-    /// True when no provider was available and the plan holds only the one that can
-    /// be tried again first (its failure then goes to the client).
-    pub all_cooling: bool,
-}
-
-impl Plan {
-    pub fn first(&self) -> Option<&Pick> {
-        self.picks.first()
-    }
-
-    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
-        self.picks.iter().map(|p| p.index)
     }
 }
 
@@ -181,19 +147,16 @@ pub fn plan(
     }
     if picks.is_empty() {
         let i = select::soonest(config, view);
-        picks.push(Pick {
-            index: i,
-            record: view.record(i),
-            claim: None,
-        });
+        picks.push(Step::new(i, view.record(i).after_success().is_some()));
         return Plan {
-            picks,
+            steps: picks,
             all_cooling: true,
+            first_body_rewritten: false,
         };
     }
     Plan {
-        picks,
-        all_cooling: false,
+        steps: picks,
+        ..Plan::default()
     }
 }
 
@@ -209,7 +172,7 @@ pub fn downstream_rewrites_first_body(config: &Config, plan: &Plan) -> bool {
             .get(i)
             .is_some_and(|p| p.model_json.is_some())
     };
-    !plan.picks.is_empty() && plan.indices().all(overrides)
+    !plan.is_empty() && plan.indices().all(overrides)
 }
 
 /// Gives back a probe claim that was not used (or whose answer never came), if the
@@ -410,15 +373,10 @@ pub fn record_failure(
     })
 }
 
-/// Records a good answer of provider `index`: resets its breaker when `known` (the
-/// record as read when it was picked; `None` when unknown) had anything to reset.
-pub fn record_success(
-    config: &Config,
-    store: &dyn SharedData,
-    index: usize,
-    known: Option<HealthRecord>,
-) {
-    if known.is_some_and(|r| r.after_success().is_none()) {
+/// Records a good answer of provider `index`: resets its breaker, unless the plan
+/// knew it had nothing to reset (`reset` false: usually, so nothing is written).
+pub fn record_success(config: &Config, store: &dyn SharedData, index: usize, reset: bool) {
+    if !reset {
         return;
     }
     if let Some(p) = config.providers.get(index) {
@@ -513,15 +471,11 @@ mod tests {
           {"providers":[{"name":"c","cluster":"c"}]}]}"#;
         let c = Config::parse(json.as_bytes(), &|_| None).unwrap();
         let plan_of = |indices: &[usize]| Plan {
-            picks: indices
+            steps: indices
                 .iter()
-                .map(|&index| Pick {
-                    index,
-                    record: HealthRecord::default(),
-                    claim: None,
-                })
+                .map(|&index| Step::new(index, false))
                 .collect(),
-            all_cooling: false,
+            ..Plan::default()
         };
         assert!(downstream_rewrites_first_body(&c, &plan_of(&[0, 1])));
         // c sends the client's own model: a later attempt would need it back.
@@ -583,8 +537,8 @@ mod tests {
         let after = NOW + 1_001;
         let first = plan_at(&c, &s, after, 0);
         let second = plan_at(&c, &s, after, 0);
-        assert_eq!(first.picks[0].index, 0);
-        assert!(first.picks[0].claim.is_some());
+        assert_eq!(first.steps[0].index, 0);
+        assert!(first.steps[0].claim.is_some());
         assert_eq!(order(&second), vec![1, 2, 3]);
     }
 
@@ -595,8 +549,8 @@ mod tests {
         fail(&c, &s, 0, Failure::RateLimited, Some(1_000), NOW);
         let after = NOW + 1_001;
         let first = plan_at(&c, &s, after, 0);
-        release(&c, &s, 0, first.picks[0].claim.unwrap());
-        assert_eq!(plan_at(&c, &s, after, 0).picks[0].index, 0);
+        release(&c, &s, 0, first.steps[0].claim.unwrap());
+        assert_eq!(plan_at(&c, &s, after, 0).steps[0].index, 0);
     }
 
     #[test]
@@ -907,7 +861,7 @@ mod tests {
         let c = config(r#"{"consecutiveFailures": 2}"#);
         let s = MemoryStore::default();
         fail(&c, &s, 0, Failure::Unreachable, None, NOW);
-        record_success(&c, &s, 0, None);
+        record_success(&c, &s, 0, true);
         let again = fail(&c, &s, 0, Failure::Unreachable, None, NOW + 1);
         assert!(!again.cooldown_started);
     }
@@ -916,7 +870,7 @@ mod tests {
     fn success_of_a_clear_provider_writes_nothing() {
         let c = config("{}");
         let s = MemoryStore::default();
-        record_success(&c, &s, 0, Some(HealthRecord::default()));
+        record_success(&c, &s, 0, false);
         assert_eq!(s.writes(), 0);
     }
 }

@@ -1,26 +1,33 @@
-//! The root context: loads and validates the plugin configuration once per VM and
-//! hands it to every request's filter.
+//! The root context: loads and validates the plugin configuration once per VM,
+//! hands it to every request's filter, and on its tick refreshes the health gauges,
+//! sends hedges and background probes.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::ContextType;
 
 use crate::attempt;
 use crate::config::Config;
 use crate::health::State;
 use crate::hedge::{self, Hedges, Live};
-use crate::hedging::{self, Hedger};
-use crate::host::{self, HostSharedData};
-use crate::http::FailoverFilter;
+use crate::host::Host;
 use crate::metrics;
 use crate::names::UPSTREAM_ROOT_ID;
 use crate::probe;
 use crate::registry;
 use crate::store;
-use crate::telemetry::Telemetry;
-use crate::upstream::AttemptFilter;
+
+use super::downstream::Downstream;
+use super::hedging::{self, Hedger};
+use super::telemetry::Telemetry;
+use super::upstream::AttemptFilter;
+
+/// The filter a new request (or attempt) gets.
+pub enum HttpFilter {
+    /// The per-request filter on the listener.
+    Downstream(Downstream),
+    /// The filter on a provider cluster, one per attempt.
+    Attempt(AttemptFilter),
+}
 
 pub struct Root {
     config: Option<Rc<Config>>,
@@ -65,14 +72,9 @@ impl Default for Root {
 /// the clock, with no request to notice it).
 const GAUGE_PERIOD_MS: u64 = 1_000;
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
+impl Root {
+    /// The answer to a call this root sent came.
+    pub fn on_call_response(&mut self, h: &mut impl Host, token_id: u32, body_size: usize) {
         if let Some(at) = self.probes.iter().position(|t| *t == token_id) {
             // Its upstream filter recorded the answer.
             self.probes.swap_remove(at);
@@ -80,27 +82,25 @@ impl Context for Root {
         }
         // The other calls a root sends are hedges.
         if let Some(hedger) = &self.hedger {
-            hedger.answer(token_id, body_size);
+            hedger.answer(h, token_id, body_size);
         }
     }
-}
 
-impl Root {
     /// Background probes: claims the probe of every provider whose cooldown is over
     /// (one worker wins each) and sends it (see `probe.rs`).
-    fn probe(&mut self, config: &Config, now: u64) {
+    fn probe(&mut self, h: &mut impl Host, config: &Config, now: u64) {
         for (index, p) in config.providers.iter().enumerate() {
-            if store::read_health(&HostSharedData, &p.health_key).state(now) != State::HalfOpen {
+            if store::read_health(&*h, &p.health_key).state(now) != State::HalfOpen {
                 continue;
             }
-            let claimed = store::update_health_if(&HostSharedData, &p.health_key, |h| {
-                h.claim_probe(now, &config.failover)
+            let claimed = store::update_health_if(&*h, &p.health_key, |r| {
+                r.claim_probe(now, &config.failover)
             });
             let Ok(Some(claim)) = claimed else { continue };
             let Some((headers, body)) = probe::request(config, index) else {
                 continue;
             };
-            match host::dispatch(
+            match h.dispatch(
                 &p.cluster,
                 &headers,
                 Some(&body),
@@ -115,20 +115,20 @@ impl Root {
                 }
                 Err(e) => {
                     log::warn!(
-                        "llm-failover: cannot probe provider {} (cluster {}): {e:?}",
+                        "llm-failover: cannot probe provider {} (cluster {}): {e}",
                         p.name,
                         p.cluster
                     );
-                    attempt::release(config, &HostSharedData, index, claim.probe_until_ms);
+                    attempt::release(config, &*h, index, claim.probe_until_ms);
                 }
             }
         }
     }
-}
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let Some(raw) = host::plugin_configuration() else {
+    /// Reads and validates the plugin configuration; false refuses it (Envoy then
+    /// refuses the listener or the cluster).
+    pub fn on_configure(&mut self, h: &mut impl Host) -> bool {
+        let Some(raw) = h.plugin_configuration() else {
             log::error!("invalid llm-failover configuration: the plugin configuration is empty");
             return false;
         };
@@ -141,13 +141,13 @@ impl RootContext for Root {
             }
         };
         for p in &config.providers {
-            if let Err(e) = store::ensure_exists(&HostSharedData, &p.health_key) {
+            if let Err(e) = store::ensure_exists(&*h, &p.health_key) {
                 log::warn!("llm-failover: initialising health of {}: {e}", p.name);
             }
         }
         // Start each VM's weight rotation at a different point so that workers do not
         // all send their first request to the same provider.
-        self.tickets.set(host::now_ms());
+        self.tickets.set(h.now_ms());
         log::info!(
             "llm-failover: configured {} providers in {} groups (withinRequest: {})",
             config.providers.len(),
@@ -155,11 +155,11 @@ impl RootContext for Root {
             config.failover.within_request
         );
         self.upstream =
-            host::property(&["plugin_root_id"]).as_deref() == Some(UPSTREAM_ROOT_ID.as_bytes());
+            h.property(&["plugin_root_id"]).as_deref() == Some(UPSTREAM_ROOT_ID.as_bytes());
         // The downstream routing instances publish the providers (for the health view)
         // and the health gauges; the upstream and the view-only instances neither.
         if !self.upstream && !config.providers.is_empty() {
-            match registry::publish(&HostSharedData, &config) {
+            match registry::publish(&*h, &config) {
                 Ok((own, conflicts)) => {
                     for c in &conflicts {
                         log::error!("llm-failover: {c}; the health view and gauges show the first");
@@ -170,11 +170,11 @@ impl RootContext for Root {
                     log::warn!("llm-failover: publishing the providers for the health view: {e}")
                 }
             }
-            host::set_tick_period_ms(GAUGE_PERIOD_MS);
+            h.set_tick_period_ms(GAUGE_PERIOD_MS);
         }
         let config = Rc::new(config);
         if config.failover.hedge_after_ms.is_some() && !config.providers.is_empty() {
-            hedging::prepare_store();
+            hedging::prepare_store(&*h);
             if self.upstream {
                 hedging::note_upstream_root();
             } else {
@@ -185,24 +185,24 @@ impl RootContext for Root {
                 ));
             }
             // Both instances watch their hedges on this tick (see hedge.rs).
-            host::set_tick_period_ms(hedge::POLL_MS);
+            h.set_tick_period_ms(hedge::POLL_MS);
         }
         self.config = Some(config);
         true
     }
 
-    fn on_tick(&mut self) {
+    pub fn on_tick(&mut self, h: &mut impl Host) {
         let Some(config) = self.config.clone() else {
             return;
         };
         let config = &config;
-        let now = host::now_ms();
+        let now = h.now_ms();
         if self.upstream {
-            hedging::poll_cancels(&self.live);
+            hedging::poll_cancels(h, &self.live);
             return;
         }
         if let Some(hedger) = &self.hedger {
-            hedger.tick(now);
+            hedger.tick(h, now);
         }
         // A tick may come a hair early; the gauges are refreshed about once a period.
         if now.saturating_sub(self.gauges_at_ms) + hedge::POLL_MS < GAUGE_PERIOD_MS {
@@ -210,7 +210,7 @@ impl RootContext for Root {
         }
         self.gauges_at_ms = now;
         if config.failover.background_probes {
-            self.probe(config, now);
+            self.probe(h, config, now);
         }
         for (p, _) in config
             .providers
@@ -218,16 +218,18 @@ impl RootContext for Root {
             .zip(&self.publishes)
             .filter(|(_, own)| **own)
         {
-            let state = store::read_health(&HostSharedData, &p.health_key).state(now);
-            self.telemetry
-                .gauge(metrics::health(&p.name), metrics::health_value(state));
+            let state = store::read_health(&*h, &p.health_key).state(now);
+            let value = metrics::health_value(state);
+            self.telemetry.gauge(&*h, metrics::health(&p.name), value);
         }
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+    /// The filter for new request (or attempt) `context_id`; `None` before a
+    /// configuration was accepted.
+    pub fn new_filter(&self, context_id: u32) -> Option<HttpFilter> {
         let config = self.config.clone()?;
         if self.upstream {
-            return Some(Box::new(AttemptFilter::new(
+            return Some(HttpFilter::Attempt(AttemptFilter::new(
                 config,
                 Rc::clone(&self.telemetry),
                 context_id,
@@ -236,16 +238,12 @@ impl RootContext for Root {
         }
         let ticket = self.tickets.get();
         self.tickets.set(ticket.wrapping_add(1));
-        Some(Box::new(FailoverFilter::new(
+        Some(HttpFilter::Downstream(Downstream::new(
             config,
-            ticket,
             Rc::clone(&self.telemetry),
+            ticket,
             context_id,
             Rc::clone(&self.hedges),
         )))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
     }
 }

@@ -22,6 +22,7 @@
 
 use crate::health::State;
 use crate::names::HEDGE_HEADER;
+use crate::plan::Step;
 
 /// How many ids the cancel list keeps: the upstream filters poll it every
 /// `POLL_MS`, so a cancel is only missed if this many follow within one poll.
@@ -37,14 +38,6 @@ pub const POLL_MS: u64 = 10;
 pub struct Request {
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Option<Vec<u8>>,
-}
-
-/// A provider of the request's plan, and whether this request holds its probe claim
-/// (then it may be asked although it is not yet healthy again).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Candidate {
-    pub index: usize,
-    pub claimed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +58,7 @@ enum Stage {
 #[derive(Debug, Clone)]
 struct Entry {
     /// The attempt order handed to the router.
-    plan: Vec<Candidate>,
+    plan: Vec<Step>,
     request: Request,
     stage: Stage,
 }
@@ -94,13 +87,13 @@ pub struct Answered {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Due {
     pub context: u32,
-    pub plan: Vec<Candidate>,
+    pub plan: Vec<Step>,
 }
 
 /// Where the router stands in `plan` after `attempts` attempts: the provider of the
 /// attempt under way, and the providers it has not reached yet (a hedge goes to one
 /// of those, never to one the router tried or is trying).
-pub fn split(plan: &[Candidate], attempts: u64) -> Option<(usize, &[Candidate])> {
+pub fn split(plan: &[Step], attempts: u64) -> Option<(usize, &[Step])> {
     let at = usize::try_from(attempts.max(1) - 1).ok()?;
     let from = plan.get(at)?.index;
     Some((from, plan.get(at + 1..).unwrap_or(&[])))
@@ -126,7 +119,7 @@ impl Hedges {
         context: u32,
         now_ms: u64,
         after_ms: u64,
-        plan: Vec<Candidate>,
+        plan: Vec<Step>,
         request: Request,
     ) {
         let due_ms = now_ms.saturating_add(after_ms);
@@ -278,12 +271,12 @@ impl Live {
 
 /// The provider a hedge goes to: the first candidate that is not cooling (healthy,
 /// or half-open under this request's own probe claim).
-pub fn target(candidates: &[Candidate], state: impl Fn(usize) -> State) -> Option<usize> {
+pub fn target(candidates: &[Step], state: impl Fn(usize) -> State) -> Option<usize> {
     candidates
         .iter()
         .find(|c| match state(c.index) {
             State::Healthy => true,
-            State::HalfOpen | State::Probing => c.claimed,
+            State::HalfOpen | State::Probing => c.claim.is_some(),
             State::Cooling => false,
         })
         .map(|c| c.index)
@@ -361,9 +354,13 @@ pub fn next_id(last: Option<&[u8]>) -> u64 {
 mod tests {
     use super::*;
 
-    fn cands(list: &[(usize, bool)]) -> Vec<Candidate> {
+    fn cands(list: &[(usize, bool)]) -> Vec<Step> {
         list.iter()
-            .map(|&(index, claimed)| Candidate { index, claimed })
+            .map(|&(index, claimed)| Step {
+                index,
+                reset_on_success: claimed,
+                claim: claimed.then_some(1),
+            })
             .collect()
     }
 

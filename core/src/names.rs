@@ -129,3 +129,8 @@ pub const UPSTREAM_ROOT_ID: &str = "llm_failover_upstream";
 
 /// The `root_id` (and `vm_id`) of the downstream filter in render's wiring.
 pub const ROOT_ID: &str = "llm_failover";
+
+/// Credential headers a client may send for OpenAI, Azure OpenAI and Anthropic.
+/// They are all removed when the filter injects a key, so the client's credential
+/// for one provider never reaches another.
+pub const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];

@@ -14,16 +14,14 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::config::Config;
-use crate::handoff::At;
 use crate::hedge::{self, Answered, Due, Hedges, Live};
-use crate::host::{self, HostSharedData};
+use crate::host::Host;
 use crate::metrics;
-use crate::names::{
-    AT_KEY, CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, REFUSED_KEY, SEQUENCE_KEY,
-};
+use crate::names::{CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, REFUSED_KEY, SEQUENCE_KEY};
 use crate::reply::{self, Relayed};
-use crate::store::{self, SharedData};
-use crate::telemetry::Telemetry;
+use crate::store;
+
+use super::telemetry::Telemetry;
 
 thread_local! {
     /// Set when this VM also runs the upstream filter (a hand-wired Envoy that gives
@@ -37,9 +35,9 @@ pub fn note_upstream_root() {
 }
 
 /// Creates the shared-data keys hedging uses, so their updates carry a CAS token.
-pub fn prepare_store() {
+pub fn prepare_store(h: &impl Host) {
     for (key, initial) in [(SEQUENCE_KEY, &b"0"[..]), (CANCEL_KEY, &b""[..])] {
-        if let Err(e) = store::ensure_value(&HostSharedData, key, initial) {
+        if let Err(e) = store::ensure_value(h, key, initial) {
             log::warn!("llm-failover: initialising {key}: {e}");
         }
     }
@@ -65,7 +63,7 @@ impl Hedger {
     }
 
     /// Sends the hedges that are due.
-    pub fn tick(&self, now: u64) {
+    pub fn tick(&self, h: &mut impl Host, now: u64) {
         let due = self.hedges.borrow().due(now);
         if due.is_empty() {
             return;
@@ -84,68 +82,30 @@ impl Hedger {
             return;
         }
         for d in due {
-            self.fire(d, now);
+            self.fire(h, d, now);
         }
     }
 
-    fn fire(&self, due: Due, now: u64) {
-        let config = &self.config;
-        let state = |i: usize| {
-            store::read_health(&HostSharedData, &config.providers[i].health_key).state(now)
-        };
+    fn fire(&self, h: &mut impl Host, due: Due, now: u64) {
         let request = self.hedges.borrow_mut().take_request(due.context);
-        if !host::act_for(due.context) {
+        if !h.act_for(due.context) {
             // The request is gone.
             self.hedges.borrow_mut().give_up(due.context);
             return;
         }
-        // Where the request stands: its upstream filters may have moved it past the
-        // first provider (the plan positions up to this one are reached).
-        let at = host::property(&[AT_KEY])
-            .and_then(|v| At::decode(&v))
-            .unwrap_or_default();
-        let attempts = at.position as u64 + 1;
-        let Some((from, candidates)) = hedge::split(&due.plan, attempts) else {
-            self.hedges.borrow_mut().give_up(due.context);
-            return;
-        };
-        let (Some(to), Some(request)) = (hedge::target(candidates, state), request) else {
+        let Some((from, to, request)) = self.target(h, &due, request, now) else {
             // Every provider the router has not reached yet is cooling (or there is
             // none): the routed attempt goes on alone.
             self.hedges.borrow_mut().give_up(due.context);
             return;
         };
-        let written = store::update_value(&HostSharedData, SEQUENCE_KEY, |last| {
-            hedge::next_id(last).to_string().into_bytes()
-        });
-        // What was written is the id handed out.
-        let id = match written.map(|v| hedge::parse_id(&v)) {
-            Ok(Some(id)) => id,
-            Ok(None) => {
-                log::warn!("llm-failover: unreadable hedge id; not hedging");
-                self.hedges.borrow_mut().give_up(due.context);
-                return;
-            }
-            Err(e) => {
-                log::warn!("llm-failover: no hedge id ({e}); not hedging");
-                self.hedges.borrow_mut().give_up(due.context);
-                return;
-            }
-        };
-        let drop = config.internal_request_headers();
-        let headers: Result<Vec<(String, String)>, _> =
-            hedge::headers(&request.headers, &drop, id, to)
-                .into_iter()
-                .map(|(n, v)| String::from_utf8(v).map(|v| (n, v)))
-                .collect();
-        let Ok(headers) = headers else {
-            // The call API takes text headers; a byte-exact copy cannot be sent.
-            log::info!("llm-failover: a request header is not UTF-8; not hedging it");
+        let Some((id, headers)) = self.mark(h, &request, to) else {
             self.hedges.borrow_mut().give_up(due.context);
             return;
         };
+        let config = &self.config;
         let provider = &config.providers[to];
-        match host::dispatch(
+        match h.dispatch(
             &provider.cluster,
             &headers,
             request.body.as_deref(),
@@ -161,13 +121,13 @@ impl Hedger {
                     .borrow_mut()
                     .asked(due.context, token, id, from, to);
                 // For a retry the router may still send to the same provider.
-                if host::act_for(due.context) {
-                    host::set_property(HEDGED_TO_KEY, &hedge::mark(id, to));
+                if h.act_for(due.context) {
+                    h.set_property_str(HEDGED_TO_KEY, &hedge::mark(id, to));
                 }
             }
             Err(s) => {
                 log::warn!(
-                    "llm-failover: cannot send a hedge to cluster {}: {s:?}",
+                    "llm-failover: cannot send a hedge to cluster {}: {s}",
                     provider.cluster
                 );
                 self.hedges.borrow_mut().give_up(due.context);
@@ -175,70 +135,124 @@ impl Hedger {
         }
     }
 
+    /// Where the request stands (its upstream filters may have moved it past the
+    /// first provider) and the provider its hedge goes to: the attempt's provider,
+    /// the hedge's, and the request to send.
+    fn target(
+        &self,
+        h: &impl Host,
+        due: &Due,
+        request: Option<hedge::Request>,
+        now: u64,
+    ) -> Option<(usize, usize, hedge::Request)> {
+        let config = &self.config;
+        let state = |i: usize| store::read_health(h, &config.providers[i].health_key).state(now);
+        let (from, candidates) = hedge::split(&due.plan, super::where_now(h).attempts())?;
+        let to = hedge::target(candidates, state)?;
+        Some((from, to, request?))
+    }
+
+    /// A new hedge id (shared data's sequence) and the hedge's headers, marked with
+    /// it; `None` when either cannot be had.
+    fn mark(
+        &self,
+        h: &impl Host,
+        request: &hedge::Request,
+        to: usize,
+    ) -> Option<(u64, Vec<(String, String)>)> {
+        let written = store::update_value(h, SEQUENCE_KEY, |last| {
+            hedge::next_id(last).to_string().into_bytes()
+        });
+        // What was written is the id handed out.
+        let id = match written.map(|v| hedge::parse_id(&v)) {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                log::warn!("llm-failover: unreadable hedge id; not hedging");
+                return None;
+            }
+            Err(e) => {
+                log::warn!("llm-failover: no hedge id ({e}); not hedging");
+                return None;
+            }
+        };
+        let drop = self.config.internal_request_headers();
+        let headers: Result<Vec<(String, String)>, _> =
+            hedge::headers(&request.headers, &drop, id, to)
+                .into_iter()
+                .map(|(n, v)| String::from_utf8(v).map(|v| (n, v)))
+                .collect();
+        match headers {
+            Ok(headers) => Some((id, headers)),
+            Err(_) => {
+                // The call API takes text headers; a byte-exact copy cannot be sent.
+                log::info!("llm-failover: a request header is not UTF-8; not hedging it");
+                None
+            }
+        }
+    }
+
     /// The answer to call `token` came (whole). A good one wins while its request
     /// still waits: the client gets it, which ends the routed attempt.
-    pub fn answer(&self, token: u32, body_size: usize) {
+    pub fn answer(&self, h: &mut impl Host, token: u32, body_size: usize) {
         let Some(Answered { context, from, to }) = self.hedges.borrow_mut().answered(token) else {
             return;
         };
         // The call's answer is the root's to read; the reply is the request's.
-        let headers = host::call_response_headers();
+        let headers = h.call_response_headers();
         let status = reply::status_of(&headers);
-        let body = host::call_response_body(body_size);
+        let body = h.call_response_body(body_size);
         let config = &self.config;
         let (from_name, to_name) = (&config.providers[from].name, &config.providers[to].name);
-        if !host::act_for(context) {
+        if !h.act_for(context) {
             self.hedges.borrow_mut().give_up(context);
             return;
         }
         let good = status.is_some_and(|s| (200..300).contains(&s));
         // A routed retry to this same provider waits for this answer (HEDGED_TO_KEY):
         // it is the answer that retry would have got, so the client gets it.
-        let held = host::property(&[HELD_KEY]).is_some();
+        let held = h.property(&[HELD_KEY]).is_some();
         if !good && !held {
             // The hedge's upstream filter recorded the provider's failure; the routed
             // attempt goes on alone, and a later retry to this provider need not wait.
             self.hedges.borrow_mut().give_up(context);
-            host::set_property(HEDGE_KEY, &format!("{to_name}:failed"));
-            host::set_property(HEDGED_TO_KEY, "");
-            self.telemetry
-                .count(metrics::hedges(from_name, to_name, from_name));
+            h.set_property_str(HEDGE_KEY, &format!("{to_name}:failed"));
+            h.set_property_str(HEDGED_TO_KEY, "");
+            let lost = metrics::hedges(from_name, to_name, from_name);
+            self.telemetry.count(h, lost);
             return;
         }
         self.hedges.borrow_mut().won(context, from, to);
         // The routed attempt is reset by this reply; its upstream filter must not
         // blame that provider for it.
-        host::set_property(REFUSED_KEY, "hedge");
+        h.set_property_str(REFUSED_KEY, "hedge");
         let how = if good { "won" } else { "failed" };
-        host::set_property(HEDGE_KEY, &format!("{to_name}:{how}"));
+        h.set_property_str(HEDGE_KEY, &format!("{to_name}:{how}"));
         let reply = Relayed::new(&headers, body, to_name);
-        host::send_response(reply.status, &reply.headers, &reply.body);
+        h.send_response(reply.status, &reply.headers, &reply.body);
     }
 }
 
 /// The routed attempt won: hedge `id` goes on the cancel list.
-pub fn cancel(id: u64) {
-    if let Err(e) =
-        store::update_value(&HostSharedData, CANCEL_KEY, |list| hedge::with_id(list, id))
-    {
+pub fn cancel(h: &impl Host, id: u64) {
+    if let Err(e) = store::update_value(h, CANCEL_KEY, |list| hedge::with_id(list, id)) {
         log::warn!("llm-failover: cannot cancel hedge {id}: {e}; it runs to its end");
     }
 }
 
 /// The upstream root's tick: resets the hedges the cancel list names.
-pub fn poll_cancels(live: &RefCell<Live>) {
+pub fn poll_cancels(h: &mut impl Host, live: &RefCell<Live>) {
     if !live.borrow().has_hedges_out() {
         return;
     }
-    let list = match HostSharedData.get(CANCEL_KEY) {
+    let list = match h.get(CANCEL_KEY) {
         Ok((Some(list), _)) => list,
         _ => return,
     };
     // Not borrowed across the resets: a reset may run the context's on_done at once.
     let contexts = live.borrow_mut().to_cancel(&list);
     for context in contexts {
-        if host::act_for(context) {
-            host::reset_stream();
+        if h.act_for(context) {
+            h.reset_stream();
         }
     }
 }

@@ -3,11 +3,7 @@
 //! live request, `apply_to` to a copy for a dispatched failover attempt.
 
 use crate::config::{Auth, Provider};
-
-/// Credential headers a client may send for OpenAI, Azure OpenAI and Anthropic.
-/// They are all removed when the filter injects a key, so the client's credential
-/// for one provider never reaches another.
-const CLIENT_CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "api-key", "x-api-key"];
+use crate::names::CLIENT_CREDENTIAL_HEADERS;
 
 /// Headers that describe one hop's connection or framing; a dispatched call frames
 /// its own request.
@@ -21,32 +17,6 @@ const HOP_HEADERS: [&str; 8] = [
     "upgrade",
     "expect",
 ];
-
-/// The request headers some provider's edits change: in router mode their client
-/// values are kept for the attempts after the first (see `handoff.rs`).
-pub fn rewritten_headers(providers: &[Provider]) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    let mut add = |n: &str| {
-        if !names.iter().any(|have| have == n) {
-            names.push(n.to_string());
-        }
-    };
-    for p in providers {
-        if p.host.is_some() {
-            add(":authority");
-        }
-        if p.rewrites_path() {
-            add(":path");
-        }
-        if let Auth::Key { header, .. } = &p.auth {
-            for h in CLIENT_CREDENTIAL_HEADERS {
-                add(h);
-            }
-            add(header);
-        }
-    }
-    names
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit<'a> {

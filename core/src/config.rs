@@ -9,7 +9,10 @@ use std::fmt;
 
 use crate::duration::parse_duration_ms;
 use crate::json::{self, Value};
-use crate::names::{DEFAULT_CLUSTER_HEADER, HEALTH_KEY_PREFIX, PROBE_HEADER, STREAMED_HEADER};
+use crate::names::{
+    CLIENT_CREDENTIAL_HEADERS, DEFAULT_CLUSTER_HEADER, HEALTH_KEY_PREFIX, PROBE_HEADER,
+    STREAMED_HEADER,
+};
 
 /// Default failure statuses: rate limited, the transient server errors and
 /// Anthropic's 529 (overloaded).
@@ -443,7 +446,7 @@ impl Config {
         let health_path = health_path(&root)?;
         let needs_json_body = providers.iter().any(|p| p.model.is_some());
         let can_fail_over = failover.within_request && providers.len() > 1;
-        let rewritten_headers = crate::rewrite::rewritten_headers(&providers);
+        let rewritten_headers = rewritten_headers(&providers);
         Ok(Config {
             rewritten_headers,
             health_path,
@@ -1310,6 +1313,32 @@ fn validate_header_name(name: &str) -> Result<String, String> {
         return Err(format!("{} is not a valid HTTP header name", quoted(name)));
     }
     Ok(lower)
+}
+
+/// The request headers some provider's edits change: in router mode their client
+/// values are kept for the attempts after the first (see `handoff.rs`).
+fn rewritten_headers(providers: &[Provider]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut add = |n: &str| {
+        if !names.iter().any(|have| have == n) {
+            names.push(n.to_string());
+        }
+    };
+    for p in providers {
+        if p.host.is_some() {
+            add(":authority");
+        }
+        if p.rewrites_path() {
+            add(":path");
+        }
+        if let Auth::Key { header, .. } = &p.auth {
+            for h in CLIENT_CREDENTIAL_HEADERS {
+                add(h);
+            }
+            add(header);
+        }
+    }
+    names
 }
 
 #[cfg(test)]

@@ -1,0 +1,512 @@
+//! The downstream filter in dispatch mode (Istio's `WasmPlugin`, older Envoys):
+//! picks the first provider, rewrites the request for it, and on a failure sends
+//! the same request on with a call (`Host::dispatch`), whose answer the client gets
+//! whole.
+//!
+//! Every host call costs, so the normal path makes as few as it can: one health
+//! record read when the preferred provider is healthy, headers read individually
+//! unless a failover copy is needed, the body buffered only when it must be
+//! rewritten, checked or kept.
+
+use std::rc::Rc;
+
+use crate::attempt::{self, Ended, LazyHealth, Verdict};
+use crate::body;
+use crate::config::Config;
+use crate::errors::Class;
+use crate::health::Failure;
+use crate::host::{header_value, parse_number, Action, HeaderList, Host};
+use crate::metrics;
+use crate::names::{PROVIDER_HEADER, REASON_KEY};
+use crate::outcome::{self, Outcome};
+use crate::plan::At;
+use crate::reply::{self, Relayed};
+use crate::retry_after;
+use crate::rewrite;
+use crate::select::{self, HealthView};
+
+use super::request::{apply_edits, BodyRead, Phase, Request};
+use super::telemetry::Telemetry;
+
+pub struct Dispatched {
+    req: Request,
+    /// Providers this request has had (or may not have: context length).
+    tried: Vec<bool>,
+    /// The client's headers as they arrived (kept only when failover is possible), to
+    /// build each further attempt from the original, never from another provider's
+    /// rewritten copy (so one provider's key cannot leak to the next).
+    original_headers: HeaderList,
+    original_path: Option<String>,
+    /// The client's body as it arrived, kept for further attempts.
+    original_body: Option<Vec<u8>>,
+    pending_call: Option<u32>,
+    /// The probe claim this request holds on its provider (its expiry), if any.
+    probe_claim: Option<u64>,
+    /// Why the request failed over (the first failure's kind) and when it began.
+    failover_reason: Option<&'static str>,
+    failover_started_ms: u64,
+    /// How often the provider now serving was asked again (`retries`).
+    retried: u32,
+}
+
+impl Dispatched {
+    pub fn new(config: Rc<Config>, telemetry: Rc<Telemetry>, ticket: u64) -> Self {
+        Dispatched {
+            req: Request::new(config, telemetry, ticket),
+            tried: Vec::new(),
+            original_headers: Vec::new(),
+            original_path: None,
+            original_body: None,
+            pending_call: None,
+            probe_claim: None,
+            failover_reason: None,
+            failover_started_ms: 0,
+            retried: 0,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.req.config
+    }
+
+    pub fn replied(&self) -> bool {
+        self.req.phase == Phase::Replied
+    }
+
+    /// Request headers: the first provider, and the request rewritten for it.
+    pub fn on_request_headers(&mut self, h: &mut impl Host, end_of_stream: bool) -> Action {
+        let config = Rc::clone(&self.req.config);
+        self.req.current = match self.choose(h) {
+            Some(i) => i,
+            None => {
+                let clock = || h.now_ms();
+                let mut view = LazyHealth::new(&config, &*h, &clock);
+                let i = select::soonest(&config, &mut view);
+                self.req.current_reset = view.record(i).after_success().is_some();
+                log::info!(
+                    "llm-failover: every provider is cooling down; trying {}, which recovers first",
+                    config.providers[i].name
+                );
+                i
+            }
+        };
+        self.req.phase = Phase::after_headers(
+            end_of_stream,
+            config.needs_json_body || config.can_fail_over,
+        );
+        let provider = &config.providers[self.req.current];
+        // One call for all headers when a copy is kept for failover; otherwise only
+        // the headers this request needs, one call each.
+        let content_length: Option<u64>;
+        if config.can_fail_over {
+            self.original_headers = h.request_headers();
+            content_length = parse_number(header_value(&self.original_headers, "content-length"));
+            self.original_path = header_value(&self.original_headers, ":path")
+                .and_then(|v| String::from_utf8(v.to_vec()).ok());
+        } else {
+            content_length = if self.req.phase == Phase::Buffering {
+                parse_number(h.request_header("content-length").as_deref())
+            } else {
+                None
+            };
+            if provider.rewrites_path() {
+                self.original_path = h
+                    .request_header(":path")
+                    .and_then(|v| String::from_utf8(v).ok());
+            }
+        }
+        if self.req.phase == Phase::Buffering
+            && content_length.is_some_and(|len| len > config.max_body_bytes)
+        {
+            self.release_probe(h);
+            self.req.reply_too_large(h);
+            return Action::Pause;
+        }
+        apply_edits(h, &config, provider, self.original_path.as_deref());
+        if self.req.phase != Phase::Sent && provider.model.is_some() {
+            // The rewritten body has another length; without this the upstream would
+            // get a truncated body or wait for bytes that never come.
+            h.remove_request_header("content-length");
+        }
+        Action::Continue
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        h: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        let body = match self.req.read_body(h, body_size, end_of_stream, false) {
+            BodyRead::Done(action) => {
+                if self.req.phase == Phase::Replied {
+                    self.release_probe(h);
+                }
+                return action;
+            }
+            BodyRead::Whole(body) => body,
+        };
+        let config = Rc::clone(&self.req.config);
+        let provider = &config.providers[self.req.current];
+        if let (Some(model), Some(slots)) = (&provider.model_json, &self.req.slots) {
+            let (replaced, prefix) = body::model_edit(&body, slots, model);
+            h.replace_request_body_prefix(replaced, &prefix);
+        }
+        if config.can_fail_over {
+            self.original_body = Some(body);
+        }
+        self.req.phase = Phase::Sent;
+        Action::Continue
+    }
+
+    /// The routed attempt's response headers. Dispatch mode cannot hold them to read
+    /// the body (no `allow_on_headers_stop_iteration` in a `WasmPlugin`): the attempt
+    /// is judged by its status and headers alone.
+    pub fn on_response_headers(&mut self, h: &mut impl Host, status: u16) -> Action {
+        if status < 400 {
+            self.record_success(h, None);
+        } else {
+            let details = h
+                .property(&["response", "code_details"])
+                .and_then(|v| String::from_utf8(v).ok());
+            let flags = h.property_u64(&["response", "flags"]).unwrap_or(0);
+            match outcome::classify_routed(details.as_deref(), flags) {
+                Outcome::Unreachable => {
+                    let (failure, reason) = attempt::unreachable();
+                    let why = format!("unreachable, Envoy answered {status}");
+                    self.mark_failed(h, self.req.current, failure, None, &why);
+                    if self.req.config.can_fail_over && self.try_next(h, reason) {
+                        self.req.phase = Phase::FailingOver;
+                        return Action::Pause;
+                    }
+                    self.pass_failed_answer(h, status);
+                    return Action::Continue;
+                }
+                Outcome::LocalReply => {}
+                Outcome::Answer => {
+                    let headers = h.response_headers();
+                    let config = Rc::clone(&self.req.config);
+                    let now = h.now_ms();
+                    let verdict =
+                        attempt::judge(&config, self.req.current, status, &headers, b"", now);
+                    if self.failed_answer(h, status, &verdict) {
+                        self.req.phase = Phase::FailingOver;
+                        return Action::Pause;
+                    }
+                    if verdict.failure.is_some() {
+                        self.pass_failed_answer(h, status);
+                        return Action::Continue;
+                    }
+                }
+            }
+        }
+        h.set_response_header(PROVIDER_HEADER, self.req.provider_name());
+        self.finish(h, status);
+        Action::Continue
+    }
+
+    /// The failed provider's body is held back while a call is out; the call's
+    /// answer replaces it.
+    pub fn on_response_body(&self) -> Action {
+        if self.req.phase == Phase::FailingOver {
+            return Action::Pause;
+        }
+        Action::Continue
+    }
+
+    /// The answer to call `token` came (whole): judged like the routed attempt's,
+    /// and either sent on again or given to the client.
+    pub fn on_call_response(&mut self, h: &mut impl Host, token: u32, body_size: usize) {
+        if self.pending_call != Some(token) {
+            return;
+        }
+        self.pending_call = None;
+        let headers = h.call_response_headers();
+        let status = reply::status_of(&headers);
+        let body = h.call_response_body(body_size);
+        let config = Rc::clone(&self.req.config);
+        let failed = match (outcome::classify_callout(status, &body), status) {
+            (Outcome::Unreachable, _) => {
+                let (failure, reason) = attempt::unreachable();
+                self.mark_failed(h, self.req.current, failure, None, "no response");
+                if self.try_next(h, reason) {
+                    return;
+                }
+                true
+            }
+            (_, Some(s)) if s >= 400 => {
+                let now = h.now_ms();
+                let verdict = attempt::judge(&config, self.req.current, s, &headers, &body, now);
+                if self.failed_answer(h, s, &verdict) {
+                    return;
+                }
+                verdict.failure.is_some()
+            }
+            _ => {
+                self.record_success(h, Some(&headers));
+                false
+            }
+        };
+        self.finish(h, status.unwrap_or(503));
+        let mut reply = Relayed::new(&headers, body, self.req.provider_name());
+        if failed {
+            if let Some(secs) = self.req.all_cooling_retry_after(h) {
+                reply.set_header("retry-after", &secs);
+            }
+        }
+        h.send_response(reply.status, &reply.headers, &reply.body);
+        self.req.phase = Phase::Replied;
+    }
+
+    /// The stream ended while this request still held a probe claim (the client
+    /// went away mid-probe): give it back rather than block probing for
+    /// `probeTimeout`.
+    pub fn on_log(&mut self, h: &impl Host) {
+        self.release_probe(h);
+    }
+
+    /// Counts the answer and, after a failover, notes for the access log which
+    /// providers were asked, why and how long it took.
+    fn finish(&mut self, h: &mut impl Host, status: u16) {
+        self.req.count_answer(h, status);
+        if let Some(reason) = self.failover_reason {
+            self.req.log_asked(h);
+            h.set_property_str(REASON_KEY, reason);
+            let spent = h.now_ms().saturating_sub(self.failover_started_ms);
+            self.req
+                .telemetry
+                .histogram(h, metrics::FAILOVER_TIME_MS, spent);
+        }
+    }
+
+    /// Picks the provider to try next (the first one when nothing was tried yet): a
+    /// healthy one, or a half-open one whose probe this request manages to claim.
+    /// `None` when nothing is available.
+    fn choose(&mut self, h: &impl Host) -> Option<usize> {
+        let config = Rc::clone(&self.req.config);
+        let clock = || h.now_ms();
+        let mut view = LazyHealth::new(&config, h, &clock);
+        let step = attempt::choose(&config, h, &mut view, &self.tried, self.req.ticket)?;
+        if step.claim.is_some() {
+            log::info!(
+                "llm-failover: probing provider {} after its cooldown",
+                config.providers[step.index].name
+            );
+        }
+        self.req.current_reset = step.reset_on_success;
+        self.probe_claim = step.claim;
+        Some(step.index)
+    }
+
+    /// Gives back an unused probe claim (the request was answered by the filter).
+    fn release_probe(&mut self, h: &impl Host) {
+        if let Some(claim) = self.probe_claim.take() {
+            attempt::release(&self.req.config, h, self.req.current, claim);
+        }
+    }
+
+    /// Records a good answer: resets the provider's breaker when it had anything to
+    /// reset, and with `proactive` cools it down when the answer says its quota is spent.
+    fn record_success(&mut self, h: &impl Host, headers: Option<&retry_after::Headers>) {
+        let config = Rc::clone(&self.req.config);
+        if config.failover.proactive {
+            let owned;
+            let headers = match headers {
+                Some(list) => list,
+                None => {
+                    owned = h.response_headers();
+                    &owned
+                }
+            };
+            if let Some(delay) = retry_after::quota_spent(headers, h.now_ms()) {
+                let current = self.req.current;
+                self.mark_failed(h, current, Failure::QuotaSpent, delay, "quota spent");
+                return;
+            }
+        }
+        attempt::record_success(&config, h, self.req.current, self.req.current_reset);
+        self.probe_claim = None;
+    }
+
+    /// Records a failure of provider `index` and marks it tried.
+    fn mark_failed(
+        &mut self,
+        h: &impl Host,
+        index: usize,
+        failure: Failure,
+        evidence_ms: Option<u64>,
+        why: &str,
+    ) {
+        self.mark_tried(index);
+        if index == self.req.current {
+            self.probe_claim = None;
+        }
+        self.req.record_failure(h, index, failure, evidence_ms, why);
+    }
+
+    fn mark_tried(&mut self, index: usize) {
+        if self.tried.is_empty() {
+            self.tried = vec![false; self.req.config.providers.len()];
+        }
+        if let Some(t) = self.tried.get_mut(index) {
+            *t = true;
+        }
+    }
+
+    /// Records a failing answer as its verdict says and, when the verdict lets it,
+    /// sends the request on. True when a call went out.
+    fn failed_answer(&mut self, h: &mut impl Host, status: u16, verdict: &Verdict) -> bool {
+        let class = metrics::errors(self.req.provider_name(), verdict.reason());
+        self.req.telemetry.count(h, class);
+        match verdict.failure {
+            Some(failure) => {
+                let why = format!("status {status}, {}", verdict.reason());
+                let current = self.req.current;
+                self.mark_failed(h, current, failure, verdict.evidence_ms, &why);
+            }
+            // The request was at fault; the provider answered, so it is up.
+            None => {
+                let config = &self.req.config;
+                attempt::record_success(config, &*h, self.req.current, self.req.current_reset);
+                self.probe_claim = None;
+            }
+        }
+        if self.retry_same(h, status, verdict) {
+            return true;
+        }
+        if !verdict.fail_over {
+            return false;
+        }
+        self.mark_tried(self.req.current);
+        if verdict.class == Class::ContextLength {
+            // Only a provider with a larger context window may take it.
+            let from = self.req.current;
+            for (to, tried) in self.tried.iter_mut().enumerate() {
+                *tried |= !attempt::takes_longer_context(&self.req.config, from, to);
+            }
+        }
+        self.try_next(h, verdict.reason())
+    }
+
+    /// Sends the request on to the next available provider. Returns false when there
+    /// is none, so the client gets the failure it has.
+    fn try_next(&mut self, h: &mut impl Host, reason: &'static str) -> bool {
+        if self.failover_reason.is_none() {
+            self.failover_reason = Some(reason);
+            self.failover_started_ms = h.now_ms();
+        }
+        // The provider whose failure the client gets if nobody else can be asked.
+        let answered = (self.req.current, self.req.current_reset);
+        loop {
+            // The same choice as for the routed attempt: a half-open provider is only
+            // tried if this request wins its probe claim.
+            let Some(next) = self.choose(h) else {
+                (self.req.current, self.req.current_reset) = answered;
+                return false;
+            };
+            let config = Rc::clone(&self.req.config);
+            let provider = &config.providers[next];
+            match self.call(h, next) {
+                Ok(token) => {
+                    log::info!("llm-failover: failing over to provider {}", provider.name);
+                    let from = self.req.provider_name();
+                    let failover = metrics::failovers(from, &provider.name, reason);
+                    self.req.telemetry.count(h, failover);
+                    self.called(h, next, token, reason);
+                    self.req.current = next;
+                    self.retried = 0;
+                    return true;
+                }
+                Err(status) => {
+                    // BadArgument: the cluster does not exist in Envoy's configuration.
+                    let why = format!("cannot dispatch to cluster {}: {status}", provider.cluster);
+                    // Its failure is recorded: a probe claim on it is spent.
+                    self.probe_claim = None;
+                    self.mark_failed(h, next, Failure::Unreachable, None, &why);
+                }
+            }
+        }
+    }
+
+    /// `retries`: asks the provider that just answered `status` again when the
+    /// verdict lets it (`attempt::next_attempt`, the router mode's rule: a
+    /// 500/502/503/504, within the budget). True when a call went out.
+    fn retry_same(&mut self, h: &mut impl Host, status: u16, verdict: &Verdict) -> bool {
+        let at = At {
+            position: 0,
+            retry: self.retried,
+        };
+        let current = self.req.current;
+        let ended = Ended::Answer(status, *verdict);
+        if attempt::next_attempt(&self.req.config, &[current], at, current, ended).is_none() {
+            return false;
+        }
+        let Ok(token) = self.call(h, current) else {
+            return false;
+        };
+        self.retried += 1;
+        log::info!(
+            "llm-failover: asking provider {} again (retry {} of {})",
+            self.req.provider_name(),
+            self.retried,
+            self.req.config.failover.retries
+        );
+        self.called(h, current, token, verdict.reason());
+        true
+    }
+
+    /// A call to provider `to` went out (`token`): noted for the access log (the
+    /// first failure's reason, the providers asked) and awaited.
+    fn called(&mut self, h: &impl Host, to: usize, token: u32, reason: &'static str) {
+        if self.failover_reason.is_none() {
+            self.failover_reason = Some(reason);
+            self.failover_started_ms = h.now_ms();
+        }
+        if self.req.asked.is_empty() {
+            self.req.asked.push(self.req.current);
+        }
+        self.req.asked.push(to);
+        self.pending_call = Some(token);
+    }
+
+    /// Sends the client's request, rewritten for provider `index`, as a call; the
+    /// call's token.
+    fn call(&self, h: &mut impl Host, index: usize) -> Result<u32, String> {
+        let config = &self.req.config;
+        let provider = &config.providers[index];
+        let edits = rewrite::edits_for(
+            provider,
+            &config.cluster_header,
+            self.original_path.as_deref(),
+        );
+        let mut headers = rewrite::apply_to(&self.original_headers, &edits);
+        // The call names its cluster itself; routing headers are not the provider's.
+        let internal = config.internal_request_headers();
+        headers.retain(|(n, _)| !internal.contains(&n.as_str()));
+        let rewritten;
+        let body = match (&self.original_body, &provider.model_json, &self.req.slots) {
+            (Some(b), Some(model), Some(slots)) => {
+                rewritten = body::with_model(b, slots, model);
+                Some(rewritten.as_slice())
+            }
+            (Some(b), _, _) => Some(b.as_slice()),
+            (None, _, _) => None,
+        };
+        h.dispatch(
+            &provider.cluster,
+            &headers,
+            body,
+            config.failover.attempt_timeout_ms,
+        )
+    }
+
+    /// Lets the routed attempt's failed answer (still in Envoy's response headers) go
+    /// to the client: nobody is left to ask.
+    fn pass_failed_answer(&mut self, h: &mut impl Host, status: u16) {
+        if let Some(secs) = self.req.all_cooling_retry_after(h) {
+            h.set_response_header("retry-after", &secs);
+        }
+        h.set_response_header(PROVIDER_HEADER, self.req.provider_name());
+        self.finish(h, status);
+    }
+}

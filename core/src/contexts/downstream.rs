@@ -1,0 +1,126 @@
+//! The per-request (downstream) filter, by what it serves: the health view, a
+//! request in router mode (`routed.rs`), or in dispatch mode (`dispatched.rs`).
+//! Which one is known when the request headers arrive.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::config::{Config, Mode};
+use crate::hedge::Hedges;
+use crate::host::{parse_number, Action, Host};
+
+use super::dispatched::Dispatched;
+use super::health_view;
+use super::routed::Routed;
+use super::telemetry::Telemetry;
+
+pub enum Downstream {
+    Routed(Routed),
+    Dispatched(Dispatched),
+    /// The health view was served; or a configuration without providers (a
+    /// health-view-only one): everything else passes untouched.
+    Passing,
+}
+
+impl Downstream {
+    pub fn new(
+        config: Rc<Config>,
+        telemetry: Rc<Telemetry>,
+        ticket: u64,
+        context_id: u32,
+        hedges: Rc<RefCell<Hedges>>,
+    ) -> Self {
+        if config.providers.is_empty() && config.health_path.is_none() {
+            return Downstream::Passing;
+        }
+        match config.failover.mode {
+            Mode::Router => {
+                Downstream::Routed(Routed::new(config, telemetry, ticket, context_id, hedges))
+            }
+            Mode::Dispatch => Downstream::Dispatched(Dispatched::new(config, telemetry, ticket)),
+        }
+    }
+
+    fn config(&self) -> Option<&Config> {
+        match self {
+            Downstream::Routed(r) => Some(r.config()),
+            Downstream::Dispatched(d) => Some(d.config()),
+            Downstream::Passing => None,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, h: &mut impl Host, end_of_stream: bool) -> Action {
+        let Some(config) = self.config() else {
+            return Action::Continue;
+        };
+        if config.health_path.is_some()
+            && health_view::asked_for(config, h.request_header(":path").as_deref())
+        {
+            health_view::serve(h);
+            *self = Downstream::Passing;
+            return Action::Pause;
+        }
+        if config.providers.is_empty() {
+            *self = Downstream::Passing;
+            return Action::Continue;
+        }
+        match self {
+            Downstream::Routed(r) => r.on_request_headers(h, end_of_stream),
+            Downstream::Dispatched(d) => d.on_request_headers(h, end_of_stream),
+            Downstream::Passing => Action::Continue,
+        }
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        h: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        match self {
+            Downstream::Routed(r) => r.on_request_body(h, body_size, end_of_stream),
+            Downstream::Dispatched(d) => d.on_request_body(h, body_size, end_of_stream),
+            Downstream::Passing => Action::Continue,
+        }
+    }
+
+    pub fn on_response_headers(&mut self, h: &mut impl Host) -> Action {
+        let replied = match self {
+            Downstream::Routed(r) => r.replied(),
+            Downstream::Dispatched(d) => d.replied(),
+            Downstream::Passing => true,
+        };
+        if replied {
+            return Action::Continue;
+        }
+        let Some(status) = parse_number::<u16>(h.response_header(":status").as_deref()) else {
+            return Action::Continue;
+        };
+        match self {
+            Downstream::Routed(r) => r.on_response_headers(h, status),
+            Downstream::Dispatched(d) => d.on_response_headers(h, status),
+            Downstream::Passing => Action::Continue,
+        }
+    }
+
+    pub fn on_response_body(&self) -> Action {
+        match self {
+            Downstream::Dispatched(d) => d.on_response_body(),
+            _ => Action::Continue,
+        }
+    }
+
+    pub fn on_call_response(&mut self, h: &mut impl Host, token: u32, body_size: usize) {
+        if let Downstream::Dispatched(d) = self {
+            d.on_call_response(h, token, body_size);
+        }
+    }
+
+    pub fn on_log(&mut self, h: &mut impl Host) {
+        match self {
+            Downstream::Routed(r) => r.on_log(h),
+            Downstream::Dispatched(d) => d.on_log(h),
+            Downstream::Passing => {}
+        }
+    }
+}
