@@ -10,6 +10,8 @@
 
 mod bootstrap;
 mod check;
+mod clusters;
+mod routes;
 
 use std::process::ExitCode;
 
