@@ -1,0 +1,175 @@
+//! The answer of an attempt: a failing one held to read its error body, a good one
+//! recorded (a stream at its first event), a stream watched for its end.
+
+use super::*;
+
+impl AttemptFilter {
+    /// Response headers: a failing answer is held to read its error body; a good one
+    /// is recorded (a stream at its first event with `firstTokenTimeout`).
+    pub fn on_response_headers(&mut self, h: &mut impl Host, end_of_stream: bool) -> Action {
+        let Some(index) = self.provider else {
+            return Action::Continue;
+        };
+        let status: u16 = parse_number(h.response_header(":status").as_deref()).unwrap_or(0);
+        // Everything an upstream filter sees came from the provider.
+        if status >= 400 {
+            let headers = h.response_headers();
+            if end_of_stream {
+                self.settle(h, status, &headers, &[]);
+                return Action::Continue;
+            }
+            self.stage = Stage::ReadingError { status, headers };
+            return Action::Pause;
+        }
+        self.stage = Stage::Answering {
+            ended: end_of_stream,
+        };
+        let config = Rc::clone(&self.config);
+        let headers = if config.failover.proactive {
+            Some(h.response_headers())
+        } else {
+            None
+        };
+        self.watch_stream(h, status, headers.as_deref());
+        if let Some(headers) = &headers {
+            let now = h.now_ms();
+            if let Some(delay) = retry_after::quota_spent(headers, now) {
+                let _ = self.record(h, Failure::QuotaSpent, delay, "quota spent", now);
+                return Action::Continue;
+            }
+        }
+        if config.failover.first_token_timeout_ms.is_some()
+            && self.stream.is_some()
+            && !end_of_stream
+        {
+            // Held until the first event: Envoy's per-try idle timer (firstTokenTimeout)
+            // still runs, and when it fires the router tries the next provider, since
+            // nothing reached the client. The success is recorded at the first event.
+            self.stage = Stage::AwaitingFirstEvent;
+            return Action::Pause;
+        }
+        self.record_success(h, index);
+        Action::Continue
+    }
+
+    /// Watches a successful streamed (SSE) answer for its end; `headers` when read
+    /// already.
+    pub(super) fn watch_stream(
+        &mut self,
+        h: &impl Host,
+        status: u16,
+        headers: Option<&[(String, Vec<u8>)]>,
+    ) {
+        if !(200..300).contains(&status) {
+            return;
+        }
+        let header = |name: &str| match headers {
+            Some(all) => crate::host::header_value(all, name).map(<[u8]>::to_vec),
+            None => h.response_header(name),
+        };
+        let sse = header("content-type").is_some_and(|v| v.starts_with(b"text/event-stream"));
+        if sse {
+            self.stream = Some(Watched {
+                watch: StreamWatch::default(),
+                can_append: header("content-length").is_none(),
+            });
+        }
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        h: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        match &self.stage {
+            Stage::ReadingError { .. } => return self.read_error_body(h, body_size, end_of_stream),
+            Stage::AwaitingFirstEvent => {
+                self.stage = Stage::Answering { ended: false };
+                if let Some(index) = self.provider {
+                    self.record_success(h, index);
+                }
+            }
+            _ => {}
+        }
+        if self.config.failover.stream_idle_timeout_ms.is_some() {
+            self.last_data_ms = h.now_ms();
+        }
+        if end_of_stream {
+            if let Stage::Answering { ended } = &mut self.stage {
+                *ended = true;
+            }
+        }
+        let Some(watched) = self.stream.as_mut() else {
+            return Action::Continue;
+        };
+        if !watched.watch.finished() {
+            if let Some(chunk) = h.response_body(body_size) {
+                watched.watch.feed(&chunk);
+            }
+        }
+        if end_of_stream && !watched.watch.finished() {
+            let can_append = watched.can_append;
+            self.broken_stream(h, "broken");
+            if can_append {
+                // The client's SDK then raises instead of returning half an answer.
+                let event = sse::error_event(self.name());
+                h.append_response_body(body_size, event.as_bytes());
+            }
+        }
+        Action::Continue
+    }
+
+    /// A failing answer's body: buffered here until it is complete or as long as it
+    /// will be read, then the answer is judged.
+    pub(super) fn read_error_body(
+        &mut self,
+        h: &mut impl Host,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        if !end_of_stream && body_size < errors::BODY_LIMIT {
+            return Action::Pause;
+        }
+        let body = h
+            .response_body(body_size.min(errors::BODY_LIMIT))
+            .unwrap_or_default();
+        if let Stage::ReadingError { status, headers } =
+            std::mem::replace(&mut self.stage, Stage::Failed)
+        {
+            self.settle(h, status, &headers, &body);
+        }
+        Action::Continue
+    }
+
+    pub fn on_response_trailers(&mut self, h: &mut impl Host) -> Action {
+        match std::mem::replace(&mut self.stage, Stage::Failed) {
+            // The body (if any) came without its end: judged on what came.
+            Stage::ReadingError { status, headers } => self.settle(h, status, &headers, &[]),
+            Stage::Answering { .. } => self.stage = Stage::Answering { ended: true },
+            other => self.stage = other,
+        }
+        Action::Continue
+    }
+
+    /// The answer's stream broke off (`how`: `broken` without its end, `reset`):
+    /// a failure of the provider, shown in the access log.
+    pub(super) fn broken_stream(&mut self, h: &mut impl Host, how: &str) {
+        let now = h.now_ms();
+        if let Some(idle) = self.config.failover.stream_idle_timeout_ms {
+            if how == "reset"
+                && self.last_data_ms > 0
+                && now.saturating_sub(self.last_data_ms) + TIMER_SLACK_MS >= idle
+            {
+                // Ended by streamIdleTimeout (Envoy's per-try idle timer): a stall.
+                h.set_property_str(STREAM_KEY, "stall");
+                let why = format!("its stream stalled for streamIdleTimeout ({idle} ms)");
+                let _ = self.record(h, Failure::Stall, None, &why, now);
+                return;
+            }
+        }
+        h.set_property_str(STREAM_KEY, how);
+        let why = format!("its stream broke off ({how})");
+        let _ = self.record(h, Failure::BrokenStream, None, &why, now);
+    }
+}
