@@ -71,7 +71,7 @@ bench: build
 # Coverage-guided fuzzing (cargo fuzz, libFuzzer) of the configuration parser, the body
 # scanner and model edit (against serde_json), and the Retry-After/rate-limit/RFC 3339
 # parsers: FUZZ_SECONDS each (10 minutes by default), then the corpus is minimised.
-# fuzz/corpus/ is committed; `make test` runs every input in it (filter/src/fuzz_checks.rs).
+# fuzz/corpus/ is committed; `make test` runs every input in it (core/src/fuzz_checks.rs).
 FUZZ_SECONDS ?= 600
 FUZZ_TARGETS := config body headers
 fuzz: setup

@@ -4,8 +4,8 @@
 //! metrics sink come in as arguments, so host unit tests drive it with an in-memory
 //! store and a stepped clock.
 //!
-//! Not here: reading headers or properties (the contexts in `http.rs` and
-//! `upstream.rs` do that), parsing `Retry-After` (`retry_after.rs`), the breaker's
+//! Not here: reading headers or properties (the contexts in `contexts/` do
+//! that), parsing `Retry-After` (`retry_after.rs`), the breaker's
 //! state machine itself (`health.rs`).
 
 use crate::config::{Auth, Config};
@@ -18,7 +18,7 @@ use crate::select::{self, HealthView};
 use crate::store::{self, SharedData, StoreError};
 
 /// Where the attempt logic counts (cooldowns started). The real sink is Envoy's
-/// metrics (`telemetry.rs`); tests use a list.
+/// metrics (`contexts/telemetry.rs`); tests use a list.
 pub trait MetricsSink {
     fn count(&self, name: String);
 }

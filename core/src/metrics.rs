@@ -1,7 +1,7 @@
 //! Metric names. Envoy shows a wasm metric as `wasmcustom.<name>`; the bootstrap's
 //! `stats_config.stats_tags` (see `envoy/envoy.yaml` and the README) turn the
 //! `.provider.<p>`, `.status.<class>`, `.from.<a>`, `.to.<b>`, `.reason.<r>`, `.class.<c>` and `.winner.<w>`
-//! segments into Prometheus labels. Pure: registering and counting is `host.rs`'s.
+//! segments into Prometheus labels. Pure: registering and counting is `contexts/telemetry.rs`'s.
 
 use crate::health::State;
 

@@ -33,10 +33,10 @@ pub const PROVIDER_HEADER: &str = "x-llm-provider";
 
 // Filter state (`wasm.<name>` in Envoy: the access log, the route's cluster specifier).
 
-/// The plan the downstream filter hands to each attempt's upstream filter (`handoff.rs`).
+/// The plan the downstream filter hands to each attempt's upstream filter (`plan.rs`).
 pub const PLAN_KEY: &str = "llm_failover_plan";
 
-/// The client's own values of the headers a provider rewrites (`handoff.rs`).
+/// The client's own values of the headers a provider rewrites (`plan.rs`).
 pub const CLIENT_HEADERS_KEY: &str = "llm_failover_client";
 
 /// The providers asked, in order, when a request failed over, for the access log.

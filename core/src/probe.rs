@@ -4,7 +4,7 @@
 //! provider's cluster like any attempt: its upstream filter rewrites it for the
 //! provider (model, host, path, key) and records the answer, which closes or reopens
 //! the breaker. Each probe is a billed request (a one-word prompt, `max_tokens: 1`).
-//! Pure: the request is built here, sent by `root.rs`.
+//! Pure: the request is built here, sent by `contexts/root.rs`.
 
 use crate::config::Config;
 use crate::names::PROBE_HEADER;

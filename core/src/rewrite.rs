@@ -1,5 +1,5 @@
 //! Per-provider request header rewrite: the routing header, `:authority`, `:path`
-//! and credentials. Pure: produces a list of edits; `http.rs` applies them to the
+//! and credentials. Pure: produces a list of edits; the contexts apply them to the
 //! live request, `apply_to` to a copy for a dispatched failover attempt.
 
 use crate::config::{Auth, Provider};

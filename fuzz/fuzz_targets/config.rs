@@ -1,4 +1,4 @@
-//! `make fuzz`: the checks in filter/src/fuzz_checks.rs, coverage-guided.
+//! `make fuzz`: the checks in core/src/fuzz_checks.rs, coverage-guided.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 """Error classes (router mode, Envoy --concurrency 2): the upstream filter holds a
 failing answer's headers, reads its error body, and decides by class whether the
 request goes on, whether the provider cools and for how long. Bodies as the providers
-document them (the same as filter/src/errors.rs's unit tests)."""
+document them (the same as core/src/errors.rs's unit tests)."""
 
 import json
 import time
