@@ -11,6 +11,7 @@ use crate::host::{parse_number, Action, Host};
 
 use super::dispatched::Dispatched;
 use super::health_view;
+use super::request::{Phase, Request};
 use super::routed::Routed;
 use super::telemetry::Telemetry;
 
@@ -41,16 +42,17 @@ impl Downstream {
         }
     }
 
-    fn config(&self) -> Option<&Config> {
+    /// The request in either mode; `None` when everything passes.
+    fn request(&self) -> Option<&Request> {
         match self {
-            Downstream::Routed(r) => Some(r.config()),
-            Downstream::Dispatched(d) => Some(d.config()),
+            Downstream::Routed(r) => Some(r.request()),
+            Downstream::Dispatched(d) => Some(d.request()),
             Downstream::Passing => None,
         }
     }
 
     pub fn on_request_headers(&mut self, h: &mut impl Host, end_of_stream: bool) -> Action {
-        let Some(config) = self.config() else {
+        let Some(config) = self.request().map(|r| &r.config) else {
             return Action::Continue;
         };
         if config.health_path.is_some()
@@ -85,12 +87,7 @@ impl Downstream {
     }
 
     pub fn on_response_headers(&mut self, h: &mut impl Host) -> Action {
-        let replied = match self {
-            Downstream::Routed(r) => r.replied(),
-            Downstream::Dispatched(d) => d.replied(),
-            Downstream::Passing => true,
-        };
-        if replied {
+        if self.request().is_none_or(|r| r.phase == Phase::Replied) {
             return Action::Continue;
         }
         let Some(status) = parse_number::<u16>(h.response_header(":status").as_deref()) else {

@@ -62,12 +62,8 @@ impl Routed {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.req.config
-    }
-
-    pub fn replied(&self) -> bool {
-        self.req.phase == Phase::Replied
+    pub fn request(&self) -> &Request {
+        &self.req
     }
 
     /// Request headers: plans the attempts, hands the plan over and rewrites the

@@ -67,12 +67,8 @@ impl Dispatched {
         }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.req.config
-    }
-
-    pub fn replied(&self) -> bool {
-        self.req.phase == Phase::Replied
+    pub fn request(&self) -> &Request {
+        &self.req
     }
 
     /// Request headers: the first provider, and the request rewritten for it.

@@ -99,15 +99,16 @@ fn a_compressed_body_is_refused_with_415() {
     assert!(String::from_utf8_lossy(&h.replies[0].body).contains("gzip"));
 }
 
+/// One provider with a model to write, and a 10-byte body limit.
+fn ten_byte_limit() -> Rc<Config> {
+    let json = br#"{"maxBodyBytes":10,"groups":[{"providers":[
+        {"name":"a","cluster":"ca","openai":{"model":"m"}}]}]}"#;
+    Rc::new(Config::parse(json, &|_| None).unwrap())
+}
+
 #[test]
 fn a_body_longer_than_the_limit_is_refused_with_413_at_its_headers() {
-    let c = Rc::new(
-        Config::parse(
-            br#"{"maxBodyBytes":10,"groups":[{"providers":[{"name":"a","cluster":"ca","openai":{"model":"m"}}]}]}"#,
-            &|_| None,
-        )
-        .unwrap(),
-    );
+    let c = ten_byte_limit();
     let mut h = client(NOW);
     let hedges: Rc<RefCell<Hedges>> = Rc::default();
     let mut f = downstream(&c, &hedges);
@@ -122,13 +123,7 @@ fn a_body_longer_than_the_limit_is_refused_with_413_at_its_headers() {
 
 #[test]
 fn a_chunk_longer_than_the_limit_is_refused_with_413() {
-    let c = Rc::new(
-        Config::parse(
-            br#"{"maxBodyBytes":10,"groups":[{"providers":[{"name":"a","cluster":"ca","openai":{"model":"m"}}]}]}"#,
-            &|_| None,
-        )
-        .unwrap(),
-    );
+    let c = ten_byte_limit();
     let mut h = client(NOW);
     h.remove_request_header("content-length");
     let hedges: Rc<RefCell<Hedges>> = Rc::default();
