@@ -29,6 +29,15 @@ pub enum MetricKind {
 /// A header list as Envoy hands it over (values may be any bytes).
 pub type HeaderList = Vec<(String, Vec<u8>)>;
 
+/// A request sent outside the routed stream, to `cluster`, answered within
+/// `timeout_ms` (a dispatch-mode failover, a hedge, a background probe).
+pub struct Call<'a> {
+    pub cluster: &'a str,
+    pub headers: &'a [(String, String)],
+    pub body: Option<&'a [u8]>,
+    pub timeout_ms: u64,
+}
+
 /// The calls into Envoy. Reads take `&self`; calls that change the stream take
 /// `&mut self`. Shared data (the supertrait) and metrics are process-wide and
 /// take `&self`, so a store borrow can live beside the other reads.
@@ -58,15 +67,9 @@ pub trait Host: SharedData {
     /// Sets filter state `wasm.<name>` (the access log and the other filter read it).
     fn set_property(&mut self, name: &str, value: &[u8]);
 
-    /// Sends a request to `cluster` outside the routed stream; its answer comes to
-    /// the calling context's call-response callback with the returned token.
-    fn dispatch(
-        &mut self,
-        cluster: &str,
-        headers: &[(String, String)],
-        body: Option<&[u8]>,
-        timeout_ms: u64,
-    ) -> Result<u32, String>;
+    /// Sends `call`; its answer comes to the calling context's call-response
+    /// callback with the returned token.
+    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, String>;
     /// The answer to a call, inside its callback.
     fn call_response_headers(&self) -> HeaderList;
     fn call_response_body(&self, size: usize) -> Vec<u8>;

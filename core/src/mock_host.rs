@@ -5,13 +5,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::host::{HeaderList, Host, MetricKind};
+use crate::host::{Call, HeaderList, Host, MetricKind};
 use crate::store::memory::MemoryStore;
 use crate::store::{SharedData, StoreError};
 
 /// A call the code under test sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Call {
+pub struct Sent {
     pub cluster: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
@@ -44,7 +44,7 @@ pub struct MockHost {
     pub store: MemoryStore,
     pub call_headers: HeaderList,
     pub call_body: Vec<u8>,
-    pub calls: Vec<Call>,
+    pub calls: Vec<Sent>,
     /// What `dispatch` answers next: a token, or a refusal.
     pub dispatch_refused: bool,
     pub next_token: u32,
@@ -201,21 +201,15 @@ impl Host for MockHost {
         self.state.insert(name.to_string(), value.to_vec());
     }
 
-    fn dispatch(
-        &mut self,
-        cluster: &str,
-        headers: &[(String, String)],
-        body: Option<&[u8]>,
-        timeout_ms: u64,
-    ) -> Result<u32, String> {
+    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, String> {
         if self.dispatch_refused {
             return Err("BadArgument".to_string());
         }
-        self.calls.push(Call {
-            cluster: cluster.to_string(),
-            headers: headers.to_vec(),
-            body: body.map(<[u8]>::to_vec),
-            timeout_ms,
+        self.calls.push(Sent {
+            cluster: call.cluster.to_string(),
+            headers: call.headers.to_vec(),
+            body: call.body.map(<[u8]>::to_vec),
+            timeout_ms: call.timeout_ms,
             for_context: self.acting_for,
         });
         let token = self.next_token;

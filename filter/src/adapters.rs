@@ -2,9 +2,7 @@
 //! host: a callback passes its inputs on and maps the `Action` back. No decisions
 //! here.
 
-use llm_failover_core::contexts::downstream::Downstream;
 use llm_failover_core::contexts::root::{HttpFilter, Root};
-use llm_failover_core::contexts::upstream::AttemptFilter;
 use llm_failover_core::host::Action as CoreAction;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -22,14 +20,8 @@ fn action(a: CoreAction) -> Action {
 pub struct RootAdapter(Root);
 
 impl Context for RootAdapter {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        self.0.on_call_response(&mut WasmHost, token, body_size);
+    fn on_http_call_response(&mut self, token: u32, _: usize, size: usize, _: usize) {
+        self.0.on_call_response(&mut WasmHost, token, size);
     }
 }
 
@@ -43,10 +35,7 @@ impl RootContext for RootAdapter {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(match self.0.new_filter(context_id)? {
-            HttpFilter::Downstream(d) => Box::new(DownstreamAdapter(d)),
-            HttpFilter::Attempt(a) => Box::new(AttemptAdapter(a)),
-        })
+        Some(Box::new(FilterAdapter(self.0.new_filter(context_id)?)))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -54,86 +43,49 @@ impl RootContext for RootAdapter {
     }
 }
 
-/// The per-request filter on the listener.
-pub struct DownstreamAdapter(Downstream);
+/// A request's filter on the listener, or an attempt's on a provider cluster.
+pub struct FilterAdapter(HttpFilter);
 
-impl Context for DownstreamAdapter {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        _headers: usize,
-        body_size: usize,
-        _trailers: usize,
-    ) {
-        self.0.on_call_response(&mut WasmHost, token, body_size);
+impl Context for FilterAdapter {
+    fn on_http_call_response(&mut self, token: u32, _: usize, size: usize, _: usize) {
+        self.0.on_call_response(&mut WasmHost, token, size);
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.0.on_done(&mut WasmHost)
     }
 }
 
-impl HttpContext for DownstreamAdapter {
+impl HttpContext for FilterAdapter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "test-panic")]
         #[allow(clippy::panic)]
-        if llm_failover_core::host::Host::request_header(&WasmHost, "x-llm-failover-test-panic")
-            .is_some()
+        if self.0.is_downstream()
+            && llm_failover_core::host::Host::request_header(&WasmHost, "x-llm-failover-test-panic")
+                .is_some()
         {
             panic!("x-llm-failover-test-panic asked for a panic");
         }
         action(self.0.on_request_headers(&mut WasmHost, end_of_stream))
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.0
-                .on_request_body(&mut WasmHost, body_size, end_of_stream),
-        )
-    }
-
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        action(self.0.on_response_headers(&mut WasmHost))
-    }
-
-    fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-        action(self.0.on_response_body())
-    }
-
-    fn on_log(&mut self) {
-        self.0.on_log(&mut WasmHost);
-    }
-}
-
-/// The filter on a provider cluster, one per attempt.
-pub struct AttemptAdapter(AttemptFilter);
-
-impl Context for AttemptAdapter {
-    fn on_done(&mut self) -> bool {
-        self.0.on_done(&mut WasmHost)
-    }
-}
-
-impl HttpContext for AttemptAdapter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        action(self.0.on_request_headers(&mut WasmHost, end_of_stream))
-    }
-
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.0
-                .on_request_body(&mut WasmHost, body_size, end_of_stream),
-        )
+    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(self.0.on_request_body(&mut WasmHost, size, end_of_stream))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         action(self.0.on_response_headers(&mut WasmHost, end_of_stream))
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        action(
-            self.0
-                .on_response_body(&mut WasmHost, body_size, end_of_stream),
-        )
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> Action {
+        action(self.0.on_response_body(&mut WasmHost, size, end_of_stream))
     }
 
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         action(self.0.on_response_trailers(&mut WasmHost))
+    }
+
+    fn on_log(&mut self) {
+        self.0.on_log(&mut WasmHost);
     }
 }

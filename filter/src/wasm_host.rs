@@ -4,7 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use llm_failover_core::host::{HeaderList, Host, MetricKind};
+use llm_failover_core::host::{Call, HeaderList, Host, MetricKind};
 use llm_failover_core::store::{SharedData, StoreError};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
@@ -143,19 +143,13 @@ impl Host for WasmHost {
         );
     }
 
-    fn dispatch(
-        &mut self,
-        cluster: &str,
-        headers: &[(String, String)],
-        body: Option<&[u8]>,
-        timeout_ms: u64,
-    ) -> Result<u32, String> {
+    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, String> {
         hostcalls::dispatch_http_call(
-            cluster,
-            pairs(headers),
-            body,
+            call.cluster,
+            pairs(call.headers),
+            call.body,
             vec![],
-            Duration::from_millis(timeout_ms),
+            Duration::from_millis(call.timeout_ms),
         )
         .map_err(|s| format!("{s:?}"))
     }

@@ -34,11 +34,11 @@ impl Downstream {
         if config.providers.is_empty() && config.health_path.is_none() {
             return Downstream::Passing;
         }
-        match config.failover.mode {
-            Mode::Router => {
-                Downstream::Routed(Routed::new(config, telemetry, ticket, context_id, hedges))
-            }
-            Mode::Dispatch => Downstream::Dispatched(Dispatched::new(config, telemetry, ticket)),
+        let mode = config.failover.mode;
+        let req = Request::new(config, telemetry, ticket);
+        match mode {
+            Mode::Router => Downstream::Routed(Routed::new(req, context_id, hedges)),
+            Mode::Dispatch => Downstream::Dispatched(Dispatched::new(req)),
         }
     }
 
@@ -73,15 +73,10 @@ impl Downstream {
         }
     }
 
-    pub fn on_request_body(
-        &mut self,
-        h: &mut impl Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Action {
+    pub fn on_request_body(&mut self, h: &mut impl Host, size: usize, end: bool) -> Action {
         match self {
-            Downstream::Routed(r) => r.on_request_body(h, body_size, end_of_stream),
-            Downstream::Dispatched(d) => d.on_request_body(h, body_size, end_of_stream),
+            Downstream::Routed(r) => r.on_request_body(h, size, end),
+            Downstream::Dispatched(d) => d.on_request_body(h, size, end),
             Downstream::Passing => Action::Continue,
         }
     }

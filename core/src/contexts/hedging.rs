@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use crate::config::Config;
 use crate::hedge::{self, Answered, Due, Hedges, Live};
-use crate::host::Host;
+use crate::host::{Call, Host};
 use crate::metrics;
 use crate::names::{CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, REFUSED_KEY, SEQUENCE_KEY};
 use crate::reply::{self, Relayed};
@@ -105,12 +105,13 @@ impl Hedger {
         };
         let config = &self.config;
         let provider = &config.providers[to];
-        match h.dispatch(
-            &provider.cluster,
-            &headers,
-            request.body.as_deref(),
-            config.failover.attempt_timeout_ms,
-        ) {
+        let call = Call {
+            cluster: &provider.cluster,
+            headers: &headers,
+            body: request.body.as_deref(),
+            timeout_ms: config.failover.attempt_timeout_ms,
+        };
+        match h.dispatch(&call) {
             Ok(token) => {
                 log::info!(
                     "llm-failover: no response headers from {} within hedgeAfter; asking {} too",

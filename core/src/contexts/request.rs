@@ -68,6 +68,9 @@ pub struct Request {
     /// Providers asked, in order, once the request failed over (for the access log;
     /// left empty on the normal path so it costs nothing there).
     pub asked: Vec<usize>,
+    /// The probe claims this request holds (provider, claim's end): given back if it
+    /// ends without using them, so probing is not blocked for `probeTimeout`.
+    claims: Vec<(usize, u64)>,
 }
 
 impl Request {
@@ -81,6 +84,24 @@ impl Request {
             phase: Phase::Start,
             slots: None,
             asked: Vec::new(),
+            claims: Vec::new(),
+        }
+    }
+
+    pub fn hold_claim(&mut self, index: usize, claim: u64) {
+        self.claims.push((index, claim));
+    }
+
+    /// Provider `index`'s outcome was recorded: its claim is spent.
+    pub fn drop_claim(&mut self, index: usize) {
+        self.claims.retain(|(i, _)| *i != index);
+    }
+
+    /// Gives back the claims not used (a claim whose record moved on is not
+    /// touched, see `HealthRecord::release_probe`).
+    pub fn release_claims(&mut self, h: &impl Host) {
+        for (index, claim) in std::mem::take(&mut self.claims) {
+            attempt::release(&self.config, h, index, claim);
         }
     }
 
@@ -119,8 +140,8 @@ impl Request {
     pub fn read_body(
         &mut self,
         h: &mut impl Host,
-        body_size: usize,
-        end_of_stream: bool,
+        size: usize,
+        end: bool,
         keeps: bool,
     ) -> BodyRead {
         match self.phase {
@@ -129,7 +150,7 @@ impl Request {
             _ => return BodyRead::Done(Action::Continue),
         }
         let config = Rc::clone(&self.config);
-        if body_size as u64 > config.max_body_bytes {
+        if size as u64 > config.max_body_bytes {
             if config.needs_json_body || keeps {
                 self.reply_too_large(h);
                 return BodyRead::Done(Action::Pause);
@@ -141,11 +162,11 @@ impl Request {
             self.phase = Phase::Streaming;
             return BodyRead::Done(Action::Continue);
         }
-        if !end_of_stream {
+        if !end {
             // Buffer until the whole body is here: it is checked, rewritten and kept whole.
             return BodyRead::Done(Action::Pause);
         }
-        let body = h.request_body(body_size).unwrap_or_default();
+        let body = h.request_body(size).unwrap_or_default();
         if config.needs_json_body || config.failover.routes_streams_apart() {
             match body::inspect(&body) {
                 Ok(slots) => self.slots = Some(slots),
@@ -179,9 +200,9 @@ impl Request {
         }
     }
 
-    /// The filter's own OpenAI-style error reply. In router mode the router may have
-    /// started the attempt already; its upstream filter must not blame the provider
-    /// for the reset this reply causes.
+    /// The filter's own OpenAI-style error reply; the request's probe claims go back.
+    /// In router mode the router may have started the attempt already; its upstream
+    /// filter must not blame the provider for the reset this reply causes.
     pub fn reply_error(
         &mut self,
         h: &mut impl Host,
@@ -190,6 +211,7 @@ impl Request {
         kind: &str,
         code: &str,
     ) {
+        self.release_claims(h);
         if self.config.failover.mode == Mode::Router {
             h.set_property_str(REFUSED_KEY, "1");
         }

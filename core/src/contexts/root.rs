@@ -9,7 +9,7 @@ use crate::attempt;
 use crate::config::Config;
 use crate::health::State;
 use crate::hedge::{self, Hedges, Live};
-use crate::host::Host;
+use crate::host::{Action, Call, Host};
 use crate::metrics;
 use crate::names::UPSTREAM_ROOT_ID;
 use crate::probe;
@@ -27,6 +27,71 @@ pub enum HttpFilter {
     Downstream(Downstream),
     /// The filter on a provider cluster, one per attempt.
     Attempt(AttemptFilter),
+}
+
+/// Each callback of the stream, passed to the filter that has it; a callback a
+/// filter does not use does what the host's default does.
+impl HttpFilter {
+    pub fn on_request_headers(&mut self, h: &mut impl Host, end: bool) -> Action {
+        match self {
+            HttpFilter::Downstream(d) => d.on_request_headers(h, end),
+            HttpFilter::Attempt(a) => a.on_request_headers(h, end),
+        }
+    }
+
+    pub fn on_request_body(&mut self, h: &mut impl Host, size: usize, end: bool) -> Action {
+        match self {
+            HttpFilter::Downstream(d) => d.on_request_body(h, size, end),
+            HttpFilter::Attempt(a) => a.on_request_body(h, size, end),
+        }
+    }
+
+    pub fn on_response_headers(&mut self, h: &mut impl Host, end: bool) -> Action {
+        match self {
+            HttpFilter::Downstream(d) => d.on_response_headers(h),
+            HttpFilter::Attempt(a) => a.on_response_headers(h, end),
+        }
+    }
+
+    pub fn on_response_body(&mut self, h: &mut impl Host, size: usize, end: bool) -> Action {
+        match self {
+            HttpFilter::Downstream(d) => d.on_response_body(),
+            HttpFilter::Attempt(a) => a.on_response_body(h, size, end),
+        }
+    }
+
+    pub fn on_response_trailers(&mut self, h: &mut impl Host) -> Action {
+        match self {
+            HttpFilter::Downstream(_) => Action::Continue,
+            HttpFilter::Attempt(a) => a.on_response_trailers(h),
+        }
+    }
+
+    /// The answer to a call this request sent (dispatch mode's failover).
+    pub fn on_call_response(&mut self, h: &mut impl Host, token: u32, size: usize) {
+        if let HttpFilter::Downstream(d) = self {
+            d.on_call_response(h, token, size);
+        }
+    }
+
+    pub fn on_log(&mut self, h: &mut impl Host) {
+        if let HttpFilter::Downstream(d) = self {
+            d.on_log(h);
+        }
+    }
+
+    /// The stream is over; true lets the host delete the context now.
+    pub fn on_done(&mut self, h: &mut impl Host) -> bool {
+        match self {
+            HttpFilter::Downstream(_) => true,
+            HttpFilter::Attempt(a) => a.on_done(h),
+        }
+    }
+
+    /// Whether this is the per-request filter on the listener.
+    pub fn is_downstream(&self) -> bool {
+        matches!(self, HttpFilter::Downstream(_))
+    }
 }
 
 pub struct Root {
@@ -100,12 +165,13 @@ impl Root {
             let Some((headers, body)) = probe::request(config, index) else {
                 continue;
             };
-            match h.dispatch(
-                &p.cluster,
-                &headers,
-                Some(&body),
-                config.failover.probe_timeout_ms,
-            ) {
+            let call = Call {
+                cluster: &p.cluster,
+                headers: &headers,
+                body: Some(&body),
+                timeout_ms: config.failover.probe_timeout_ms,
+            };
+            match h.dispatch(&call) {
                 Ok(token) => {
                     log::info!(
                         "llm-failover: probing provider {} in the background",

@@ -10,7 +10,6 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::attempt::{self, LazyHealth};
-use crate::config::Config;
 use crate::health::Failure;
 use crate::hedge::{self, Ending, Hedges};
 use crate::host::{header_value, parse_number, Action, HeaderList, Host};
@@ -24,7 +23,6 @@ use crate::{body, handoff};
 
 use super::hedging;
 use super::request::{apply_edits, BodyRead, Phase, Request};
-use super::telemetry::Telemetry;
 
 /// Which of Envoy's response flags say the router could not start an attempt at
 /// all (no upstream filter saw it): no healthy host, unknown cluster.
@@ -45,15 +43,9 @@ pub struct Routed {
 }
 
 impl Routed {
-    pub fn new(
-        config: Rc<Config>,
-        telemetry: Rc<Telemetry>,
-        ticket: u64,
-        context_id: u32,
-        hedges: Rc<RefCell<Hedges>>,
-    ) -> Self {
+    pub fn new(req: Request, context_id: u32, hedges: Rc<RefCell<Hedges>>) -> Self {
         Routed {
-            req: Request::new(config, telemetry, ticket),
+            req,
             plan: Plan::default(),
             rewrite_first_body: false,
             context_id,
@@ -80,6 +72,11 @@ impl Routed {
         };
         self.req.current = first.index;
         self.req.current_reset = first.reset_on_success;
+        for step in &self.plan.steps {
+            if let Some(claim) = step.claim {
+                self.req.hold_claim(step.index, claim);
+            }
+        }
         self.log_plan();
         let hedging = config.failover.hedge_after_ms.is_some() && self.plan.len() > 1;
         // A hedge needs the whole body, kept; a streamed request is told by its body
@@ -201,7 +198,6 @@ impl Routed {
         let only_reads = !config.needs_json_body && !hedging;
         if content_length.is_some_and(|len| len > config.max_body_bytes) {
             if !only_reads {
-                self.release_probes(h);
                 self.req.reply_too_large(h);
                 return true;
             }
@@ -215,20 +211,10 @@ impl Routed {
         false
     }
 
-    pub fn on_request_body(
-        &mut self,
-        h: &mut impl Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Action {
+    pub fn on_request_body(&mut self, h: &mut impl Host, size: usize, end: bool) -> Action {
         let keeps = self.hedge_request.is_some();
-        let body = match self.req.read_body(h, body_size, end_of_stream, keeps) {
-            BodyRead::Done(action) => {
-                if self.req.phase == Phase::Replied {
-                    self.release_probes(h);
-                }
-                return action;
-            }
+        let body = match self.req.read_body(h, size, end, keeps) {
+            BodyRead::Done(action) => return action,
             BodyRead::Whole(body) => body,
         };
         let config = Rc::clone(&self.req.config);
@@ -393,21 +379,10 @@ impl Routed {
     /// is given back rather than block probing for `probeTimeout`; a hedge out for a
     /// client that left before any answer is not wanted either.
     pub fn on_log(&mut self, h: &mut impl Host) {
-        self.release_probes(h);
+        self.req.release_claims(h);
         if self.req.config.failover.hedge_after_ms.is_some() {
             if let Ending::RoutedWon { id, .. } = self.hedges.borrow_mut().end(self.context_id) {
                 hedging::cancel(h, id);
-            }
-        }
-    }
-
-    /// Gives back the probe claims of the plan (for an answered request, their
-    /// upstream filters recorded the outcome; a claim whose record moved on is not
-    /// touched, see `HealthRecord::release_probe`).
-    fn release_probes(&mut self, h: &impl Host) {
-        for step in std::mem::take(&mut self.plan.steps) {
-            if let Some(claim) = step.claim {
-                attempt::release(&self.req.config, h, step.index, claim);
             }
         }
     }

@@ -24,7 +24,7 @@ impl Dispatched {
             None => {
                 let config = &self.req.config;
                 attempt::record_success(config, &*h, self.req.current, self.req.current_reset);
-                self.probe_claim = None;
+                self.req.drop_claim(self.req.current);
             }
         }
         if self.retry_same(h, status, verdict) {
@@ -76,8 +76,7 @@ impl Dispatched {
                 Err(status) => {
                     // BadArgument: the cluster does not exist in Envoy's configuration.
                     let why = format!("cannot dispatch to cluster {}: {status}", provider.cluster);
-                    // Its failure is recorded: a probe claim on it is spent.
-                    self.probe_claim = None;
+                    // Its failure is recorded (and with it a probe claim on it).
                     self.mark_failed(h, next, Failure::Unreachable, None, &why);
                 }
             }
@@ -148,11 +147,11 @@ impl Dispatched {
             (Some(b), _, _) => Some(b.as_slice()),
             (None, _, _) => None,
         };
-        h.dispatch(
-            &provider.cluster,
-            &headers,
+        h.dispatch(&Call {
+            cluster: &provider.cluster,
+            headers: &headers,
             body,
-            config.failover.attempt_timeout_ms,
-        )
+            timeout_ms: config.failover.attempt_timeout_ms,
+        })
     }
 }

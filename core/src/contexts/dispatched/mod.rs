@@ -12,10 +12,9 @@ use std::rc::Rc;
 
 use crate::attempt::{self, Ended, LazyHealth, Verdict};
 use crate::body;
-use crate::config::Config;
 use crate::errors::Class;
 use crate::health::Failure;
-use crate::host::{header_value, parse_number, Action, HeaderList, Host};
+use crate::host::{header_value, parse_number, Action, Call, HeaderList, Host};
 use crate::metrics;
 use crate::names::{PROVIDER_HEADER, REASON_KEY};
 use crate::outcome::{self, Outcome};
@@ -26,7 +25,6 @@ use crate::rewrite;
 use crate::select::{self, HealthView};
 
 use super::request::{apply_edits, BodyRead, Phase, Request};
-use super::telemetry::Telemetry;
 
 mod failover;
 
@@ -42,8 +40,6 @@ pub struct Dispatched {
     /// The client's body as it arrived, kept for further attempts.
     original_body: Option<Vec<u8>>,
     pending_call: Option<u32>,
-    /// The probe claim this request holds on its provider (its expiry), if any.
-    probe_claim: Option<u64>,
     /// Why the request failed over (the first failure's kind) and when it began.
     failover_reason: Option<&'static str>,
     failover_started_ms: u64,
@@ -52,15 +48,14 @@ pub struct Dispatched {
 }
 
 impl Dispatched {
-    pub fn new(config: Rc<Config>, telemetry: Rc<Telemetry>, ticket: u64) -> Self {
+    pub fn new(req: Request) -> Self {
         Dispatched {
-            req: Request::new(config, telemetry, ticket),
+            req,
             tried: Vec::new(),
             original_headers: Vec::new(),
             original_path: None,
             original_body: None,
             pending_call: None,
-            probe_claim: None,
             failover_reason: None,
             failover_started_ms: 0,
             retried: 0,
@@ -116,7 +111,6 @@ impl Dispatched {
         if self.req.phase == Phase::Buffering
             && content_length.is_some_and(|len| len > config.max_body_bytes)
         {
-            self.release_probe(h);
             self.req.reply_too_large(h);
             return Action::Pause;
         }
@@ -129,19 +123,9 @@ impl Dispatched {
         Action::Continue
     }
 
-    pub fn on_request_body(
-        &mut self,
-        h: &mut impl Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Action {
-        let body = match self.req.read_body(h, body_size, end_of_stream, false) {
-            BodyRead::Done(action) => {
-                if self.req.phase == Phase::Replied {
-                    self.release_probe(h);
-                }
-                return action;
-            }
+    pub fn on_request_body(&mut self, h: &mut impl Host, size: usize, end: bool) -> Action {
+        let body = match self.req.read_body(h, size, end, false) {
+            BodyRead::Done(action) => return action,
             BodyRead::Whole(body) => body,
         };
         let config = Rc::clone(&self.req.config);
@@ -260,7 +244,7 @@ impl Dispatched {
     /// went away mid-probe): give it back rather than block probing for
     /// `probeTimeout`.
     pub fn on_log(&mut self, h: &impl Host) {
-        self.release_probe(h);
+        self.req.release_claims(h);
     }
 
     /// Counts the answer and, after a failover, notes for the access log which
@@ -292,15 +276,10 @@ impl Dispatched {
             );
         }
         self.req.current_reset = step.reset_on_success;
-        self.probe_claim = step.claim;
-        Some(step.index)
-    }
-
-    /// Gives back an unused probe claim (the request was answered by the filter).
-    fn release_probe(&mut self, h: &impl Host) {
-        if let Some(claim) = self.probe_claim.take() {
-            attempt::release(&self.req.config, h, self.req.current, claim);
+        if let Some(claim) = step.claim {
+            self.req.hold_claim(step.index, claim);
         }
+        Some(step.index)
     }
 
     /// Records a good answer: resets the provider's breaker when it had anything to
@@ -323,7 +302,7 @@ impl Dispatched {
             }
         }
         attempt::record_success(&config, h, self.req.current, self.req.current_reset);
-        self.probe_claim = None;
+        self.req.drop_claim(self.req.current);
     }
 
     /// Records a failure of provider `index` and marks it tried.
@@ -336,9 +315,7 @@ impl Dispatched {
         why: &str,
     ) {
         self.mark_tried(index);
-        if index == self.req.current {
-            self.probe_claim = None;
-        }
+        self.req.drop_claim(index);
         self.req.record_failure(h, index, failure, evidence_ms, why);
     }
 

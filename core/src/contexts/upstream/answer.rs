@@ -76,14 +76,9 @@ impl AttemptFilter {
         }
     }
 
-    pub fn on_response_body(
-        &mut self,
-        h: &mut impl Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Action {
+    pub fn on_response_body(&mut self, h: &mut impl Host, size: usize, end: bool) -> Action {
         match &self.stage {
-            Stage::ReadingError { .. } => return self.read_error_body(h, body_size, end_of_stream),
+            Stage::ReadingError { .. } => return self.read_error_body(h, size, end),
             Stage::AwaitingFirstEvent => {
                 self.stage = Stage::Answering { ended: false };
                 if let Some(index) = self.provider {
@@ -95,7 +90,7 @@ impl AttemptFilter {
         if self.config.failover.stream_idle_timeout_ms.is_some() {
             self.last_data_ms = h.now_ms();
         }
-        if end_of_stream {
+        if end {
             if let Stage::Answering { ended } = &mut self.stage {
                 *ended = true;
             }
@@ -104,17 +99,17 @@ impl AttemptFilter {
             return Action::Continue;
         };
         if !watched.watch.finished() {
-            if let Some(chunk) = h.response_body(body_size) {
+            if let Some(chunk) = h.response_body(size) {
                 watched.watch.feed(&chunk);
             }
         }
-        if end_of_stream && !watched.watch.finished() {
+        if end && !watched.watch.finished() {
             let can_append = watched.can_append;
             self.broken_stream(h, "broken");
             if can_append {
                 // The client's SDK then raises instead of returning half an answer.
                 let event = sse::error_event(self.name());
-                h.append_response_body(body_size, event.as_bytes());
+                h.append_response_body(size, event.as_bytes());
             }
         }
         Action::Continue

@@ -285,22 +285,17 @@ impl AttemptFilter {
         true
     }
 
-    pub fn on_request_body(
-        &mut self,
-        h: &mut impl Host,
-        body_size: usize,
-        end_of_stream: bool,
-    ) -> Action {
+    pub fn on_request_body(&mut self, h: &mut impl Host, size: usize, end: bool) -> Action {
         match self.stage {
             // A held attempt keeps its body here (Continue would let the held headers go).
             Stage::HeldForHedge => return Action::Pause,
             Stage::Sending { buffering: true } => {}
             _ => return Action::Continue,
         }
-        if !end_of_stream {
+        if !end {
             return Action::Pause;
         }
-        let (Some(index), Some(body)) = (self.provider, h.request_body(body_size)) else {
+        let (Some(index), Some(body)) = (self.provider, h.request_body(size)) else {
             return Action::Continue;
         };
         // The downstream filter already refused a body that is not JSON.
