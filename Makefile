@@ -24,6 +24,8 @@ build: setup
 	cargo build --release --target wasm32-wasip1 -p llm-failover
 	wasm-opt $(WASM_OPT_FLAGS) $(WASM) -o $(WASM).opt && mv $(WASM).opt $(WASM)
 	cargo build --release -p llm-mock -p llm-failover-render
+	@# The native module (Envoy 1.40 dynamic modules): target/release-native/libllm_failover_native.so
+	cargo build --profile release-native -p llm-failover-native
 	@# For the FAIL_RELOAD test only: the same filter with a panic trigger.
 	cargo build --release --target wasm32-wasip1 -p llm-failover --features test-panic --target-dir target/test-panic
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'

@@ -4,6 +4,9 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
   no-wasm        plain Envoy routing to the upstream
   noop-wasm      a wasm filter that does nothing (bench/noop): the floor of any wasm filter
   no-wasm-100k, noop-wasm-100k   the same two with the 100 KB body
+  native-spike, native-spike-100k   a native module (Envoy's dynamic modules, native/)
+                 that reads one request header and sets one response header
+  native-noop    the same module doing nothing: Envoy's own cost of a native filter
   floor-routing  the host calls passthrough needs, with no logic (bench/noop "routing")
   floor-rewrite, floor-rewrite-100k   the host calls override-2k/-100k need, no logic
   passthrough    llm-failover, one group, one passthrough provider, no model override
@@ -57,6 +60,8 @@ from harness import (LOOPBACK, WASM, Mock, envoy_bin, free_port, http, llm_hcm, 
                      render, stop_process, wait_until)
 
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
+# The native module (native/, `make build`): Envoy finds lib<name>.so here.
+NATIVE_DIR = ROOT / "target" / "release-native"
 HZ = os.sysconf("SC_CLK_TCK")
 CHAT_RESPONSE = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
@@ -119,6 +124,15 @@ def wasm_filter(path: Path, plugin: dict | str | None):
         cfg["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value}
     return {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", "config": cfg}}
+
+
+def native_filter(filter_name: str, config: str = "{}"):
+    """The native module (Envoy's dynamic modules), as filter `filter_name`."""
+    return {"name": "llm_failover_native", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "llm_failover_native"},
+        "filter_name": filter_name,
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}}}
 
 
 def provider(name, cluster_name, path, model=None, endpoint=None):
@@ -186,6 +200,12 @@ def proxy_configs(upstream_port):
         "noop-wasm": (make(direct, [wasm_filter(NOOP_WASM, None)]), 2048),
         "no-wasm-100k": (make(direct, []), 100 * 1024),
         "noop-wasm-100k": (make(direct, [wasm_filter(NOOP_WASM, None)]), 100 * 1024),
+        # Issue 18's spike: a native module that reads one request header and sets one
+        # response header (what the C spike in ARCHITECTURE.md did), against the same two.
+        "native-noop": (make(direct, [native_filter("noop")]), 2048),
+        "native-spike": (make(direct, [native_filter("spike")]), 2048),
+        "native-spike-100k": (make(direct, [native_filter("spike")]), 100 * 1024),
+        "native-noop-100k": (make(direct, [native_filter("noop")]), 100 * 1024),
         "floor-routing": (make(by_header, [wasm_filter(NOOP_WASM, "routing")]), 2048),
         "floor-rewrite": (make(by_header, [wasm_filter(NOOP_WASM, "rewrite")]), 2048),
         "floor-rewrite-100k": (make(by_header, [wasm_filter(NOOP_WASM, "rewrite")]), 100 * 1024),
@@ -217,7 +237,8 @@ class Proc:
         if cpu is not None and shutil.which("taskset"):
             cmd = ["taskset", "-c", cpu] + cmd
         self.log = open(workdir / f"{name}.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR))
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         wait_until(self.ready, 30, f"{name} Envoy")
 
     def ready(self):

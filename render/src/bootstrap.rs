@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 
 /// The default `.wasm` path, relative to the directory Envoy runs in.
 const DEFAULT_WASM: &str = "target/wasm32-wasip1/release/llm_failover.wasm";
+/// The default native module path (`--native`), relative to the directory Envoy runs in.
+const DEFAULT_MODULE: &str = "target/release-native/libllm_failover_native.so";
 /// Where the ops listener serves the health view.
 const HEALTH_PATH: &str = "/llm-failover/health";
 
@@ -22,6 +24,9 @@ pub struct Options {
     pub admin: Address,
     pub ops: Address,
     pub wasm: String,
+    /// The native module instead of the `.wasm` (Envoy 1.40's dynamic modules).
+    pub native: bool,
+    pub module: String,
 }
 
 impl Default for Options {
@@ -35,6 +40,8 @@ impl Default for Options {
             admin: at(9901),
             ops: at(9902),
             wasm: DEFAULT_WASM.to_string(),
+            native: false,
+            module: DEFAULT_MODULE.to_string(),
         }
     }
 }
@@ -73,6 +80,9 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 .to_string(),
         );
     }
+    if options.native {
+        config.check_native().map_err(|e| e.to_string())?;
+    }
     // One cluster (and one priority group) per distinct cluster name, in provider order.
     let mut clusters: Vec<&Provider> = Vec::new();
     for p in &config.providers {
@@ -80,11 +90,13 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
             clusters.push(p);
         }
     }
-    let vms = Vms::new(&config, options);
-    let routes = routes::routes(&config, &clusters);
-    let listeners = listeners(&config, options, raw, &vms, routes);
+    let filters = Filters::new(&config, options, raw);
+    // Filter state keys: proxy-wasm prefixes the filter's own with `wasm.`.
+    let prefix = if options.native { "" } else { "wasm." };
+    let routes = routes::routes(&config, &clusters, prefix);
+    let listeners = listeners(&config, options, &filters, routes, prefix);
     let upstream_filters = json!([
-        plugin(&vms.upstream, "llm_failover_upstream", names::UPSTREAM_ROOT_ID, raw),
+        filters.upstream,
         {"name": "envoy.filters.http.upstream_codec", "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}},
     ]);
@@ -96,6 +108,69 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
         "static_resources": {"listeners": listeners, "clusters": clusters},
     });
     Ok((doc, warnings))
+}
+
+/// The three filter instances: on the clients' listener, on the operators' listener
+/// (the health view) and on each provider cluster.
+struct Filters {
+    downstream: Value,
+    ops: Value,
+    upstream: Value,
+}
+
+impl Filters {
+    fn new(config: &Config, options: &Options, raw: &str) -> Self {
+        // The view reads the providers the routing filter publishes: no copy.
+        let ops_raw = json!({"healthPath": HEALTH_PATH}).to_string();
+        if options.native {
+            return Filters {
+                downstream: native(options, names::ROOT_ID, raw),
+                ops: native(options, names::ROOT_ID, &ops_raw),
+                upstream: native(options, names::UPSTREAM_ROOT_ID, raw),
+            };
+        }
+        let vms = Vms::new(config, options);
+        // The downstream filter holds a request's headers until it has read the body
+        // (which says whether the answer is streamed, and so the route): with this,
+        // proxy-wasm's Pause is a plain StopIteration and the body still comes.
+        let mut downstream = plugin(&vms.downstream, "llm_failover", names::ROOT_ID, raw);
+        downstream["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
+        Filters {
+            downstream,
+            ops: plugin(
+                &vms.downstream,
+                "llm_failover_ops",
+                names::ROOT_ID,
+                &ops_raw,
+            ),
+            upstream: plugin(
+                &vms.upstream,
+                "llm_failover_upstream",
+                names::UPSTREAM_ROOT_ID,
+                raw,
+            ),
+        }
+    }
+}
+
+/// The native module as the filter `filter_name` (`llm_failover` or
+/// `llm_failover_upstream`, as the wasm filter's root ids).
+fn native(options: &Options, filter_name: &str, configuration: &str) -> Value {
+    json!({
+        "name": format!("{filter_name}_native"),
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "name": "llm_failover_native",
+                "module": {"local": {"filename": options.module}},
+            },
+            "filter_name": filter_name,
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": configuration,
+            },
+        },
+    })
 }
 
 /// The VM configurations of the two filters.
@@ -193,18 +268,11 @@ fn router() -> Value {
 fn listeners(
     config: &Config,
     options: &Options,
-    raw: &str,
-    vms: &Vms,
+    filters: &Filters,
     routes: Vec<Value>,
+    prefix: &str,
 ) -> Value {
-    // The view reads the providers the routing filter publishes (same vm_id): no copy.
-    let ops_raw = json!({"healthPath": HEALTH_PATH}).to_string();
     let buffer_limit = config.max_body_bytes.max(1 << 20) + 65_536;
-    // The downstream filter holds a request's headers until it has read the body
-    // (which says whether the answer is streamed, and so the route): with this,
-    // proxy-wasm's Pause is a plain StopIteration and the body still comes.
-    let mut downstream_plugin = plugin(&vms.downstream, "llm_failover", names::ROOT_ID, raw);
-    downstream_plugin["typed_config"]["config"]["allow_on_headers_stop_iteration"] = json!(true);
     json!([
         {
             "name": "llm",
@@ -212,9 +280,9 @@ fn listeners(
             // Request bodies are buffered (checked here, replayed on a retry).
             "per_connection_buffer_limit_bytes": buffer_limit,
             "filter_chains": hcm("llm", json!(routes), vec![
-                downstream_plugin,
+                filters.downstream.clone(),
                 router(),
-            ], Some(&routes::access_log())),
+            ], Some(&routes::access_log(prefix))),
         },
         {
             // The operators' listener: only the health view. Same filter and vm_id, so
@@ -225,7 +293,7 @@ fn listeners(
                 "match": {"prefix": "/"},
                 "direct_response": {"status": 404, "body": {"inline_string": "only /llm-failover/health here\n"}},
             }]), vec![
-                plugin(&vms.downstream, "llm_failover_ops", names::ROOT_ID, &ops_raw),
+                filters.ops.clone(),
                 router(),
             ], None),
         },

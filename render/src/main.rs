@@ -16,7 +16,7 @@ mod routes;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: llm-failover render --config PLUGIN.json [--listen HOST:PORT] \
-[--admin HOST:PORT] [--ops HOST:PORT] [--wasm PATH] [--format yaml|json]
+[--admin HOST:PORT] [--ops HOST:PORT] [--wasm PATH | --native [--module PATH]] [--format yaml|json]
        llm-failover check --config PLUGIN.json --envoy ENVOY.yaml";
 
 fn main() -> ExitCode {
@@ -88,6 +88,8 @@ fn run(args: &[String]) -> Result<String, String> {
             "--admin" => options.admin = bootstrap::address(&value()?, "--admin")?,
             "--ops" => options.ops = bootstrap::address(&value()?, "--ops")?,
             "--wasm" => options.wasm = value()?,
+            "--native" => options.native = true,
+            "--module" => options.module = value()?,
             "--format" => {
                 json = match value()?.as_str() {
                     "json" => true,

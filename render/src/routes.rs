@@ -6,7 +6,7 @@ use llm_failover_core::names;
 use serde_json::{json, Value};
 
 /// The cluster specifier: the cluster the filter names in filter state.
-fn specifier(clusters: &[&Provider]) -> Value {
+fn specifier(clusters: &[&Provider], prefix: &str) -> Value {
     // The cluster of each attempt is the one the filter names in filter state
     // (`wasm.llm_failover_next`): the downstream filter for the first attempt, the
     // upstream filter of a failing attempt for the next (see ARCHITECTURE.md).
@@ -33,7 +33,7 @@ fn specifier(clusters: &[&Provider]) -> Value {
                     "name": "llm_failover_next",
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.matching.common_inputs.network.v3.FilterStateInput",
-                        "key": format!("wasm.{}", names::NEXT_KEY),
+                        "key": format!("{prefix}{}", names::NEXT_KEY),
                     },
                 },
                 "exact_match_map": {"map": by_name},
@@ -52,7 +52,7 @@ fn specifier(clusters: &[&Provider]) -> Value {
 }
 
 /// The routes: streamed requests' first when the configuration sets them apart.
-pub fn routes(config: &Config, clusters: &[&Provider]) -> Vec<Value> {
+pub fn routes(config: &Config, clusters: &[&Provider], prefix: &str) -> Vec<Value> {
     let mut route = json!({
         "match": {"prefix": "/"},
         // Dispatch mode's routing header means nothing here; a client-sent one is not
@@ -61,7 +61,7 @@ pub fn routes(config: &Config, clusters: &[&Provider]) -> Vec<Value> {
         "request_headers_to_remove": [config.cluster_header, names::HEDGE_HEADER, names::PROBE_HEADER],
         "route": {
             // The cluster the filter names for each attempt (see above).
-            "inline_cluster_specifier_plugin": specifier(clusters),
+            "inline_cluster_specifier_plugin": specifier(clusters, prefix),
             // No limit on the whole request: an LLM stream may run for minutes. Each
             // attempt's wait for its first byte is bounded by per_try_timeout.
             "timeout": "0s",
@@ -128,7 +128,7 @@ pub fn routes(config: &Config, clusters: &[&Provider]) -> Vec<Value> {
 }
 
 /// The access log of the clients' listener (README: "Access log").
-pub fn access_log() -> Value {
+pub fn access_log(prefix: &str) -> Value {
     json!([{
         "name": "envoy.access_loggers.stdout",
         "typed_config": {
@@ -136,11 +136,11 @@ pub fn access_log() -> Value {
             "log_format": {"json_format": {
                 "http.status": "%RESPONSE_CODE%",
                 "provider": "%RESP(X-LLM-PROVIDER)%",
-                "tried": "%FILTER_STATE(wasm.llm_failover_tried:PLAIN)%",
-                "attempts": "%FILTER_STATE(wasm.llm_failover_attempts:PLAIN)%",
-                "failover_reason": "%FILTER_STATE(wasm.llm_failover_reason:PLAIN)%",
-                "stream": "%FILTER_STATE(wasm.llm_failover_stream:PLAIN)%",
-                "hedge": "%FILTER_STATE(wasm.llm_failover_hedge:PLAIN)%",
+                "tried": format!("%FILTER_STATE({prefix}llm_failover_tried:PLAIN)%"),
+                "attempts": format!("%FILTER_STATE({prefix}llm_failover_attempts:PLAIN)%"),
+                "failover_reason": format!("%FILTER_STATE({prefix}llm_failover_reason:PLAIN)%"),
+                "stream": format!("%FILTER_STATE({prefix}llm_failover_stream:PLAIN)%"),
+                "hedge": format!("%FILTER_STATE({prefix}llm_failover_hedge:PLAIN)%"),
                 "endpoint": "%UPSTREAM_HOST%",
                 "upstream_cluster": "%UPSTREAM_CLUSTER%",
                 "path": "%REQ(:PATH)%",

@@ -21,6 +21,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "llm_failover.wasm"
 RENDER_BIN = ROOT / "target" / "release" / "llm-failover"
+# The native module (native/): Envoy finds libllm_failover_native.so here
+# (ENVOY_DYNAMIC_MODULES_SEARCH_PATH).
+NATIVE_DIR = ROOT / "target" / "release-native"
 MOCK_BIN = ROOT / "target" / "release" / "llm-mock"
 VENV_BIN = ROOT / ".venv" / "bin"
 LOOPBACK = "127.0.0.1"
@@ -366,16 +369,25 @@ def metric(text: str, name: str, **labels) -> float | None:
     return None
 
 
-def file_access_log(path: str) -> list[dict]:
-    """An access log of ACCESS_LOG_FIELDS as JSON lines in `path`."""
+def file_access_log(path: str, fields: dict = ACCESS_LOG_FIELDS) -> list[dict]:
+    """An access log of `fields` as JSON lines in `path`."""
     return [{
         "name": "envoy.access_loggers.file",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
             "path": path,
-            "log_format": {"json_format": ACCESS_LOG_FIELDS},
+            "log_format": {"json_format": fields},
         },
     }]
+
+
+def native_filter(filter_name: str, config: str = "{}") -> dict:
+    """The native module as HTTP filter `filter_name` (Envoy's dynamic modules)."""
+    return {"name": f"llm_failover_native_{filter_name}", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "llm_failover_native"},
+        "filter_name": filter_name,
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}}}
 
 
 def insert_before_router(cfg: dict, http_filter: dict):
@@ -385,15 +397,18 @@ def insert_before_router(cfg: dict, http_filter: dict):
 
 
 def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
-           access_log: str | None = None, wasm: Path = WASM) -> dict:
+           access_log: str | None = None, wasm: Path = WASM, native: bool = False) -> dict:
     """The router-mode bootstrap `llm-failover render` makes for `plugin` (JSON
-    output), with the access log sent to a file for the tests to read."""
+    output; `native`: with the native module), with the access log sent to a file for
+    the tests to read."""
+    build = ["--native", "--module", str(NATIVE_DIR / "libllm_failover_native.so")] if native \
+        else ["--wasm", str(wasm)]
     d = Path(tempfile.mkdtemp(prefix="llm-failover-render-"))
     try:
         (d / "plugin.json").write_text(json.dumps(plugin))
         r = subprocess.run([str(RENDER_BIN), "render", "--config", str(d / "plugin.json"), "--format", "json",
                             "--listen", f"{LOOPBACK}:{listen_port}", "--admin", f"{LOOPBACK}:{admin_port}",
-                            "--ops", f"{LOOPBACK}:{ops_port}", "--wasm", str(wasm)],
+                            "--ops", f"{LOOPBACK}:{ops_port}", *build],
                            capture_output=True, text=True, timeout=30)
     finally:
         shutil.rmtree(d, ignore_errors=True)
@@ -402,7 +417,9 @@ def render(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
     cfg = json.loads(r.stdout)
     cfg["stats_flush_interval"] = "1s"
     if access_log:
-        llm_hcm(cfg)["access_log"] = file_access_log(access_log)
+        rendered = llm_hcm(cfg)["access_log"][0]["typed_config"]["log_format"]["json_format"]
+        fields = {**ACCESS_LOG_FIELDS, **rendered} if native else ACCESS_LOG_FIELDS
+        llm_hcm(cfg)["access_log"] = file_access_log(access_log, fields)
     return cfg
 
 
@@ -415,22 +432,25 @@ class Envoy:
 
     def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
                  concurrency: int = 2, route_timeout: str = "120s", router: bool = True, tweak=None,
-                 ops_plugin: dict | None = None, wasm: Path = WASM, wasm_log: str = "info"):
+                 ops_plugin: dict | None = None, wasm: Path = WASM, wasm_log: str = "info",
+                 native: bool = False):
         if isinstance(plugin, dict) and plugin.get("failover", {}).get("mode") == "dispatch":
             router = False  # render wires router mode only
+        # LLM_FAILOVER_BUILD=native runs router-mode tests against the native module.
+        native = native or (router and os.environ.get("LLM_FAILOVER_BUILD") == "native")
         # A port free_port() found can be taken by another process before Envoy binds
         # it: then start again on other ports (at most three times).
         for tries_left in (2, 1, 0):
             try:
                 self._start(plugin, clusters, env, concurrency, route_timeout, router, tweak, ops_plugin, wasm,
-                            wasm_log)
+                            wasm_log, native)
                 return
             except Exception as e:  # noqa: BLE001 - re-raised unless it was a port clash
                 if tries_left == 0 or "Address already in use" not in str(e):
                     raise
 
     def _start(self, plugin, clusters, env, concurrency, route_timeout, router, tweak, ops_plugin, wasm,
-               wasm_log):
+               wasm_log, native):
         self.port = free_port()
         self.admin_port = free_port()
         self.ops_port = free_port()
@@ -444,7 +464,7 @@ class Envoy:
                     if p["cluster"] in clusters and "endpoint" not in p:
                         p["endpoint"] = f"http://{LOOPBACK}:{clusters[p['cluster']]}"
             cfg = render(plugin, self.port, self.admin_port, self.ops_port, access_log=str(self.access_log),
-                         wasm=wasm)
+                         wasm=wasm, native=native)
         else:
             cfg = bootstrap(plugin, clusters, self.port, self.admin_port, env_keys=sorted((env or {}).keys()),
                             route_timeout=route_timeout, access_log=str(self.access_log),

@@ -1,0 +1,529 @@
+//! The core's `Host` over Envoy's dynamic-module ABI: one value per hook call,
+//! holding Envoy's pointer to the stream (or none, for the configuration's own
+//! calls) and what the hook brought (a callout's answer).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use llm_failover_core::host::{Call, HeaderList, Host, MetricKind};
+use llm_failover_core::store::{SharedData, StoreError};
+
+use crate::abi::*;
+use crate::hooks::bytes;
+use crate::store;
+
+/// Envoy's attributes the core reads as properties (the ABI's attribute ids).
+const RESPONSE_CODE_DETAILS: u32 = 16;
+const RESPONSE_FLAGS: u32 = 17;
+const UPSTREAM_TRANSPORT_FAILURE_REASON: u32 = 52;
+const XDS_CLUSTER_NAME: u32 = 57;
+
+pub struct NativeHost<'a> {
+    /// The stream this hook is for; null for the configuration's own calls.
+    envoy: FilterEnvoyPtr,
+    /// The filter's name in Envoy's configuration (`plugin_root_id` to the core: the
+    /// downstream or the upstream instance).
+    filter_name: &'a [u8],
+    /// The plugin configuration, for the root's `on_configure`.
+    configuration: Option<&'a [u8]>,
+    /// A callout's answer while its hook runs.
+    call: Option<(HeaderList, Vec<u8>)>,
+}
+
+impl<'a> NativeHost<'a> {
+    /// The whole body so far: what Envoy buffered for this filter and the chunk
+    /// passing now.
+    pub fn body_size(&self, request: bool) -> usize {
+        if !self.live() {
+            return 0;
+        }
+        let (buffered, received) = if request {
+            (BodyType::BufferedRequestBody, BodyType::ReceivedRequestBody)
+        } else {
+            (
+                BodyType::BufferedResponseBody,
+                BodyType::ReceivedResponseBody,
+            )
+        };
+        // SAFETY: `envoy` is the live stream of this hook.
+        unsafe {
+            envoy_dynamic_module_callback_http_get_body_size(self.envoy, buffered)
+                + envoy_dynamic_module_callback_http_get_body_size(self.envoy, received)
+        }
+    }
+
+    /// For the hooks of stream `envoy`.
+    pub fn stream(envoy: FilterEnvoyPtr, filter_name: &'a [u8]) -> Self {
+        NativeHost {
+            envoy,
+            filter_name,
+            configuration: None,
+            call: None,
+        }
+    }
+
+    /// For the configuration's own calls (no stream).
+    pub fn configuring(filter_name: &'a [u8], configuration: &'a [u8]) -> Self {
+        NativeHost {
+            envoy: std::ptr::null_mut(),
+            filter_name,
+            configuration: Some(configuration),
+            call: None,
+        }
+    }
+
+    /// A callout's answer, for its hook.
+    pub fn set_call(&mut self, headers: HeaderList, body: Vec<u8>) {
+        self.call = Some((headers, body));
+    }
+
+    fn live(&self) -> bool {
+        !self.envoy.is_null()
+    }
+
+    fn header(&self, which: HeaderType, name: &str) -> Option<Vec<u8>> {
+        if !self.live() {
+            return None;
+        }
+        let mut value = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        let mut count = 0usize;
+        // SAFETY: `envoy` is the live stream of this hook; `value` and `count` are ours.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_header(
+                self.envoy,
+                which,
+                ModuleBuffer::of(name.as_bytes()),
+                &mut value,
+                0,
+                &mut count,
+            )
+        };
+        // SAFETY: Envoy lends the value until this hook changes that map or returns.
+        found.then(|| unsafe { bytes(value) }.to_vec())
+    }
+
+    fn headers(&self, which: HeaderType) -> HeaderList {
+        if !self.live() {
+            return Vec::new();
+        }
+        // SAFETY: `envoy` is the live stream of this hook.
+        let size =
+            unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.envoy, which) };
+        let mut out = vec![
+            EnvoyHeader {
+                key_ptr: std::ptr::null(),
+                key_length: 0,
+                value_ptr: std::ptr::null(),
+                value_length: 0,
+            };
+            size
+        ];
+        // SAFETY: `out` holds exactly the `size` entries Envoy said it has.
+        if size == 0
+            || !unsafe {
+                envoy_dynamic_module_callback_http_get_headers(self.envoy, which, out.as_mut_ptr())
+            }
+        {
+            return Vec::new();
+        }
+        out.iter().map(header_pair).collect()
+    }
+
+    fn set_header(&mut self, which: HeaderType, name: &str, value: &[u8]) {
+        if !self.live() {
+            return;
+        }
+        let request = matches!(which, HeaderType::RequestHeader);
+        // SAFETY: `envoy` is the live stream of this hook; both buffers live for the call.
+        // An empty value removes the header (the ABI's rule), as the core means it.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.envoy,
+                which,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            );
+            if request {
+                // As proxy-wasm does: a request header change makes Envoy pick the
+                // route (and its cluster) again, so filter state set before it (the
+                // first attempt's cluster) counts. A no-op in an upstream filter.
+                envoy_dynamic_module_callback_http_clear_route_cache(self.envoy);
+            }
+        }
+    }
+
+    fn body(&self, which: BodyType) -> Vec<u8> {
+        if !self.live() {
+            return Vec::new();
+        }
+        // SAFETY: `envoy` is the live stream of this hook; the vector holds the count
+        // Envoy gave.
+        unsafe {
+            let n = envoy_dynamic_module_callback_http_get_body_chunks_size(self.envoy, which);
+            let mut chunks = vec![
+                EnvoyBuffer {
+                    ptr: std::ptr::null(),
+                    length: 0,
+                };
+                n
+            ];
+            if n == 0
+                || !envoy_dynamic_module_callback_http_get_body_chunks(
+                    self.envoy,
+                    which,
+                    chunks.as_mut_ptr(),
+                )
+            {
+                return Vec::new();
+            }
+            chunks
+                .iter()
+                .flat_map(|c| bytes(*c).iter().copied())
+                .collect()
+        }
+    }
+
+    fn attribute_string(&self, id: u32) -> Option<Vec<u8>> {
+        if !self.live() {
+            return None;
+        }
+        let mut value = EnvoyBuffer {
+            ptr: std::ptr::null(),
+            length: 0,
+        };
+        // SAFETY: `envoy` is the live stream of this hook; `value` is ours.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.envoy, id, &mut value,
+            )
+        };
+        // SAFETY: Envoy lends the value for this hook.
+        found.then(|| unsafe { bytes(value) }.to_vec())
+    }
+
+    fn attribute_int(&self, id: u32) -> Option<u64> {
+        if !self.live() {
+            return None;
+        }
+        let mut value = 0u64;
+        // SAFETY: `envoy` is the live stream of this hook; `value` is ours.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_int(self.envoy, id, &mut value)
+        };
+        found.then_some(value)
+    }
+}
+
+fn header_pair(h: &EnvoyHeader) -> (String, Vec<u8>) {
+    // SAFETY: Envoy lends both for this hook.
+    let (key, value) = unsafe {
+        (
+            bytes(EnvoyBuffer {
+                ptr: h.key_ptr,
+                length: h.key_length,
+            }),
+            bytes(EnvoyBuffer {
+                ptr: h.value_ptr,
+                length: h.value_length,
+            }),
+        )
+    };
+    (String::from_utf8_lossy(key).into_owned(), value.to_vec())
+}
+
+/// A header list Envoy lends to a hook, copied.
+///
+/// # Safety
+/// `headers` points at `size` headers, each lent for the hook's length.
+pub unsafe fn header_list(headers: *const EnvoyHeader, size: usize) -> HeaderList {
+    if headers.is_null() || size == 0 {
+        return Vec::new();
+    }
+    let list = std::slice::from_raw_parts(headers, size);
+    list.iter().map(header_pair).collect()
+}
+
+/// Body chunks Envoy lends to a hook, joined.
+///
+/// # Safety
+/// `chunks` points at `size` buffers, each lent for the hook's length.
+pub unsafe fn joined(chunks: *const EnvoyBuffer, size: usize) -> Vec<u8> {
+    if chunks.is_null() || size == 0 {
+        return Vec::new();
+    }
+    let list = std::slice::from_raw_parts(chunks, size);
+    list.iter()
+        .flat_map(|c| bytes(*c).iter().copied())
+        .collect()
+}
+
+impl SharedData for NativeHost<'_> {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        store::get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        store::set(key, value, cas)
+    }
+}
+
+impl Host for NativeHost<'_> {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    }
+
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.header(HeaderType::RequestHeader, name)
+    }
+
+    fn request_headers(&self) -> HeaderList {
+        self.headers(HeaderType::RequestHeader)
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &[u8]) {
+        self.set_header(HeaderType::RequestHeader, name, value);
+    }
+
+    fn remove_request_header(&mut self, name: &str) {
+        self.set_header(HeaderType::RequestHeader, name, b"");
+    }
+
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        // What was buffered before this chunk, then this chunk.
+        let mut body = self.body(BodyType::BufferedRequestBody);
+        body.extend(self.body(BodyType::ReceivedRequestBody));
+        body.truncate(size);
+        Some(body)
+    }
+
+    fn replace_request_body_prefix(&mut self, old_len: usize, prefix: &[u8]) {
+        if !self.live() {
+            return;
+        }
+        let mut body = self.body(BodyType::BufferedRequestBody);
+        let buffered = body.len();
+        body.extend(self.body(BodyType::ReceivedRequestBody));
+        let received = body.len() - buffered;
+        let mut new = prefix.to_vec();
+        new.extend_from_slice(body.get(old_len..).unwrap_or(&[]));
+        // SAFETY: `envoy` is the live stream of this hook; the buffer lives for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_drain_body(
+                self.envoy,
+                BodyType::BufferedRequestBody,
+                buffered,
+            );
+            envoy_dynamic_module_callback_http_drain_body(
+                self.envoy,
+                BodyType::ReceivedRequestBody,
+                received,
+            );
+            envoy_dynamic_module_callback_http_append_body(
+                self.envoy,
+                BodyType::ReceivedRequestBody,
+                ModuleBuffer::of(&new),
+            );
+        }
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        self.header(HeaderType::ResponseHeader, name)
+    }
+
+    fn response_headers(&self) -> HeaderList {
+        self.headers(HeaderType::ResponseHeader)
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        self.set_header(HeaderType::ResponseHeader, name, value.as_bytes());
+    }
+
+    fn response_body(&self, size: usize) -> Option<Vec<u8>> {
+        // What was buffered before this chunk (a held error body), then this chunk.
+        let mut body = self.body(BodyType::BufferedResponseBody);
+        body.extend(self.body(BodyType::ReceivedResponseBody));
+        body.truncate(size);
+        Some(body)
+    }
+
+    fn append_response_body(&mut self, _len: usize, data: &[u8]) {
+        if !self.live() {
+            return;
+        }
+        // SAFETY: `envoy` is the live stream of this hook; the buffer lives for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_append_body(
+                self.envoy,
+                BodyType::ReceivedResponseBody,
+                ModuleBuffer::of(data),
+            );
+        }
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        match path {
+            ["plugin_root_id"] => Some(self.filter_name.to_vec()),
+            ["response", "code_details"] => self.attribute_string(RESPONSE_CODE_DETAILS),
+            ["response", "flags"] => self
+                .attribute_int(RESPONSE_FLAGS)
+                .map(|f| f.to_le_bytes().to_vec()),
+            ["upstream", "transport_failure_reason"] => {
+                self.attribute_string(UPSTREAM_TRANSPORT_FAILURE_REASON)
+            }
+            ["xds", "cluster_name"] => self.attribute_string(XDS_CLUSTER_NAME),
+            [name] if self.live() => {
+                let mut value = EnvoyBuffer {
+                    ptr: std::ptr::null(),
+                    length: 0,
+                };
+                // SAFETY: `envoy` is the live stream of this hook; `value` is ours.
+                let found = unsafe {
+                    envoy_dynamic_module_callback_http_get_filter_state_bytes(
+                        self.envoy,
+                        ModuleBuffer::of(name.as_bytes()),
+                        &mut value,
+                    )
+                };
+                // SAFETY: Envoy lends the value for this hook.
+                found.then(|| unsafe { bytes(value) }.to_vec())
+            }
+            _ => None,
+        }
+    }
+
+    fn set_property(&mut self, name: &str, value: &[u8]) {
+        if !self.live() {
+            return;
+        }
+        // SAFETY: `envoy` is the live stream of this hook; both buffers live for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                self.envoy,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            );
+        }
+    }
+
+    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, String> {
+        if !self.live() {
+            return Err("no stream to send a call from".to_string());
+        }
+        let headers: Vec<ModuleHeader> = call
+            .headers
+            .iter()
+            .map(|(n, v)| ModuleHeader {
+                key_ptr: n.as_ptr(),
+                key_length: n.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: `envoy` is the live stream; every buffer lives for the call.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.envoy,
+                &mut id,
+                ModuleBuffer::of(call.cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(call.body.unwrap_or(&[])),
+                call.timeout_ms,
+            )
+        };
+        match result {
+            0 => u32::try_from(id).map_err(|_| format!("callout id {id} out of range")),
+            1 => Err("MissingRequiredHeaders".to_string()),
+            2 => Err("ClusterNotFound".to_string()),
+            other => Err(format!("CannotCreateRequest ({other})")),
+        }
+    }
+
+    fn call_response_headers(&self) -> HeaderList {
+        self.call
+            .as_ref()
+            .map(|(h, _)| h.clone())
+            .unwrap_or_default()
+    }
+
+    fn call_response_body(&self, size: usize) -> Vec<u8> {
+        let mut body = self
+            .call
+            .as_ref()
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default();
+        body.truncate(size);
+        body
+    }
+
+    fn send_response(&mut self, status: u16, headers: &[(String, String)], body: &[u8]) {
+        if !self.live() {
+            return;
+        }
+        let list: Vec<ModuleHeader> = headers
+            .iter()
+            .map(|(n, v)| ModuleHeader {
+                key_ptr: n.as_ptr(),
+                key_length: n.len(),
+                value_ptr: v.as_ptr(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: `envoy` is the live stream; every buffer lives for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.envoy,
+                u32::from(status),
+                list.as_ptr(),
+                list.len(),
+                ModuleBuffer::of(body),
+                ModuleBuffer::of(b"llm_failover"),
+            );
+        }
+    }
+
+    fn reset_stream(&mut self) {
+        if !self.live() {
+            return;
+        }
+        // SAFETY: `envoy` is the live stream of this hook.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_reset_stream(
+                self.envoy,
+                0,
+                ModuleBuffer::of(b""),
+            );
+        }
+    }
+
+    /// A native filter acts only for its own stream (no effective-context switch):
+    /// work for another request goes through that request's own hooks.
+    fn act_for(&mut self, _id: u32) -> bool {
+        false
+    }
+
+    fn plugin_configuration(&self) -> Option<Vec<u8>> {
+        self.configuration
+            .filter(|c| !c.is_empty())
+            .map(<[u8]>::to_vec)
+    }
+
+    /// No tick yet natively (gauges, background probes and hedging need one).
+    fn set_tick_period_ms(&mut self, _ms: u64) {}
+
+    /// Metrics are defined when Envoy creates the configuration (the ABI freezes them
+    /// afterwards); not wired yet.
+    fn define_metric(&self, _kind: MetricKind, _name: &str) -> Option<u32> {
+        None
+    }
+
+    fn increment_metric(&self, _id: u32, _by: i64) {}
+
+    fn record_metric(&self, _id: u32, _value: u64) {}
+}

@@ -1,0 +1,113 @@
+"""The native module (Envoy 1.40 dynamic modules, native/): it loads in the PyPI Envoy,
+Envoy says its ABI version matched, and its hooks run on real traffic (issue 18's
+spike: read a request header, set a response header)."""
+
+from harness import NATIVE_DIR, Envoy, config, insert_before_router, native_filter, provider
+
+ABI_MATCHED = "Dynamic module ABI version v0.2.0 matched."
+
+
+def test_the_native_module_loads_with_a_matching_abi_and_runs_on_every_request(mocks):
+    a = mocks("a")
+    envoy = Envoy(config([provider("a")]), {"a": a.port},
+                  env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)},
+                  tweak=lambda cfg: insert_before_router(cfg, native_filter("spike")))
+    try:
+        assert ABI_MATCHED in envoy.log()
+        for _ in range(16):
+            status, headers, _ = envoy.post_chat({"model": "m", "messages": []})
+            assert status == 200
+            # The module read :path on the request and said so on the response.
+            assert headers.get("x-llm-failover-native") == "1"
+    finally:
+        envoy.stop()
+
+
+def test_filter_state_a_native_filter_sets_picks_the_routes_cluster(mocks):
+    """What router mode natively will stand on (Envoy 1.40, measured): a native filter's
+    filter state is read by the route's matcher cluster specifier (key without the
+    `wasm.` prefix proxy-wasm adds) and by the access log; a second set replaces the
+    first; and the route's cluster, picked before the filter ran, is picked again
+    after `clear_route_cluster_cache`."""
+    a, b = mocks("a"), mocks("b")
+
+    def native_routing(cfg):
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        # The native filter names the cluster instead of the wasm filter.
+        hcm["http_filters"] = [native_filter("state", "ca cb")] + [
+            f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            spec = route["route"]["inline_cluster_specifier_plugin"]["extension"]["typed_config"]
+            spec["cluster_matcher"]["matcher_tree"]["input"]["typed_config"]["key"] = "llm_failover_next"
+        hcm["access_log"][0]["typed_config"]["log_format"]["json_format"]["next"] = \
+            "%FILTER_STATE(llm_failover_next:PLAIN)%"
+
+    envoy = Envoy(config([provider("a", "ca")], [provider("b", "cb")]), {"ca": a.port, "cb": b.port},
+                  env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)}, tweak=native_routing)
+    try:
+        for _ in range(8):
+            status, headers, _ = envoy.post_chat({"model": "m", "messages": []})
+            assert (status, headers.get("x-mock-name")) == (200, "b")
+            # The module read back its second value.
+            assert headers.get("x-state") == "cb"
+        assert [e["next"] for e in envoy.access_log_lines(8)] == ["cb"] * 8
+    finally:
+        envoy.stop()
+
+
+def test_a_native_upstream_filter_moves_the_retry_to_the_cluster_it_names(mocks):
+    """The other half of router mode natively (measured): as an upstream filter on a
+    provider's cluster, the module turns the answer into the route's retry status
+    (591) and names the next cluster in filter state; Envoy's router retries there
+    (`refresh_cluster_on_retry` runs the matcher again)."""
+    a, b = mocks("a"), mocks("b")
+
+    def native_upstream(cfg):
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+        for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
+            spec = route["route"]["inline_cluster_specifier_plugin"]["extension"]["typed_config"]
+            spec["cluster_matcher"]["matcher_tree"]["input"]["typed_config"]["key"] = "llm_failover_next"
+        for cluster in cfg["static_resources"]["clusters"]:
+            options = cluster.get("typed_extension_protocol_options", {})
+            for opts in options.values():
+                filters = [f for f in opts["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+                if cluster["name"] == "ca":
+                    filters.insert(0, native_filter("retry", "cb"))
+                opts["http_filters"] = filters
+
+    envoy = Envoy(config([provider("a", "ca")], [provider("b", "cb")]), {"ca": a.port, "cb": b.port},
+                  env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)}, tweak=native_upstream)
+    try:
+        for _ in range(8):
+            # No wasm upstream filter rewrites the path here: the mocks' own.
+            status, headers, _ = envoy.post_chat({"model": "m", "messages": []}, path="/v1/chat/completions")
+            assert (status, headers.get("x-mock-name")) == (200, "b")
+        # Each request was asked of a first: the retry followed the filter's word.
+        assert len(a.chat_requests()) == 8
+        assert len(b.chat_requests()) == 8
+    finally:
+        envoy.stop()
+
+
+def test_router_mode_natively_fails_over_a_429_within_the_request(mocks):
+    """`llm-failover render --native`: the same router wiring with the native module on
+    the listener and on each provider cluster; a 429 from the preferred provider goes
+    on to the fallback within the request, the client sees the fallback's answer."""
+    primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "rate_limit",
+                    "--retry-after", "30")
+    fallback = mocks("fallback")
+    envoy = Envoy(config([provider("primary")], [provider("fallback")]),
+                  {"primary": primary.port, "fallback": fallback.port}, native=True)
+    try:
+        assert ABI_MATCHED in envoy.log()
+        status, headers, _ = envoy.post_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+        assert (status, headers.get("x-llm-provider")) == (200, "fallback")
+        entry = envoy.access_log_lines(1)[0]
+        assert (entry["tried"], entry["failover_reason"]) == ("primary,fallback", "rate_limited")
+        # The primary cools down: the next request goes straight to the fallback.
+        status, headers, _ = envoy.post_chat({"model": "m", "messages": []})
+        assert (status, headers.get("x-llm-provider")) == (200, "fallback")
+        assert len(primary.chat_requests()) == 1
+    finally:
+        envoy.stop()
