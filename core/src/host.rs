@@ -109,6 +109,13 @@ pub trait Host: SharedData {
     fn set_property_str(&mut self, name: &str, value: &str) {
         self.set_property(name, value.as_bytes());
     }
+
+    /// Whether the upstream filter of an attempt that ended without an answer still
+    /// gets its end (`on_done`) with filter state writable. proxy-wasm: yes; Envoy's
+    /// dynamic modules: no (see `contexts/unreported.rs`).
+    fn reports_attempt_ends(&self) -> bool {
+        true
+    }
 }
 
 /// A header value or property parsed as a number (surrounding blanks allowed).

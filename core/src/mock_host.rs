@@ -56,6 +56,8 @@ pub struct MockHost {
     pub live: HashSet<u32>,
     pub acting_for: Option<u32>,
     pub metrics: RefCell<Vec<(MetricKind, String)>>,
+    /// Acts like a host that does not report an attempt's end without an answer.
+    pub unreported: bool,
     pub values: RefCell<HashMap<u32, i64>>,
 }
 
@@ -252,6 +254,10 @@ impl Host for MockHost {
 
     fn set_tick_period_ms(&mut self, ms: u64) {
         self.tick_ms = Some(ms);
+    }
+
+    fn reports_attempt_ends(&self) -> bool {
+        !self.unreported
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {

@@ -33,6 +33,10 @@ pub const PROVIDER_HEADER: &str = "x-llm-provider";
 
 // Filter state (`wasm.<name>` in Envoy: the access log, the route's cluster specifier).
 
+/// An attempt in flight whose end the host does not report (`contexts/unreported.rs`):
+/// its plan position and start (`1.0:1700000000000`), `-` once it has an answer.
+pub const OPEN_KEY: &str = "llm_failover_open";
+
 /// The plan the downstream filter hands to each attempt's upstream filter (`plan.rs`).
 pub const PLAN_KEY: &str = "llm_failover_plan";
 

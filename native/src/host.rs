@@ -502,6 +502,12 @@ impl Host for NativeHost<'_> {
         }
     }
 
+    /// A native upstream filter whose attempt ended without an answer is destroyed
+    /// without completing (measured): `contexts/unreported.rs` covers it.
+    fn reports_attempt_ends(&self) -> bool {
+        false
+    }
+
     /// A native filter acts only for its own stream (no effective-context switch):
     /// work for another request goes through that request's own hooks.
     fn act_for(&mut self, _id: u32) -> bool {

@@ -111,3 +111,26 @@ def test_router_mode_natively_fails_over_a_429_within_the_request(mocks):
         assert len(primary.chat_requests()) == 1
     finally:
         envoy.stop()
+
+
+def test_router_mode_natively_fails_over_a_refused_connection(mocks):
+    """A refused connection ends the native upstream filter's attempt without an end
+    Envoy reports: the attempt named the next in advance, and the next attempt's
+    filter records the refused provider (ARCHITECTURE.md, "The native module")."""
+    from harness import free_port
+
+    fallback = mocks("fallback")
+    dead = free_port()  # nothing listens here
+    envoy = Envoy(config([provider("dead")], [provider("fallback")], onStatus=[429]),
+                  {"dead": dead, "fallback": fallback.port}, native=True)
+    try:
+        status, headers, _ = envoy.post_chat({"model": "m", "messages": []})
+        assert (status, headers.get("x-llm-provider")) == (200, "fallback")
+        entry = envoy.access_log_lines(1)[0]
+        assert (entry["tried"], entry["failover_reason"]) == ("dead,fallback", "connection")
+        # dead cools down: the next request goes to the fallback alone.
+        status, headers, _ = envoy.post_chat({"model": "m", "messages": []})
+        assert (status, headers.get("x-llm-provider")) == (200, "fallback")
+        assert envoy.access_log_lines(2)[1]["tried"] is None
+    finally:
+        envoy.stop()

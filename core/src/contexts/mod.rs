@@ -18,6 +18,7 @@ pub mod request;
 pub mod root;
 pub mod routed;
 pub mod telemetry;
+pub mod unreported;
 pub mod upstream;
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::{body, handoff};
 
 use super::hedging;
 use super::request::{apply_edits, BodyRead, Phase, Request};
+use super::unreported;
 
 /// Which of Envoy's response flags say the router could not start an attempt at
 /// all (no upstream filter saw it): no healthy host, unknown cluster.
@@ -313,6 +314,9 @@ impl Routed {
             status = h.property_number(STATUS_KEY).unwrap_or(502);
             h.set_response_header(":status", &status.to_string());
         }
+        if !h.reports_attempt_ends() {
+            self.record_unanswered(h);
+        }
         // Where the upstream filters moved the request.
         let positions = plan::path(h.property(&[PATH_KEY]).as_deref());
         self.req.asked = positions
@@ -332,6 +336,26 @@ impl Routed {
         h.set_response_header(PROVIDER_HEADER, self.req.provider_name());
         self.finish(h, status);
         Action::Continue
+    }
+
+    /// (A host that does not report an attempt's end without an answer.) The last
+    /// attempt left open ended without one: its provider's failure, unless the client
+    /// went away.
+    fn record_unanswered(&self, h: &mut impl Host) {
+        let Some(open) = unreported::take(h) else {
+            return;
+        };
+        let details = h
+            .property(&["response", "code_details"])
+            .unwrap_or_default();
+        if details == b"downstream_remote_disconnect" {
+            return;
+        }
+        if let Some(step) = self.plan.get(open.at.position) {
+            let now = h.now_ms();
+            let config = &self.req.config;
+            unreported::record(h, config, &self.req.telemetry, step.index, open, now);
+        }
     }
 
     /// An answer Envoy gave because it could not start an attempt at all.

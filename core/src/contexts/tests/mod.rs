@@ -6,6 +6,7 @@ mod dispatched;
 mod hedging;
 mod root;
 mod routed;
+mod unreported;
 mod upstream;
 
 use std::cell::RefCell;

@@ -10,6 +10,10 @@ impl AttemptFilter {
         let Some(index) = self.provider else {
             return Action::Continue;
         };
+        if !h.reports_attempt_ends() {
+            // An answer: this attempt's end is handled here, not by the next attempt.
+            unreported::close(h);
+        }
         let status: u16 = parse_number(h.response_header(":status").as_deref()).unwrap_or(0);
         // Everything an upstream filter sees came from the provider.
         if status >= 400 {

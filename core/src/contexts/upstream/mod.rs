@@ -22,7 +22,7 @@ use crate::metrics;
 use crate::names::{
     AT_KEY, CLIENT_HEADERS_KEY, EXHAUSTED_CLUSTER, FAILED_AT_KEY, HEDGED_TO_KEY, HEDGE_HEADER,
     HELD_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, PROBE_HEADER, REASON_KEY, REFUSED_KEY, RETRY_STATUS,
-    STATUS_KEY, STREAMED_KEY, STREAM_KEY, WAIT_HEADER,
+    STATUS_KEY, STREAM_KEY, WAIT_HEADER,
 };
 use crate::plan::{At, Plan};
 use crate::probe;
@@ -31,15 +31,13 @@ use crate::sse::{self, StreamWatch};
 
 use super::request::apply_edits;
 use super::telemetry::Telemetry;
+use super::unreported::{self, TIMER_SLACK_MS};
 
 mod answer;
 mod outcome;
 
 /// Envoy's response flag for a downstream that went away (`DC`).
 const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
-
-/// Envoy's per-try timers and this filter's clock start a hair apart.
-const TIMER_SLACK_MS: u64 = 50;
 
 /// Which attempt this instance serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +144,9 @@ impl AttemptFilter {
             self.started_ms = h.now_ms();
         }
         let planned = self.kind == Kind::Routed { planned: true };
+        if planned && !h.reports_attempt_ends() {
+            self.open(h, index);
+        }
         if planned && self.at.position == 0 {
             // The downstream filter rewrote the first attempt's headers (and, when it
             // says so, its body) already.
@@ -168,6 +169,59 @@ impl AttemptFilter {
             return Action::Pause;
         }
         Action::Continue
+    }
+
+    /// (A host that does not report an attempt's end without an answer.) Records the
+    /// attempt before this one if it was left open, marks this one open, and names
+    /// the attempt after it for the router, in advance (an answer renames it).
+    fn open(&self, h: &mut impl Host, index: usize) {
+        let now = h.now_ms();
+        if let Some(open) = unreported::take(h) {
+            self.after_unanswered(h, open, now);
+        }
+        unreported::mark(h, self.at, now);
+        let plan: Vec<usize> = self.plan.indices().collect();
+        let next = attempt::next_attempt(&self.config, &plan, self.at, index, Ended::Gone)
+            .and_then(|(next, _)| {
+                Some((next, self.config.providers.get(*plan.get(next.position)?)?))
+            });
+        match next {
+            Some((next, to)) => {
+                h.set_property_str(AT_KEY, &next.encode());
+                h.set_property_str(NEXT_KEY, &to.cluster);
+            }
+            None => h.set_property_str(NEXT_KEY, EXHAUSTED_CLUSTER),
+        }
+    }
+
+    /// The attempt before this one ended without an answer: its provider's failure,
+    /// and where the request went (as `move_on` says it when the end is reported).
+    fn after_unanswered(&self, h: &mut impl Host, open: unreported::Open, now: u64) {
+        let Some(from) = self.plan.get(open.at.position).map(|s| s.index) else {
+            return;
+        };
+        let reason = unreported::record(h, &self.config, &self.telemetry, from, open, now);
+        let path = h
+            .property(&[PATH_KEY])
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_else(|| open.at.position.to_string());
+        h.set_property_str(PATH_KEY, &format!("{path},{}", self.at.position));
+        let (Some(from), Some(to)) = (
+            self.config.providers.get(from),
+            self.provider.and_then(|i| self.config.providers.get(i)),
+        ) else {
+            return;
+        };
+        if open.at.position == self.at.position {
+            return;
+        }
+        log::info!("llm-failover: failing over to provider {}", to.name);
+        let name = metrics::failovers(&from.name, &to.name, reason);
+        self.telemetry.count(h, name);
+        if h.property(&[REASON_KEY]).is_none() {
+            h.set_property_str(REASON_KEY, reason);
+            h.set_property_str(FAILED_AT_KEY, &now.to_string());
+        }
     }
 
     /// Later attempts start from the client's values: the earlier attempts' rewrites

@@ -134,24 +134,6 @@ impl AttemptFilter {
         }
     }
 
-    /// The timeout Envoy's router gives this attempt to send its headers, below
-    /// attemptTimeout, and its name: firstByteTimeout, or for a streamed request
-    /// streamFirstByteTimeout when shorter (render's route for streamed requests).
-    pub(super) fn per_try_limit(&self, h: &impl Host) -> Option<(u64, &'static str)> {
-        let failover = &self.config.failover;
-        let first_byte = failover
-            .first_byte_timeout_ms
-            .map(|ms| (ms, "firstByteTimeout"));
-        let streamed = failover
-            .stream_first_byte_timeout_ms
-            .filter(|_| h.property(&[STREAMED_KEY]).is_some())
-            .map(|ms| (ms, "streamFirstByteTimeout"));
-        match (first_byte, streamed) {
-            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
-            (a, b) => a.or(b),
-        }
-    }
-
     /// One line an operator cannot miss, once per cooldown, for failures that need a
     /// person: a spent quota, a refused key.
     pub(super) fn say_loudly(&self, failure: Failure, status: u16) {
@@ -246,10 +228,14 @@ impl AttemptFilter {
     /// away (then the router cancelled the attempt, and the provider is not to blame)
     /// or the downstream filter answered the client itself.
     pub(super) fn ended_without_answer(&mut self, h: &mut impl Host) {
+        if !h.reports_attempt_ends() {
+            // Reported after all: not the next attempt's to record.
+            unreported::close(h);
+        }
         if self.not_the_providers_doing(h) {
             return;
         }
-        if let Some((limit, name)) = self.per_try_limit(h) {
+        if let Some((limit, name)) = unreported::per_try_limit(&self.config, h) {
             if self.started_ms > 0
                 && h.now_ms().saturating_sub(self.started_ms) + TIMER_SLACK_MS >= limit
             {

@@ -1,0 +1,104 @@
+//! Attempts whose end the host does not report. Envoy's dynamic modules destroy the
+//! upstream filter of an attempt that ended without an answer (a refused
+//! connection, a reset, a per-try timeout) without completing it, and a destroyed
+//! filter can no longer set filter state (measured, ARCHITECTURE.md). On such a host
+//! (`Host::reports_attempt_ends` false) each attempt is marked open when it starts,
+//! with the next attempt named in advance for the router; an answer closes it; the
+//! next attempt's filter, or the downstream filter for the last one, records an
+//! attempt it finds still open.
+
+use crate::attempt;
+use crate::config::Config;
+use crate::health::Failure;
+use crate::host::Host;
+use crate::names::{OPEN_KEY, STREAMED_KEY};
+use crate::plan::At;
+
+use super::telemetry::Telemetry;
+
+/// Envoy's per-try timers and this filter's clock start a hair apart.
+pub const TIMER_SLACK_MS: u64 = 50;
+
+/// The value of a closed mark (an empty filter-state value is not stored everywhere).
+const CLOSED: &str = "-";
+
+/// An attempt marked open: where it was in the plan and when it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Open {
+    pub at: At,
+    pub started_ms: u64,
+}
+
+/// Marks the attempt at `at` open from `now`.
+pub fn mark(h: &mut impl Host, at: At, now: u64) {
+    h.set_property_str(OPEN_KEY, &format!("{}:{now}", at.encode()));
+}
+
+/// The attempt got an answer: it is settled by the answer's own handling.
+pub fn close(h: &mut impl Host) {
+    h.set_property_str(OPEN_KEY, CLOSED);
+}
+
+/// The attempt still marked open, if any; the mark is closed.
+pub fn take(h: &mut impl Host) -> Option<Open> {
+    let mark = h.property(&[OPEN_KEY])?;
+    let text = std::str::from_utf8(&mark).ok()?;
+    let (at, started) = text.split_once(':')?;
+    let open = Open {
+        at: At::decode(at.as_bytes())?,
+        started_ms: started.parse().ok()?,
+    };
+    close(h);
+    Some(open)
+}
+
+/// The timeout Envoy's router gives an attempt to send its headers, below
+/// attemptTimeout, and its name: firstByteTimeout, or for a streamed request
+/// streamFirstByteTimeout when shorter (render's route for streamed requests).
+pub fn per_try_limit(config: &Config, h: &impl Host) -> Option<(u64, &'static str)> {
+    let failover = &config.failover;
+    let first_byte = failover
+        .first_byte_timeout_ms
+        .map(|ms| (ms, "firstByteTimeout"));
+    let streamed = failover
+        .stream_first_byte_timeout_ms
+        .filter(|_| h.property(&[STREAMED_KEY]).is_some())
+        .map(|ms| (ms, "streamFirstByteTimeout"));
+    match (first_byte, streamed) {
+        (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Records the failure of `open`, an attempt to provider `index` that ended without
+/// an answer: a timeout when it lasted its per-try limit, else a connection failure.
+/// Its reason.
+pub fn record(
+    h: &impl Host,
+    config: &Config,
+    telemetry: &Telemetry,
+    index: usize,
+    open: Open,
+    now: u64,
+) -> &'static str {
+    let lasted = now.saturating_sub(open.started_ms);
+    let (failure, reason, why) = match per_try_limit(config, h) {
+        Some((limit, name)) if lasted + TIMER_SLACK_MS >= limit => (
+            Failure::Timeout,
+            "timeout",
+            format!("no response headers within {name} ({limit} ms)"),
+        ),
+        _ => {
+            let (failure, reason) = attempt::unreachable();
+            (
+                failure,
+                reason,
+                "no response (refused, reset or timed out)".to_string(),
+            )
+        }
+    };
+    let sink = telemetry.sink(h);
+    let result = attempt::record_failure(config, h, &sink, index, failure, None, now);
+    log::info!("{}", attempt::describe(config, index, &result, &why, now));
+    reason
+}
