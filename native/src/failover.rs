@@ -10,14 +10,16 @@
 //!   and the completion runs when the outer hook returns.
 
 use std::cell::{Cell, RefCell};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use llm_failover_core::config::Config;
 use llm_failover_core::contexts::root::{HttpFilter, Root};
 use llm_failover_core::host::Action;
 
-use crate::abi::FilterEnvoyPtr;
+use crate::abi::{ConfigEnvoyPtr, FilterEnvoyPtr};
 use crate::host::NativeHost;
+use crate::metrics::{Families, Registry};
 
 /// A configuration Envoy created: the filter's name (`llm_failover` downstream,
 /// `llm_failover_upstream` on the provider clusters) and the plugin configuration.
@@ -25,11 +27,12 @@ pub struct FailoverConfig {
     id: usize,
     name: Vec<u8>,
     raw: Vec<u8>,
+    families: Families,
 }
 
 impl FailoverConfig {
     /// Refuses what the core's parser refuses, with its message.
-    pub fn new(name: &[u8], raw: &[u8]) -> Result<Self, String> {
+    pub fn new(envoy: ConfigEnvoyPtr, name: &[u8], raw: &[u8]) -> Result<Self, String> {
         let config =
             Config::parse(raw, &|var| std::env::var(var).ok()).map_err(|e| e.to_string())?;
         config.check_native().map_err(|e| e.to_string())?;
@@ -38,6 +41,7 @@ impl FailoverConfig {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             name: name.to_vec(),
             raw: raw.to_vec(),
+            families: Families::define(envoy),
         })
     }
 
@@ -48,7 +52,7 @@ impl FailoverConfig {
 
 thread_local! {
     /// This worker's roots, by configuration id.
-    static ROOTS: RefCell<Vec<(usize, Root)>> = const { RefCell::new(Vec::new()) };
+    static ROOTS: RefCell<Vec<(usize, Root, Rc<Registry>)>> = const { RefCell::new(Vec::new()) };
     /// This worker's request counter (the core's context ids).
     static CONTEXTS: Cell<u32> = const { Cell::new(0) };
 }
@@ -56,6 +60,7 @@ thread_local! {
 /// One stream's filter, and whether a hook of it is running.
 pub struct Slot {
     filter: HttpFilter,
+    registry: Rc<Registry>,
     busy: bool,
     completed: bool,
 }
@@ -69,23 +74,26 @@ impl Slot {
             c.set(next);
             next
         });
-        let filter = ROOTS.with(|roots| {
+        let (filter, registry) = ROOTS.with(|roots| {
             let mut roots = roots.borrow_mut();
-            if !roots.iter().any(|(id, _)| *id == config.id) {
+            if !roots.iter().any(|(id, _, _)| *id == config.id) {
                 let mut root = Root::default();
                 let mut host = NativeHost::configuring(&config.name, &config.raw);
                 if !root.on_configure(&mut host) {
                     return None;
                 }
-                roots.push((config.id, root));
+                roots.push((config.id, root, Rc::default()));
             }
             roots
                 .iter()
-                .find(|(id, _)| *id == config.id)
-                .and_then(|(_, root)| root.new_filter(context))
+                .find(|(id, _, _)| *id == config.id)
+                .and_then(|(_, root, registry)| {
+                    Some((root.new_filter(context)?, Rc::clone(registry)))
+                })
         })?;
         Some(Slot {
             filter,
+            registry,
             busy: false,
             completed: false,
         })
@@ -96,11 +104,13 @@ impl Slot {
     pub fn run<T>(
         &mut self,
         envoy: FilterEnvoyPtr,
-        name: &[u8],
+        config: &FailoverConfig,
         f: impl FnOnce(&mut HttpFilter, &mut NativeHost<'_>) -> T,
     ) -> T {
         self.busy = true;
-        let mut host = NativeHost::stream(envoy, name);
+        let registry = Rc::clone(&self.registry);
+        let mut host =
+            NativeHost::stream(envoy, &config.name).with_metrics(&config.families, &registry);
         let out = f(&mut self.filter, &mut host);
         self.busy = false;
         if self.completed {
@@ -110,10 +120,12 @@ impl Slot {
     }
 
     /// The stream is complete: the request's log and the attempt's end.
-    pub fn complete(&mut self, envoy: FilterEnvoyPtr, name: &[u8]) {
+    pub fn complete(&mut self, envoy: FilterEnvoyPtr, config: &FailoverConfig) {
         self.completed = true;
         if !self.busy {
-            let mut host = NativeHost::stream(envoy, name);
+            let registry = Rc::clone(&self.registry);
+            let mut host =
+                NativeHost::stream(envoy, &config.name).with_metrics(&config.families, &registry);
             self.finish(&mut host);
         }
     }

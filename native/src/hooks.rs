@@ -69,8 +69,7 @@ fn failover<T>(
     match unsafe { filter(f_ptr) } {
         ModuleFilter::Failover(slot, config) => {
             // SAFETY: the configuration outlives its filters.
-            let name = unsafe { &**config }.name();
-            slot.run(envoy, name, f)
+            slot.run(envoy, unsafe { &**config }, f)
         }
         ModuleFilter::Spike(s) => on_spike(s),
         ModuleFilter::Passing => fallback,
@@ -101,7 +100,7 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _config_envoy: ConfigEnvoyPtr,
+    config_envoy: ConfigEnvoyPtr,
     name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> ConfigModulePtr {
@@ -110,7 +109,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         let (name, config) = unsafe { (bytes(name), bytes(config)) };
         let made = match name {
             b"llm_failover" | b"llm_failover_upstream" => {
-                FailoverConfig::new(name, config).map(ModuleConfig::Failover)
+                FailoverConfig::new(config_envoy, name, config).map(ModuleConfig::Failover)
             }
             _ => spike::FilterConfig::new(name, config).map(ModuleConfig::Spike),
         };
@@ -272,8 +271,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
         // SAFETY: Envoy passes the live filter it got from filter_new.
         if let ModuleFilter::Failover(slot, config) = unsafe { filter(f) } {
             // SAFETY: the configuration outlives its filters.
-            let name = unsafe { &**config }.name();
-            slot.complete(envoy, name);
+            slot.complete(envoy, unsafe { &**config });
         }
     })
 }

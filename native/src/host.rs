@@ -9,6 +9,7 @@ use llm_failover_core::store::{SharedData, StoreError};
 
 use crate::abi::*;
 use crate::hooks::bytes;
+use crate::metrics::{Families, Registry};
 use crate::store;
 
 /// Envoy's attributes the core reads as properties (the ABI's attribute ids).
@@ -27,6 +28,8 @@ pub struct NativeHost<'a> {
     configuration: Option<&'a [u8]>,
     /// A callout's answer while its hook runs.
     call: Option<(HeaderList, Vec<u8>)>,
+    /// The configuration's metric families and this worker's metrics of it.
+    metrics: Option<(&'a Families, &'a Registry)>,
 }
 
 impl<'a> NativeHost<'a> {
@@ -58,7 +61,13 @@ impl<'a> NativeHost<'a> {
             filter_name,
             configuration: None,
             call: None,
+            metrics: None,
         }
+    }
+
+    pub fn with_metrics(mut self, families: &'a Families, registry: &'a Registry) -> Self {
+        self.metrics = Some((families, registry));
+        self
     }
 
     /// For the configuration's own calls (no stream).
@@ -68,6 +77,7 @@ impl<'a> NativeHost<'a> {
             filter_name,
             configuration: Some(configuration),
             call: None,
+            metrics: None,
         }
     }
 
@@ -523,13 +533,22 @@ impl Host for NativeHost<'_> {
     /// No tick yet natively (gauges, background probes and hedging need one).
     fn set_tick_period_ms(&mut self, _ms: u64) {}
 
-    /// Metrics are defined when Envoy creates the configuration (the ABI freezes them
-    /// afterwards); not wired yet.
-    fn define_metric(&self, _kind: MetricKind, _name: &str) -> Option<u32> {
-        None
+    /// The families were defined when Envoy created the configuration (the ABI
+    /// freezes them afterwards); this finds the core's metric among them.
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+        self.metrics
+            .and_then(|(_, registry)| registry.define(kind, name))
     }
 
-    fn increment_metric(&self, _id: u32, _by: i64) {}
+    fn increment_metric(&self, id: u32, by: i64) {
+        if let Some((families, registry)) = self.metrics {
+            registry.record(families, self.envoy, id, u64::try_from(by).unwrap_or(0));
+        }
+    }
 
-    fn record_metric(&self, _id: u32, _value: u64) {}
+    fn record_metric(&self, id: u32, value: u64) {
+        if let Some((families, registry)) = self.metrics {
+            registry.record(families, self.envoy, id, value);
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod abi;
 pub mod failover;
 pub mod hooks;
 pub mod host;
+pub mod metrics;
 pub mod spike;
 pub mod store;
 
