@@ -134,3 +134,29 @@ def test_router_mode_natively_fails_over_a_refused_connection(mocks):
         assert envoy.access_log_lines(2)[1]["tried"] is None
     finally:
         envoy.stop()
+
+
+def test_native_metrics_are_counted_with_their_labels(mocks):
+    """The native module's metrics (defined when Envoy creates its configuration) are
+    counted with the same labels as the wasm build's; their names carry Envoy's
+    namespace for modules and, for the upstream filter, its cluster's scope (measured;
+    ARCHITECTURE.md, "The native module")."""
+    from harness import metric
+
+    primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "rate_limit",
+                    "--retry-after", "30")
+    fallback = mocks("fallback")
+    envoy = Envoy(config([provider("primary")], [provider("fallback")]),
+                  {"primary": primary.port, "fallback": fallback.port}, native=True)
+    try:
+        for _ in range(3):
+            assert envoy.post_chat({"model": "m", "messages": []})[0] == 200
+        text = envoy.prometheus()
+        assert metric(text, "envoy_dynamicmodulescustom_llm_failover_requests",
+                      provider="fallback", status_class="2xx") == 3
+        assert metric(text, "envoy_cluster_primary_dynamicmodulescustom_llm_failover_failovers",
+                      **{"from": "primary", "to": "fallback", "reason": "rate_limited"}) == 1
+        assert metric(text, "envoy_cluster_primary_dynamicmodulescustom_llm_failover_cooldowns",
+                      provider="primary", reason="rate_limited") == 1
+    finally:
+        envoy.stop()
