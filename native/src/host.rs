@@ -195,6 +195,23 @@ impl<'a> NativeHost<'a> {
         }
     }
 
+    /// What Envoy buffered for this filter (a held body) then the chunk passing now,
+    /// and the buffered part's length.
+    fn whole_body(&self, request: bool) -> (Vec<u8>, usize) {
+        let (buffered, received) = if request {
+            (BodyType::BufferedRequestBody, BodyType::ReceivedRequestBody)
+        } else {
+            (
+                BodyType::BufferedResponseBody,
+                BodyType::ReceivedResponseBody,
+            )
+        };
+        let mut body = self.body(buffered);
+        let held = body.len();
+        body.extend(self.body(received));
+        (body, held)
+    }
+
     fn attribute_string(&self, id: u32) -> Option<Vec<u8>> {
         if !self.live() {
             return None;
@@ -241,6 +258,19 @@ fn header_pair(h: &EnvoyHeader) -> (String, Vec<u8>) {
         )
     };
     (String::from_utf8_lossy(key).into_owned(), value.to_vec())
+}
+
+/// Headers to lend Envoy (they must outlive the call they are passed to).
+fn module_headers(headers: &[(String, String)]) -> Vec<ModuleHeader> {
+    headers
+        .iter()
+        .map(|(n, v)| ModuleHeader {
+            key_ptr: n.as_ptr(),
+            key_length: n.len(),
+            value_ptr: v.as_ptr(),
+            value_length: v.len(),
+        })
+        .collect()
 }
 
 /// A header list Envoy lends to a hook, copied.
@@ -304,9 +334,7 @@ impl Host for NativeHost<'_> {
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        // What was buffered before this chunk, then this chunk.
-        let mut body = self.body(BodyType::BufferedRequestBody);
-        body.extend(self.body(BodyType::ReceivedRequestBody));
+        let mut body = self.whole_body(true).0;
         body.truncate(size);
         Some(body)
     }
@@ -315,9 +343,7 @@ impl Host for NativeHost<'_> {
         if !self.live() {
             return;
         }
-        let mut body = self.body(BodyType::BufferedRequestBody);
-        let buffered = body.len();
-        body.extend(self.body(BodyType::ReceivedRequestBody));
+        let (body, buffered) = self.whole_body(true);
         let received = body.len() - buffered;
         let mut new = prefix.to_vec();
         new.extend_from_slice(body.get(old_len..).unwrap_or(&[]));
@@ -354,9 +380,7 @@ impl Host for NativeHost<'_> {
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
-        // What was buffered before this chunk (a held error body), then this chunk.
-        let mut body = self.body(BodyType::BufferedResponseBody);
-        body.extend(self.body(BodyType::ReceivedResponseBody));
+        let mut body = self.whole_body(false).0;
         body.truncate(size);
         Some(body)
     }
@@ -424,16 +448,7 @@ impl Host for NativeHost<'_> {
         if !self.live() {
             return Err("no stream to send a call from".to_string());
         }
-        let headers: Vec<ModuleHeader> = call
-            .headers
-            .iter()
-            .map(|(n, v)| ModuleHeader {
-                key_ptr: n.as_ptr(),
-                key_length: n.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let headers = module_headers(call.headers);
         let mut id = 0u64;
         // SAFETY: `envoy` is the live stream; every buffer lives for the call.
         let result = unsafe {
@@ -476,15 +491,7 @@ impl Host for NativeHost<'_> {
         if !self.live() {
             return;
         }
-        let list: Vec<ModuleHeader> = headers
-            .iter()
-            .map(|(n, v)| ModuleHeader {
-                key_ptr: n.as_ptr(),
-                key_length: n.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
-            .collect();
+        let list = module_headers(headers);
         // SAFETY: `envoy` is the live stream; every buffer lives for the call.
         unsafe {
             envoy_dynamic_module_callback_http_send_response(

@@ -7,6 +7,17 @@ from harness import NATIVE_DIR, Envoy, config, insert_before_router, native_filt
 ABI_MATCHED = "Dynamic module ABI version v0.2.0 matched."
 
 
+def limited_primary(mocks):
+    """A primary that answers every request with a 429 (Retry-After: 30 s), a healthy
+    fallback, and router mode natively in front of them."""
+    primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "rate_limit",
+                    "--retry-after", "30")
+    fallback = mocks("fallback")
+    envoy = Envoy(config([provider("primary")], [provider("fallback")]),
+                  {"primary": primary.port, "fallback": fallback.port}, native=True)
+    return primary, fallback, envoy
+
+
 def test_the_native_module_loads_with_a_matching_abi_and_runs_on_every_request(mocks):
     a = mocks("a")
     envoy = Envoy(config([provider("a")]), {"a": a.port},
@@ -94,11 +105,7 @@ def test_router_mode_natively_fails_over_a_429_within_the_request(mocks):
     """`llm-failover render --native`: the same router wiring with the native module on
     the listener and on each provider cluster; a 429 from the preferred provider goes
     on to the fallback within the request, the client sees the fallback's answer."""
-    primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "rate_limit",
-                    "--retry-after", "30")
-    fallback = mocks("fallback")
-    envoy = Envoy(config([provider("primary")], [provider("fallback")]),
-                  {"primary": primary.port, "fallback": fallback.port}, native=True)
+    primary, fallback, envoy = limited_primary(mocks)
     try:
         assert ABI_MATCHED in envoy.log()
         status, headers, _ = envoy.post_chat({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
@@ -143,11 +150,7 @@ def test_native_metrics_are_counted_with_their_labels(mocks):
     ARCHITECTURE.md, "The native module")."""
     from harness import metric
 
-    primary = mocks("primary", "--failure-injection-rate", "100", "--failure-types", "rate_limit",
-                    "--retry-after", "30")
-    fallback = mocks("fallback")
-    envoy = Envoy(config([provider("primary")], [provider("fallback")]),
-                  {"primary": primary.port, "fallback": fallback.port}, native=True)
+    primary, fallback, envoy = limited_primary(mocks)
     try:
         for _ in range(3):
             assert envoy.post_chat({"model": "m", "messages": []})[0] == 200
