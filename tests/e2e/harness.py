@@ -56,6 +56,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# Sockets kept bound, never listening, for the whole session (see dead_port).
+_DEAD_PORTS: list[socket.socket] = []
+
+
+def dead_port() -> int:
+    """A loopback port that refuses every connection for the rest of the session: bound
+    and never listening, so no Envoy or mock started later can take it (a port from
+    free_port() is closed again and can be handed to the next free_port() caller, e.g.
+    the Envoy under test, which then answers for the "dead" provider)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((LOOPBACK, 0))
+    _DEAD_PORTS.append(s)
+    return s.getsockname()[1]
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
     """Polls `predicate` until it returns a truthy value; fails after `timeout` s."""
     deadline = time.monotonic() + timeout

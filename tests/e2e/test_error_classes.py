@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from harness import CHAT, MESSAGES, config, free_port, metric, provider, wait_until
+from harness import CHAT, MESSAGES, config, dead_port, metric, provider, wait_until
 
 OPENAI_QUOTA = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
                           "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}
@@ -359,7 +359,7 @@ def test_a_used_up_plan_sends_no_attempt_anywhere_else_under_16_clients(mocks, e
     ends in a 503, and the second got exactly two attempts per request."""
     reset = raw_providers("reset")
     e = envoy(config([provider("a")], [provider("b")], retries=1, consecutiveFailures=1000),
-              {"a": free_port(), "b": reset.port}, router=True)
+              {"a": dead_port(), "b": reset.port}, router=True)
 
     def one(_):
         return e.post_chat(CHAT)[0]

@@ -189,10 +189,10 @@ def test_every_provider_cooling_down(mocks, envoy):
 
 
 def test_refused_connection_fails_over_and_cools_down(mocks, envoy):
-    from harness import free_port
+    from harness import dead_port
 
     fallback = mocks("fallback")
-    dead = free_port()  # nothing listens here
+    dead = dead_port()  # nothing listens here
     e = envoy(config([provider("dead")], [provider("fallback")], onStatus=[429]),
               {"dead": dead, "fallback": fallback.port})
     assert served_by(e) == (200, "fallback")
@@ -205,12 +205,12 @@ def test_refused_connection_fails_over_and_cools_down(mocks, envoy):
 
 
 def test_refused_connection_on_failover_attempt(mocks, envoy):
-    from harness import free_port
+    from harness import dead_port
 
     primary = mocks("primary", "--failure-injection-rate", "100", "--retry-after", "60")
     last = mocks("last")
     e = envoy(config([provider("primary")], [provider("dead")], [provider("last")], onStatus=[429]),
-              {"primary": primary.port, "dead": free_port(), "last": last.port})
+              {"primary": primary.port, "dead": dead_port(), "last": last.port})
     assert served_by(e) == (200, "last")
     assert served_by(e) == (200, "last")
     assert len(primary.chat_requests()) == 1

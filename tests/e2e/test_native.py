@@ -2,7 +2,7 @@
 Envoy says its ABI version matched, and its hooks run on real traffic (issue 18's
 spike: read a request header, set a response header)."""
 
-from harness import NATIVE_DIR, Envoy, config, insert_before_router, native_filter, provider
+from harness import NATIVE_DIR, Envoy, config, dead_port, insert_before_router, native_filter, provider
 
 ABI_MATCHED = "Dynamic module ABI version v0.2.0 matched."
 
@@ -124,10 +124,9 @@ def test_router_mode_natively_fails_over_a_refused_connection(mocks):
     """A refused connection ends the native upstream filter's attempt without an end
     Envoy reports: the attempt named the next in advance, and the next attempt's
     filter records the refused provider (ARCHITECTURE.md, "The native module")."""
-    from harness import free_port
 
     fallback = mocks("fallback")
-    dead = free_port()  # nothing listens here
+    dead = dead_port()  # nothing listens here
     envoy = Envoy(config([provider("dead")], [provider("fallback")], onStatus=[429]),
                   {"dead": dead, "fallback": fallback.port}, native=True)
     try:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from harness import MESSAGES, RENDER_BIN, ROOT, config, free_port, provider
+from harness import MESSAGES, RENDER_BIN, ROOT, config, dead_port, provider
 
 # The fallback streams 9 events 200 ms apart: about 1.6 s from first to last.
 CHUNK_DELAY = ["--chunk-delay-ms", "200"]
@@ -55,7 +55,7 @@ def test_stream_fails_over_after_a_failing_status(mocks, envoy, failure):
 
 @pytest.mark.parametrize("fault", ["refused", "reset"])
 def test_stream_fails_over_when_the_provider_cannot_be_reached(mocks, envoy, raw_providers, fault):
-    port = free_port() if fault == "refused" else raw_providers("reset").port
+    port = dead_port() if fault == "refused" else raw_providers("reset").port
     fallback = mocks("fallback", *CHUNK_DELAY)
     e = envoy(config([provider("primary")], [provider("fallback")]),
               {"primary": port, "fallback": fallback.port}, router=True)
@@ -78,7 +78,7 @@ def without_healthy_host(cluster_name):
 def test_stream_fails_over_when_the_provider_has_no_healthy_host(mocks, envoy):
     fallback = mocks("fallback", *CHUNK_DELAY)
     e = envoy(config([provider("primary")], [provider("fallback")]),
-              {"primary": free_port(), "fallback": fallback.port}, router=True,
+              {"primary": dead_port(), "fallback": fallback.port}, router=True,
               tweak=without_healthy_host("primary"))
     served, times = stream_times(e)
     assert served == "fallback"
@@ -117,7 +117,7 @@ def test_no_request_is_lost_when_the_provider_refuses_under_load(mocks, envoy, r
     mode Envoy's answer to the refused connection often comes before the body.)"""
     fallback = mocks("fallback")
     e = envoy(config([provider("primary")], [provider("fallback")], defaultCooldown="100ms"),
-              {"primary": free_port(), "fallback": fallback.port}, router=router)
+              {"primary": dead_port(), "fallback": fallback.port}, router=router)
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]}).encode()
     deadline = time.monotonic() + 120
 
