@@ -44,10 +44,6 @@ impl FailoverConfig {
             families: Families::define(envoy),
         })
     }
-
-    pub fn name(&self) -> &[u8] {
-        &self.name
-    }
 }
 
 thread_local! {

@@ -39,14 +39,7 @@ impl<'a> NativeHost<'a> {
         if !self.live() {
             return 0;
         }
-        let (buffered, received) = if request {
-            (BodyType::BufferedRequestBody, BodyType::ReceivedRequestBody)
-        } else {
-            (
-                BodyType::BufferedResponseBody,
-                BodyType::ReceivedResponseBody,
-            )
-        };
+        let (buffered, received) = body_types(request);
         // SAFETY: `envoy` is the live stream of this hook.
         unsafe {
             envoy_dynamic_module_callback_http_get_body_size(self.envoy, buffered)
@@ -198,14 +191,7 @@ impl<'a> NativeHost<'a> {
     /// What Envoy buffered for this filter (a held body) then the chunk passing now,
     /// and the buffered part's length.
     fn whole_body(&self, request: bool) -> (Vec<u8>, usize) {
-        let (buffered, received) = if request {
-            (BodyType::BufferedRequestBody, BodyType::ReceivedRequestBody)
-        } else {
-            (
-                BodyType::BufferedResponseBody,
-                BodyType::ReceivedResponseBody,
-            )
-        };
+        let (buffered, received) = body_types(request);
         let mut body = self.body(buffered);
         let held = body.len();
         body.extend(self.body(received));
@@ -258,6 +244,19 @@ fn header_pair(h: &EnvoyHeader) -> (String, Vec<u8>) {
         )
     };
     (String::from_utf8_lossy(key).into_owned(), value.to_vec())
+}
+
+/// The body Envoy buffered for the filter and the chunk passing now, of the request
+/// or of the response.
+fn body_types(request: bool) -> (BodyType, BodyType) {
+    if request {
+        (BodyType::BufferedRequestBody, BodyType::ReceivedRequestBody)
+    } else {
+        (
+            BodyType::BufferedResponseBody,
+            BodyType::ReceivedResponseBody,
+        )
+    }
 }
 
 /// Headers to lend Envoy (they must outlive the call they are passed to).

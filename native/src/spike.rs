@@ -64,6 +64,7 @@ impl Filter {
     /// `envoy` is the live filter of the hook calling this.
     unsafe fn set_state(&self, envoy: FilterEnvoyPtr) {
         for word in &self.words {
+            // SAFETY: `envoy` is live (the caller's promise); both buffers live for the call.
             let ok = envoy_dynamic_module_callback_http_set_filter_state_bytes(
                 envoy,
                 ModuleBuffer::of(b"llm_failover_next"),
@@ -89,6 +90,7 @@ impl Filter {
         match self.kind {
             Kind::Noop | Kind::Retry => return HeadersStatus::Continue,
             Kind::State => {
+                // SAFETY: `envoy` is live (the caller's promise).
                 self.set_state(envoy);
                 // The route (and its cluster) was picked before this filter ran.
                 envoy_dynamic_module_callback_http_clear_route_cluster_cache(envoy);
@@ -126,6 +128,7 @@ impl Filter {
         match self.kind {
             Kind::Noop => return HeadersStatus::Continue,
             Kind::Retry => {
+                // SAFETY: `envoy` is live (the caller's promise); buffers live for the calls.
                 self.set_state(envoy);
                 envoy_dynamic_module_callback_http_set_header(
                     envoy,
@@ -140,6 +143,8 @@ impl Filter {
                     ptr: std::ptr::null(),
                     length: 0,
                 };
+                // SAFETY: `envoy` is live (the caller's promise); `value` is ours, and what
+                // Envoy lends in it is copied before the next call.
                 let found = envoy_dynamic_module_callback_http_get_filter_state_bytes(
                     envoy,
                     ModuleBuffer::of(b"llm_failover_next"),

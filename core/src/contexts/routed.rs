@@ -340,15 +340,12 @@ impl Routed {
 
     /// (A host that does not report an attempt's end without an answer.) The last
     /// attempt left open ended without one: its provider's failure, unless the client
-    /// went away.
+    /// went away or the gateway answered itself (the upstream filter's rule).
     fn record_unanswered(&self, h: &mut impl Host) {
         let Some(open) = unreported::take(h) else {
             return;
         };
-        let details = h
-            .property(&["response", "code_details"])
-            .unwrap_or_default();
-        if details == b"downstream_remote_disconnect" {
+        if super::not_the_providers_doing(h) {
             return;
         }
         if let Some(step) = self.plan.get(open.at.position) {

@@ -98,14 +98,21 @@ fn the_last_provider_of_the_plan_names_no_provider_next() {
     assert_eq!(h.filter_state(NEXT_KEY).as_deref(), Some(EXHAUSTED_CLUSTER));
 }
 
-#[test]
-fn the_downstream_filter_records_the_last_attempt_left_open() {
+/// A whole request through the downstream filter's request headers, on a host that
+/// does not report attempts' ends.
+fn routed_request() -> (Rc<Config>, Downstream, MockHost) {
     let c = config("{}");
     let hedges: Rc<RefCell<Hedges>> = Rc::default();
     let mut h = client(NOW);
     h.unreported = true;
     let mut f = downstream(&c, &hedges);
     f.on_request_headers(&mut h, true);
+    (c, f, h)
+}
+
+#[test]
+fn the_downstream_filter_records_the_last_attempt_left_open() {
+    let (c, mut f, mut h) = routed_request();
     // The upstream filters moved the request to c, whose attempt got no answer.
     h.set_property_str(PATH_KEY, "0,1,2");
     h.set_property_str(OPEN_KEY, &format!("2:{NOW}"));
@@ -117,12 +124,7 @@ fn the_downstream_filter_records_the_last_attempt_left_open() {
 
 #[test]
 fn a_client_that_went_away_leaves_the_open_attempt_unblamed() {
-    let c = config("{}");
-    let hedges: Rc<RefCell<Hedges>> = Rc::default();
-    let mut h = client(NOW);
-    h.unreported = true;
-    let mut f = downstream(&c, &hedges);
-    f.on_request_headers(&mut h, true);
+    let (c, mut f, mut h) = routed_request();
     h.set_property_str(OPEN_KEY, &format!("0:{NOW}"));
     h.properties.insert(
         "response.code_details".into(),

@@ -21,8 +21,8 @@ use crate::host::{parse_number, Action, HeaderList, Host};
 use crate::metrics;
 use crate::names::{
     AT_KEY, CLIENT_HEADERS_KEY, EXHAUSTED_CLUSTER, FAILED_AT_KEY, HEDGED_TO_KEY, HEDGE_HEADER,
-    HELD_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, PROBE_HEADER, REASON_KEY, REFUSED_KEY, RETRY_STATUS,
-    STATUS_KEY, STREAM_KEY, WAIT_HEADER,
+    HELD_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, PROBE_HEADER, REASON_KEY, RETRY_STATUS, STATUS_KEY,
+    STREAM_KEY, WAIT_HEADER,
 };
 use crate::plan::{At, Plan};
 use crate::probe;
@@ -35,9 +35,6 @@ use super::unreported::{self, TIMER_SLACK_MS};
 
 mod answer;
 mod outcome;
-
-/// Envoy's response flag for a downstream that went away (`DC`).
-const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
 
 /// Which attempt this instance serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

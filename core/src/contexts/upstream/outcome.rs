@@ -203,7 +203,7 @@ impl AttemptFilter {
                 // Abandoned by firstTokenTimeout (Envoy's per-try idle timer) before its
                 // first event: the router goes on to the next provider.
                 self.stage = Stage::Answering { ended: false };
-                if !self.not_the_providers_doing(h) {
+                if !super::super::not_the_providers_doing(h) {
                     let limit = self.config.failover.first_token_timeout_ms.unwrap_or(0);
                     let why = format!("no first event within firstTokenTimeout ({limit} ms)");
                     self.failed(h, Failure::Stall, "stall", Ended::Gone, &why);
@@ -214,7 +214,7 @@ impl AttemptFilter {
             // the provider's failure.
             Stage::Answering { ended: false }
                 if !self.stream.as_ref().is_some_and(|s| s.watch.finished())
-                    && !self.not_the_providers_doing(h) =>
+                    && !super::super::not_the_providers_doing(h) =>
             {
                 self.broken_stream(h, "reset");
             }
@@ -232,7 +232,7 @@ impl AttemptFilter {
             // Reported after all: not the next attempt's to record.
             unreported::close(h);
         }
-        if self.not_the_providers_doing(h) {
+        if super::super::not_the_providers_doing(h) {
             return;
         }
         if let Some((limit, name)) = unreported::per_try_limit(&self.config, h) {
@@ -258,17 +258,5 @@ impl AttemptFilter {
         };
         let (failure, reason) = attempt::unreachable();
         self.failed(h, failure, reason, ended, &why);
-    }
-
-    /// The client went away (the router cancelled the attempt), or the gateway
-    /// answered the client itself (`REFUSED_KEY`): the provider is not to blame.
-    pub(super) fn not_the_providers_doing(&self, h: &impl Host) -> bool {
-        let details = h
-            .property(&["response", "code_details"])
-            .unwrap_or_default();
-        let flags = h.property_u64(&["response", "flags"]).unwrap_or(0);
-        details == b"downstream_remote_disconnect"
-            || flags & DOWNSTREAM_CONNECTION_TERMINATION != 0
-            || h.property(&[REFUSED_KEY]).is_some()
     }
 }
