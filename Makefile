@@ -39,7 +39,7 @@ demo: build
 	$(PY) scripts/demo.py
 
 unit-test: setup
-	cargo test -p llm-failover-core -p llm-failover -p llm-failover-render
+	cargo test -p llm-failover-core -p llm-failover -p llm-failover-render -p llm-failover-native
 
 wasm-test: setup
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_RUNNER)" cargo test --target wasm32-wasip1 -p llm-failover-core
@@ -49,8 +49,11 @@ lint: setup
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p llm-failover-core -p llm-failover -p noop-filter --all-targets --target wasm32-wasip1 -- -D warnings
 
+# Every e2e test against the .wasm, then the suite again with router mode (the
+# default) on the native module; tests marked wasm_only say why they are skipped there.
 e2e: build
 	$(PY) -m pytest tests/e2e -q
+	LLM_FAILOVER_BUILD=native $(PY) -m pytest tests/e2e -q -rs
 
 test-setup:
 	@scripts/setup.sh --test

@@ -284,6 +284,59 @@ extern "C" {
         value: u64,
     ) -> u32;
 
+    /// The configuration's twins of the three above: for its own work on the main
+    /// thread (the tick's gauges), outside any stream.
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+
+    /// A scheduler whose `commit` (from any thread) runs
+    /// `on_http_filter_config_scheduled` on the main thread; deleted exactly once.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> SchedulerPtr;
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: SchedulerPtr,
+    );
+
+    /// The configuration's one-shot call (a background probe); its answer comes to
+    /// `on_http_filter_config_http_callout_done`. Returns the ABI's init result.
+    pub fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: ConfigEnvoyPtr,
+        callout_id_out: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+
     pub fn envoy_dynamic_module_callback_log_v2(
         level: LogLevel,
         message: ModuleBuffer,

@@ -5,6 +5,9 @@
 //! - Each worker thread gets its own core `Root` per configuration (the core's
 //!   contexts are single-threaded, as a wasm VM is): built at the first request the
 //!   worker sees.
+//! - A downstream configuration also has a root on the main thread, ticked by
+//!   `ticker.rs`: the health gauges and background probes (the periodic work each
+//!   wasm VM does on its tick, done once per process here).
 //! - A hook may run while another hook of the same filter is on the stack (Envoy
 //!   completes a stream inline, e.g. during a local reply): the filter is then busy,
 //!   and the completion runs when the outer hook returns.
@@ -15,19 +18,36 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use llm_failover_core::config::Config;
 use llm_failover_core::contexts::root::{HttpFilter, Root};
-use llm_failover_core::host::Action;
+use llm_failover_core::host::{Action, HeaderList};
 
 use crate::abi::{ConfigEnvoyPtr, FilterEnvoyPtr};
 use crate::host::NativeHost;
-use crate::metrics::{Families, Registry};
+use crate::metrics::{self, Families, Registry};
+use crate::ticker::Ticker;
+
+/// The upstream instance's filter name (the downstream one is `llm_failover`).
+const UPSTREAM_NAME: &[u8] = b"llm_failover_upstream";
 
 /// A configuration Envoy created: the filter's name (`llm_failover` downstream,
 /// `llm_failover_upstream` on the provider clusters) and the plugin configuration.
 pub struct FailoverConfig {
+    /// First, so that it is dropped first: no tick reaches the root being dropped.
+    main: Option<Main>,
     id: usize,
     name: Vec<u8>,
     raw: Vec<u8>,
     families: Families,
+}
+
+/// A downstream configuration's root on the main thread and what ticks it.
+struct Main {
+    /// Held for its Drop, which stops the thread before the root goes.
+    _ticker: Option<Ticker>,
+    root: RefCell<Root>,
+    registry: Registry,
+    /// Calls answered while the root was busy (Envoy may answer a failed call
+    /// inline, inside the tick that sent it): handled when the tick returns.
+    late: RefCell<Vec<(u32, HeaderList, Vec<u8>)>>,
 }
 
 impl FailoverConfig {
@@ -37,12 +57,74 @@ impl FailoverConfig {
             Config::parse(raw, &|var| std::env::var(var).ok()).map_err(|e| e.to_string())?;
         config.check_native().map_err(|e| e.to_string())?;
         static NEXT: AtomicUsize = AtomicUsize::new(1);
+        let upstream = name == UPSTREAM_NAME;
         Ok(FailoverConfig {
+            main: if upstream {
+                None
+            } else {
+                Main::start(envoy, name, raw)?
+            },
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             name: name.to_vec(),
             raw: raw.to_vec(),
-            families: Families::define(envoy),
+            // An upstream configuration's stats would be its cluster's: the downstream
+            // filter records its counts (metrics.rs).
+            families: if upstream {
+                Families::default()
+            } else {
+                Families::define(envoy)
+            },
         })
+    }
+
+    /// A tick of the main thread's root (`on_http_filter_config_scheduled`).
+    pub fn tick(&self, envoy: ConfigEnvoyPtr) {
+        let Some(main) = &self.main else { return };
+        let mut host = NativeHost::configuring(envoy, &self.name, &self.raw)
+            .with_metrics(&self.families, &main.registry);
+        if let Ok(mut root) = main.root.try_borrow_mut() {
+            root.on_tick(&mut host);
+        }
+        let late = std::mem::take(&mut *main.late.borrow_mut());
+        for (token, headers, body) in late {
+            self.answered(envoy, token, headers, body);
+        }
+    }
+
+    /// The answer to a call the main thread's root sent (a background probe).
+    pub fn answered(&self, envoy: ConfigEnvoyPtr, token: u32, headers: HeaderList, body: Vec<u8>) {
+        let Some(main) = &self.main else { return };
+        let Ok(mut root) = main.root.try_borrow_mut() else {
+            main.late.borrow_mut().push((token, headers, body));
+            return;
+        };
+        let mut host = NativeHost::configuring(envoy, &self.name, &self.raw)
+            .with_metrics(&self.families, &main.registry);
+        let size = body.len();
+        host.set_call(headers, body);
+        root.on_call_response(&mut host, token, size);
+    }
+}
+
+impl Main {
+    /// The main thread's root, configured now (so a configuration the core refuses
+    /// is refused at load), and its ticker when the core asks for a tick.
+    fn start(envoy: ConfigEnvoyPtr, name: &[u8], raw: &[u8]) -> Result<Option<Main>, String> {
+        let mut root = Root::default();
+        let mut host = NativeHost::configuring(envoy, name, raw);
+        if !root.on_configure(&mut host) {
+            return Err("llm-failover: the configuration was refused (see the line above)".into());
+        }
+        let ticker = match host.tick_ms() {
+            0 => None,
+            period => Ticker::start(envoy, period),
+        };
+        Ok(Some(Main {
+            _ticker: ticker,
+            root: RefCell::new(root),
+            registry: Registry::default(),
+            late: RefCell::default(),
+        }))
     }
 }
 
@@ -74,7 +156,8 @@ impl Slot {
             let mut roots = roots.borrow_mut();
             if !roots.iter().any(|(id, _, _)| *id == config.id) {
                 let mut root = Root::default();
-                let mut host = NativeHost::configuring(&config.name, &config.raw);
+                let mut host =
+                    NativeHost::configuring(std::ptr::null_mut(), &config.name, &config.raw);
                 if !root.on_configure(&mut host) {
                     return None;
                 }
@@ -107,7 +190,9 @@ impl Slot {
         let registry = Rc::clone(&self.registry);
         let mut host =
             NativeHost::stream(envoy, &config.name).with_metrics(&config.families, &registry);
+        metrics::flush(&config.families, envoy);
         let out = f(&mut self.filter, &mut host);
+        metrics::flush(&config.families, envoy);
         self.busy = false;
         if self.completed {
             self.finish(&mut host);
@@ -123,6 +208,7 @@ impl Slot {
             let mut host =
                 NativeHost::stream(envoy, &config.name).with_metrics(&config.families, &registry);
             self.finish(&mut host);
+            metrics::flush(&config.families, envoy);
         }
     }
 

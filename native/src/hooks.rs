@@ -18,7 +18,7 @@ use crate::spike;
 /// What a `filter_name` makes: the failover filter (`llm_failover` downstream,
 /// `llm_failover_upstream` on provider clusters), or a measuring spike.
 pub enum ModuleConfig {
-    Failover(FailoverConfig),
+    Failover(Box<FailoverConfig>),
     Spike(spike::FilterConfig),
 }
 
@@ -109,7 +109,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
         let (name, config) = unsafe { (bytes(name), bytes(config)) };
         let made = match name {
             b"llm_failover" | b"llm_failover_upstream" => {
-                FailoverConfig::new(config_envoy, name, config).map(ModuleConfig::Failover)
+                FailoverConfig::new(config_envoy, name, config)
+                    .map(|c| ModuleConfig::Failover(Box::new(c)))
             }
             _ => spike::FilterConfig::new(name, config).map(ModuleConfig::Spike),
         };
@@ -132,6 +133,51 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: Con
     })
 }
 
+/// The configuration's tick (`ticker.rs`), on the main thread.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    _event_id: u64,
+) {
+    guard("config_scheduled", (), || {
+        // SAFETY: Envoy passes the live configuration it got from config_new.
+        if let ModuleConfig::Failover(c) = unsafe { &*(config as *const ModuleConfig) } {
+            c.tick(config_envoy);
+        }
+    })
+}
+
+/// The answer to a call the configuration sent (a background probe), on the main
+/// thread.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    config_envoy: ConfigEnvoyPtr,
+    config: ConfigModulePtr,
+    callout_id: u64,
+    _result: u32,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    body_chunks: *const EnvoyBuffer,
+    body_chunks_size: usize,
+) {
+    guard("config_http_callout_done", (), || {
+        // SAFETY: Envoy passes the live configuration, and lends the headers and
+        // chunks for this hook.
+        let (c, headers, body) = unsafe {
+            (
+                &*(config as *const ModuleConfig),
+                header_list(headers, headers_size),
+                joined(body_chunks, body_chunks_size),
+            )
+        };
+        if let ModuleConfig::Failover(c) = c {
+            let token = u32::try_from(callout_id).unwrap_or(u32::MAX);
+            c.answered(config_envoy, token, headers, body);
+        }
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     config: ConfigModulePtr,
@@ -142,7 +188,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
         // SAFETY: the config outlives its filters.
         match unsafe { &*(config as *const ModuleConfig) } {
             ModuleConfig::Failover(c) => match Slot::new(c) {
-                Some(slot) => ModuleFilter::Failover(Box::new(slot), c as *const FailoverConfig),
+                Some(slot) => ModuleFilter::Failover(Box::new(slot), &**c as *const FailoverConfig),
                 None => ModuleFilter::Passing,
             },
             ModuleConfig::Spike(c) => ModuleFilter::Spike(spike::Filter::new(c)),

@@ -9,7 +9,7 @@ use llm_failover_core::store::{SharedData, StoreError};
 
 use crate::abi::*;
 use crate::hooks::bytes;
-use crate::metrics::{Families, Registry};
+use crate::metrics::{Families, Registry, Target};
 use crate::store;
 
 /// Envoy's attributes the core reads as properties (the ABI's attribute ids).
@@ -21,6 +21,11 @@ const XDS_CLUSTER_NAME: u32 = 57;
 pub struct NativeHost<'a> {
     /// The stream this hook is for; null for the configuration's own calls.
     envoy: FilterEnvoyPtr,
+    /// The configuration, for its own calls on the main thread (the tick's gauges,
+    /// background probes); null for a stream's hooks.
+    config_envoy: ConfigEnvoyPtr,
+    /// The tick period the core asked for in `on_configure` (0: none).
+    tick_ms: u64,
     /// The filter's name in Envoy's configuration (`plugin_root_id` to the core: the
     /// downstream or the upstream instance).
     filter_name: &'a [u8],
@@ -51,6 +56,8 @@ impl<'a> NativeHost<'a> {
     pub fn stream(envoy: FilterEnvoyPtr, filter_name: &'a [u8]) -> Self {
         NativeHost {
             envoy,
+            config_envoy: std::ptr::null_mut(),
+            tick_ms: 0,
             filter_name,
             configuration: None,
             call: None,
@@ -63,14 +70,35 @@ impl<'a> NativeHost<'a> {
         self
     }
 
-    /// For the configuration's own calls (no stream).
-    pub fn configuring(filter_name: &'a [u8], configuration: &'a [u8]) -> Self {
+    /// For the configuration's own calls (no stream): `config_envoy` is null on a
+    /// worker (building its root), the configuration on the main thread.
+    pub fn configuring(
+        config_envoy: ConfigEnvoyPtr,
+        filter_name: &'a [u8],
+        configuration: &'a [u8],
+    ) -> Self {
         NativeHost {
             envoy: std::ptr::null_mut(),
+            config_envoy,
+            tick_ms: 0,
             filter_name,
             configuration: Some(configuration),
             call: None,
             metrics: None,
+        }
+    }
+
+    /// The tick period the core asked for (0: none).
+    pub fn tick_ms(&self) -> u64 {
+        self.tick_ms
+    }
+
+    /// Where a metric is recorded from this hook.
+    fn target(&self) -> Target {
+        if self.live() {
+            Target::Stream(self.envoy)
+        } else {
+            Target::Config(self.config_envoy)
         }
     }
 
@@ -444,22 +472,38 @@ impl Host for NativeHost<'_> {
     }
 
     fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, String> {
-        if !self.live() {
-            return Err("no stream to send a call from".to_string());
-        }
         let headers = module_headers(call.headers);
         let mut id = 0u64;
-        // SAFETY: `envoy` is the live stream; every buffer lives for the call.
+        let (cluster, body) = (
+            ModuleBuffer::of(call.cluster.as_bytes()),
+            ModuleBuffer::of(call.body.unwrap_or(&[])),
+        );
+        // SAFETY: `envoy` is the live stream, or `config_envoy` the configuration
+        // whose hook runs on the main thread; every buffer lives for the call.
         let result = unsafe {
-            envoy_dynamic_module_callback_http_filter_http_callout(
-                self.envoy,
-                &mut id,
-                ModuleBuffer::of(call.cluster.as_bytes()),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(call.body.unwrap_or(&[])),
-                call.timeout_ms,
-            )
+            if self.live() {
+                envoy_dynamic_module_callback_http_filter_http_callout(
+                    self.envoy,
+                    &mut id,
+                    cluster,
+                    headers.as_ptr(),
+                    headers.len(),
+                    body,
+                    call.timeout_ms,
+                )
+            } else if !self.config_envoy.is_null() {
+                envoy_dynamic_module_callback_http_filter_config_http_callout(
+                    self.config_envoy,
+                    &mut id,
+                    cluster,
+                    headers.as_ptr(),
+                    headers.len(),
+                    body,
+                    call.timeout_ms,
+                )
+            } else {
+                return Err("no stream or configuration to send a call from".to_string());
+            }
         };
         match result {
             0 => u32::try_from(id).map_err(|_| format!("callout id {id} out of range")),
@@ -536,8 +580,11 @@ impl Host for NativeHost<'_> {
             .map(<[u8]>::to_vec)
     }
 
-    /// No tick yet natively (gauges, background probes and hedging need one).
-    fn set_tick_period_ms(&mut self, _ms: u64) {}
+    /// Kept for the configuration's ticker (`ticker.rs`); a worker's root asks too,
+    /// and nothing ticks it (the main thread's root does the periodic work).
+    fn set_tick_period_ms(&mut self, ms: u64) {
+        self.tick_ms = ms;
+    }
 
     /// The families were defined when Envoy created the configuration (the ABI
     /// freezes them afterwards); this finds the core's metric among them.
@@ -548,13 +595,13 @@ impl Host for NativeHost<'_> {
 
     fn increment_metric(&self, id: u32, by: i64) {
         if let Some((families, registry)) = self.metrics {
-            registry.record(families, self.envoy, id, u64::try_from(by).unwrap_or(0));
+            registry.record(families, self.target(), id, u64::try_from(by).unwrap_or(0));
         }
     }
 
     fn record_metric(&self, id: u32, value: u64) {
         if let Some((families, registry)) = self.metrics {
-            registry.record(families, self.envoy, id, value);
+            registry.record(families, self.target(), id, value);
         }
     }
 }

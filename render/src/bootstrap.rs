@@ -102,11 +102,23 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
     ]);
     let mut warnings = Vec::new();
     let clusters = clusters::clusters(&clusters, &upstream_filters, &mut warnings);
-    let doc = json!({
+    let mut doc = json!({
         "admin": {"address": socket(&options.admin)},
         "stats_config": {"stats_tags": stats_tags()},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     });
+    if options.native {
+        // The module's stats are `dynamicmodulescustom.<name>`; with this guard Envoy
+        // registers that namespace as a custom one, so Prometheus shows the wasm
+        // build's names (`llm_failover_requests`, not
+        // `envoy_dynamicmodulescustom_llm_failover_requests`). Measured on 1.40.
+        doc["layered_runtime"] = json!({"layers": [{
+            "name": "llm_failover",
+            "static_layer": {
+                "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix": true,
+            },
+        }]});
+    }
     Ok((doc, warnings))
 }
 

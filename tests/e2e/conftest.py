@@ -1,6 +1,21 @@
 import pytest
 
-from harness import MOCK_BIN, WASM, Envoy, Mock, RawProvider
+from harness import MOCK_BIN, WASM, Envoy, Mock, RawProvider, native_build
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "wasm_only(reason): skipped when LLM_FAILOVER_BUILD=native runs the suite against "
+                   "the native module, which does not do this (the reason says what and why)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not native_build():
+        return
+    for item in items:
+        marker = item.get_closest_marker("wasm_only")
+        if marker:
+            item.add_marker(pytest.mark.skip(reason=f"wasm build only: {marker.args[0]}"))
 
 
 def pytest_sessionstart(session):

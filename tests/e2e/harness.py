@@ -405,6 +405,27 @@ def native_filter(filter_name: str, config: str = "{}") -> dict:
         "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}}}
 
 
+def is_llm_failover(http_filter: dict) -> bool:
+    """Whether `http_filter` is llm-failover, either build."""
+    config = http_filter.get("typed_config", {})
+    return http_filter["name"] == "envoy.filters.http.wasm" or \
+        config.get("dynamic_module_config", {}).get("name") == "llm_failover_native"
+
+
+def set_plugin_config(http_filter: dict, raw: str):
+    """Replaces the plugin configuration of llm-failover filter `http_filter`, either build."""
+    config = http_filter["typed_config"]
+    if "filter_config" in config:
+        config["filter_config"]["value"] = raw
+    else:
+        config["config"]["configuration"]["value"] = raw
+
+
+def native_build() -> bool:
+    """Whether router-mode tests run against the native module (LLM_FAILOVER_BUILD=native)."""
+    return os.environ.get("LLM_FAILOVER_BUILD") == "native"
+
+
 def insert_before_router(cfg: dict, http_filter: dict):
     """Puts `http_filter` just before the router on the LLM listener."""
     filters = llm_hcm(cfg)["http_filters"]
@@ -448,11 +469,13 @@ class Envoy:
     def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
                  concurrency: int = 2, route_timeout: str = "120s", router: bool = True, tweak=None,
                  ops_plugin: dict | None = None, wasm: Path = WASM, wasm_log: str = "info",
-                 native: bool = False):
+                 native: bool | None = None):
         if isinstance(plugin, dict) and plugin.get("failover", {}).get("mode") == "dispatch":
             router = False  # render wires router mode only
         # LLM_FAILOVER_BUILD=native runs router-mode tests against the native module.
-        native = native or (router and os.environ.get("LLM_FAILOVER_BUILD") == "native")
+        # None: as LLM_FAILOVER_BUILD says (router mode only); True/False: that build.
+        native = (router and native_build()) if native is None else native
+        self.native = native
         # A port free_port() found can be taken by another process before Envoy binds
         # it: then start again on other ports (at most three times).
         for tries_left in (2, 1, 0):

@@ -135,6 +135,7 @@ def test_bad_configuration_pushed_over_lds_is_refused_and_the_old_one_serves_dis
         log.close()
 
 
+@pytest.mark.wasm_only("a wasm VM's panic and restart; the native module catches panics at each hook")
 def test_a_vm_that_panics_is_back_within_milliseconds(mocks, envoy):
     """A debug build's trigger (`--features test-panic`, header
     `x-llm-failover-test-panic`) panics the VM; FAIL_RELOAD gives the next request a

@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 import yaml
 from harness import ROOT, WASM, validate, wait_until
 
@@ -90,6 +91,7 @@ def test_dashboard_structure():
         assert topic in titles, topic
 
 
+@pytest.mark.wasm_only("hedgeAfter: the native module refuses it (README, Which build where)")
 def test_dashboard_queries_name_metrics_envoy_exposes(mocks, envoy):
     # One request meets everything the dashboard shows: the primary's 429 (a cooldown
     # and a failover), a slow second provider, and a hedge to the third that wins.

@@ -8,7 +8,10 @@ import json
 import time
 
 import openai
+import pytest
 from harness import MESSAGES, config, metric, provider, wait_until
+
+pytestmark = pytest.mark.wasm_only("hedgeAfter: the native module refuses it (README, Which build where)")
 
 CHAT_PATH = "/v1/chat/completions"
 

@@ -2,7 +2,8 @@
 Envoy says its ABI version matched, and its hooks run on real traffic (issue 18's
 spike: read a request header, set a response header)."""
 
-from harness import NATIVE_DIR, Envoy, config, dead_port, insert_before_router, native_filter, provider
+from harness import (NATIVE_DIR, Envoy, config, dead_port, insert_before_router, native_filter, provider,
+                     wait_until)
 
 ABI_MATCHED = "Dynamic module ABI version v0.2.0 matched."
 
@@ -22,7 +23,7 @@ def test_the_native_module_loads_with_a_matching_abi_and_runs_on_every_request(m
     a = mocks("a")
     envoy = Envoy(config([provider("a")]), {"a": a.port},
                   env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)},
-                  tweak=lambda cfg: insert_before_router(cfg, native_filter("spike")))
+                  tweak=lambda cfg: insert_before_router(cfg, native_filter("spike")), native=False)
     try:
         assert ABI_MATCHED in envoy.log()
         for _ in range(16):
@@ -54,7 +55,7 @@ def test_filter_state_a_native_filter_sets_picks_the_routes_cluster(mocks):
             "%FILTER_STATE(llm_failover_next:PLAIN)%"
 
     envoy = Envoy(config([provider("a", "ca")], [provider("b", "cb")]), {"ca": a.port, "cb": b.port},
-                  env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)}, tweak=native_routing)
+                  env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)}, tweak=native_routing, native=False)
     try:
         for _ in range(8):
             status, headers, _ = envoy.post_chat({"model": "m", "messages": []})
@@ -88,7 +89,7 @@ def test_a_native_upstream_filter_moves_the_retry_to_the_cluster_it_names(mocks)
                 opts["http_filters"] = filters
 
     envoy = Envoy(config([provider("a", "ca")], [provider("b", "cb")]), {"ca": a.port, "cb": b.port},
-                  env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)}, tweak=native_upstream)
+                  env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)}, tweak=native_upstream, native=False)
     try:
         for _ in range(8):
             # No wasm upstream filter rewrites the path here: the mocks' own.
@@ -142,11 +143,11 @@ def test_router_mode_natively_fails_over_a_refused_connection(mocks):
         envoy.stop()
 
 
-def test_native_metrics_are_counted_with_their_labels(mocks):
+def test_native_metrics_have_the_wasm_builds_names_and_labels(mocks):
     """The native module's metrics (defined when Envoy creates its configuration) are
-    counted with the same labels as the wasm build's; their names carry Envoy's
-    namespace for modules and, for the upstream filter, its cluster's scope (measured;
-    ARCHITECTURE.md, "The native module")."""
+    the wasm build's: same names and labels in Prometheus, the upstream filter's counts
+    included (recorded by the downstream filter, not in the cluster's scope), and the
+    health gauge set by the configuration's tick on the main thread."""
     from harness import metric
 
     primary, fallback, envoy = limited_primary(mocks)
@@ -154,11 +155,16 @@ def test_native_metrics_are_counted_with_their_labels(mocks):
         for _ in range(3):
             assert envoy.post_chat({"model": "m", "messages": []})[0] == 200
         text = envoy.prometheus()
-        assert metric(text, "envoy_dynamicmodulescustom_llm_failover_requests",
-                      provider="fallback", status_class="2xx") == 3
-        assert metric(text, "envoy_cluster_primary_dynamicmodulescustom_llm_failover_failovers",
+        assert metric(text, "llm_failover_requests", provider="fallback", status_class="2xx") == 3
+        assert metric(text, "llm_failover_failovers",
                       **{"from": "primary", "to": "fallback", "reason": "rate_limited"}) == 1
-        assert metric(text, "envoy_cluster_primary_dynamicmodulescustom_llm_failover_cooldowns",
-                      provider="primary", reason="rate_limited") == 1
+        assert metric(text, "llm_failover_cooldowns", provider="primary", reason="rate_limited") == 1
+        assert "dynamicmodulescustom" not in text
+        assert "envoy_cluster_primary_llm_failover" not in text
+        # 1: cooling down, 0: healthy (metrics.rs in the core); the tick sets them
+        # within about a second.
+        wait_until(lambda: metric(envoy.prometheus(), "llm_failover_health", provider="primary") == 1,
+                   5, "the primary's health gauge")
+        assert metric(envoy.prometheus(), "llm_failover_health", provider="fallback") == 0
     finally:
         envoy.stop()

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from harness import CHAT, ROOT, http, metric, wait_until
+from harness import CHAT, ROOT, http, is_llm_failover, metric, set_plugin_config, wait_until
 
 
 
@@ -103,8 +103,8 @@ def test_health_view_and_gauge_follow_the_routing_configuration(mocks, envoy, op
         # The ops listener's filter configured with the hand copy instead of the view-only one.
         (ops_listener,) = [l for l in cfg["static_resources"]["listeners"] if l["name"] == "ops"]
         for f in ops_listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]:
-            if f["name"] == "envoy.filters.http.wasm":
-                f["typed_config"]["config"]["configuration"]["value"] = json.dumps(ops_plugin)
+            if is_llm_failover(f):
+                set_plugin_config(f, json.dumps(ops_plugin))
 
     e = envoy(config(), {"primary": primary.port, "fallback": fallback.port},
               tweak=ops_copy if ops_plugin else None)

@@ -277,8 +277,9 @@ def run_mode(mode: str, requests: int, clients: int, max_seconds: float, seed: i
     primary_port, fallback_port = parent.recv()
     env = {"SOAK_PRIMARY_KEY": KEYS["primary"], "SOAK_FALLBACK_KEY": KEYS["fallback"]}
     clusters = {"primary": primary_port, "fallback": fallback_port}
+    # "native": router mode with the native module (Envoy 1.40 dynamic modules).
     envoy = Envoy(plugin(mode, primary_port, fallback_port), clusters, env=env, router=(mode != "dispatch"),
-                  route_timeout="30s")
+                  route_timeout="30s", native=(mode == "native"))
     counts = {"sent": 0, "ok": 0, "lost": 0, "by_primary": 0, "by_fallback": 0}
     lost_examples: list[str] = []
     lock = threading.Lock()
@@ -401,7 +402,8 @@ def run_mode(mode: str, requests: int, clients: int, max_seconds: float, seed: i
         # FAIL_RELOAD's counters, per plugin (`wasm.<plugin>.vm_reload`).
         "vm_reloads": sum(v for k, v in stats.items() if k.startswith("wasm.") and k.endswith(".vm_reload")),
         "configured_lines": configured,
-        "panics": log.count("panicked at"),
+        # A wasm panic prints "panicked at"; the native module's hooks catch theirs and log it.
+        "panics": log.count("panicked at") + log.count("a panic in"),
         "envoy_rss_mib_start": round((rss_start or rss_end) / 1024, 1), "envoy_rss_mib_end": round(rss_end / 1024, 1),
         "breaker_at_end": breaker_at_end, "recovery_s": round(recovery_s, 2),
         "upstream_cx_connect_fail_primary": stats.get("cluster.primary.upstream_cx_connect_fail", 0),
@@ -484,7 +486,8 @@ def main():
     ap.add_argument("--requests", type=int, default=450_000, help="per mode")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--max-seconds", type=float, default=240, help="per mode; the run stops there")
-    ap.add_argument("--modes", nargs="+", default=["router", "dispatch", "hedge"], choices=["router", "dispatch", "hedge"])
+    ap.add_argument("--modes", nargs="+", default=["router", "dispatch", "hedge", "native"],
+                    choices=["router", "dispatch", "hedge", "native"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pace", type=float, default=0.0, help="seconds each client waits between requests")
     ap.add_argument("--tempo", type=float, default=1.0,

@@ -281,16 +281,13 @@ pub struct Config {
 }
 
 impl Config {
-    /// What the native module (issue 18, in progress) does not do yet: it has no tick
-    /// to send hedges or background probes from. Refused by field, at load and by
+    /// What the native module does not do yet: hedging (its hedges would be sent and
+    /// watched per worker, with streaming calls). Refused by field, at load and by
     /// `render --native`.
     pub fn check_native(&self) -> Result<(), ConfigError> {
         let unsupported = "not supported by the native module yet; use the .wasm build";
         if self.failover.hedge_after_ms.is_some() {
             return Err(ConfigError::new("failover.hedgeAfter", unsupported));
-        }
-        if self.failover.background_probes {
-            return Err(ConfigError::new("failover.backgroundProbes", unsupported));
         }
         Ok(())
     }

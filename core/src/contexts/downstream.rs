@@ -95,10 +95,11 @@ impl Downstream {
         }
     }
 
-    pub fn on_response_body(&self) -> Action {
+    pub fn on_response_body(&mut self, h: &impl Host) -> Action {
         match self {
+            Downstream::Routed(r) => r.on_response_body(h),
             Downstream::Dispatched(d) => d.on_response_body(),
-            _ => Action::Continue,
+            Downstream::Passing => Action::Continue,
         }
     }
 

@@ -55,7 +55,7 @@ impl HttpFilter {
 
     pub fn on_response_body(&mut self, h: &mut impl Host, size: usize, end: bool) -> Action {
         match self {
-            HttpFilter::Downstream(d) => d.on_response_body(),
+            HttpFilter::Downstream(d) => d.on_response_body(h),
             HttpFilter::Attempt(a) => a.on_response_body(h, size, end),
         }
     }

@@ -23,7 +23,7 @@ use crate::{body, handoff};
 
 use super::hedging;
 use super::request::{apply_edits, BodyRead, Phase, Request};
-use super::unreported;
+use super::unreported::{self, Waiting};
 
 /// Which of Envoy's response flags say the router could not start an attempt at
 /// all (no upstream filter saw it): no healthy host, unknown cluster.
@@ -41,6 +41,9 @@ pub struct Routed {
     /// until its body is complete (`hedgeAfter` only).
     hedges: Rc<RefCell<Hedges>>,
     hedge_request: Option<hedge::Request>,
+    /// When the answer's last data passed (`streamIdleTimeout`, on a host that does
+    /// not report an attempt's end: see `record_cut`).
+    last_data_ms: u64,
 }
 
 impl Routed {
@@ -52,7 +55,16 @@ impl Routed {
             context_id,
             hedges,
             hedge_request: None,
+            last_data_ms: 0,
         }
+    }
+
+    /// The answer's data passing on to the client.
+    pub fn on_response_body(&mut self, h: &impl Host) -> Action {
+        if self.req.config.failover.stream_idle_timeout_ms.is_some() && !h.reports_attempt_ends() {
+            self.last_data_ms = h.now_ms();
+        }
+        Action::Continue
     }
 
     pub fn request(&self) -> &Request {
@@ -342,9 +354,11 @@ impl Routed {
     /// attempt left open ended without one: its provider's failure, unless the client
     /// went away or the gateway answered itself (the upstream filter's rule).
     fn record_unanswered(&self, h: &mut impl Host) {
-        let Some(open) = unreported::take(h) else {
+        // An answer passing on now is not unanswered (`record_cut` looks at its end).
+        let Some(open) = unreported::peek(h).filter(|o| o.waiting != Waiting::Body) else {
             return;
         };
+        unreported::close(h);
         if super::not_the_providers_doing(h) {
             return;
         }
@@ -352,6 +366,25 @@ impl Routed {
             let now = h.now_ms();
             let config = &self.req.config;
             unreported::record(h, config, &self.req.telemetry, step.index, open, now);
+        }
+    }
+
+    /// (A host that does not report an attempt's end.) The answer whose headers went
+    /// on to the client never ended: reset or stalled, the provider's failure unless
+    /// the client went away (the upstream filter's `broken_stream` when reported).
+    fn record_cut(&self, h: &mut impl Host) {
+        let Some(open) = unreported::peek(h).filter(|o| o.waiting == Waiting::Body) else {
+            return;
+        };
+        unreported::close(h);
+        if super::not_the_providers_doing(h) {
+            return;
+        }
+        if let Some(step) = self.plan.get(open.at.position) {
+            let now = h.now_ms();
+            let config = &self.req.config;
+            let telemetry = &self.req.telemetry;
+            unreported::record_cut(h, config, telemetry, step.index, self.last_data_ms, now);
         }
     }
 
@@ -401,6 +434,9 @@ impl Routed {
     /// client that left before any answer is not wanted either.
     pub fn on_log(&mut self, h: &mut impl Host) {
         self.req.release_claims(h);
+        if !h.reports_attempt_ends() {
+            self.record_cut(h);
+        }
         if self.req.config.failover.hedge_after_ms.is_some() {
             if let Ending::RoutedWon { id, .. } = self.hedges.borrow_mut().end(self.context_id) {
                 hedging::cancel(h, id);

@@ -3,15 +3,17 @@
 //! connection, a reset, a per-try timeout) without completing it, and a destroyed
 //! filter can no longer set filter state (measured, ARCHITECTURE.md). On such a host
 //! (`Host::reports_attempt_ends` false) each attempt is marked open when it starts,
-//! with the next attempt named in advance for the router; an answer closes it; the
-//! next attempt's filter, or the downstream filter for the last one, records an
-//! attempt it finds still open.
+//! with the next attempt named in advance for the router. The mark says what the
+//! attempt still waits for: its headers, its first event (held for
+//! `firstTokenTimeout`), or the rest of its body (headers sent on to the client); the
+//! end of its answer closes it. The next attempt's filter, or the downstream filter
+//! for the last one, records an attempt it finds still open.
 
 use crate::attempt;
 use crate::config::Config;
 use crate::health::Failure;
 use crate::host::Host;
-use crate::names::{OPEN_KEY, STREAMED_KEY};
+use crate::names::{OPEN_KEY, STREAMED_KEY, STREAM_KEY};
 use crate::plan::At;
 
 use super::telemetry::Telemetry;
@@ -22,16 +24,47 @@ pub const TIMER_SLACK_MS: u64 = 50;
 /// The value of a closed mark (an empty filter-state value is not stored everywhere).
 const CLOSED: &str = "-";
 
-/// An attempt marked open: where it was in the plan and when it started.
+/// What an open attempt waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Its response headers.
+    Headers,
+    /// Its first event: a stream held for `firstTokenTimeout`, nothing sent on yet.
+    FirstEvent,
+    /// The rest of its answer, whose headers went on to the client.
+    Body,
+}
+
+impl Waiting {
+    fn code(self) -> &'static str {
+        match self {
+            Waiting::Headers => "",
+            Waiting::FirstEvent => ":f",
+            Waiting::Body => ":b",
+        }
+    }
+}
+
+/// An attempt marked open: where it was in the plan, since when (its start, or the
+/// moment it began waiting for what it waits for) and what for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Open {
     pub at: At,
     pub started_ms: u64,
+    pub waiting: Waiting,
 }
 
-/// Marks the attempt at `at` open from `now`.
+/// Marks the attempt at `at` open from `now`, waiting for its headers.
 pub fn mark(h: &mut impl Host, at: At, now: u64) {
-    h.set_property_str(OPEN_KEY, &format!("{}:{now}", at.encode()));
+    mark_waiting(h, at, now, Waiting::Headers);
+}
+
+/// Marks the attempt at `at` as waiting for `waiting` from `now`.
+pub fn mark_waiting(h: &mut impl Host, at: At, now: u64, waiting: Waiting) {
+    h.set_property_str(
+        OPEN_KEY,
+        &format!("{}:{now}{}", at.encode(), waiting.code()),
+    );
 }
 
 /// The attempt got an answer: it is settled by the answer's own handling.
@@ -39,15 +72,27 @@ pub fn close(h: &mut impl Host) {
     h.set_property_str(OPEN_KEY, CLOSED);
 }
 
-/// The attempt still marked open, if any; the mark is closed.
-pub fn take(h: &mut impl Host) -> Option<Open> {
+/// The attempt still marked open, if any, without closing the mark.
+pub fn peek(h: &impl Host) -> Option<Open> {
     let mark = h.property(&[OPEN_KEY])?;
     let text = std::str::from_utf8(&mark).ok()?;
-    let (at, started) = text.split_once(':')?;
-    let open = Open {
+    let (at, rest) = text.split_once(':')?;
+    let (started, waiting) = match rest.split_once(':') {
+        None => (rest, Waiting::Headers),
+        Some((started, "f")) => (started, Waiting::FirstEvent),
+        Some((started, "b")) => (started, Waiting::Body),
+        Some(_) => return None,
+    };
+    Some(Open {
         at: At::decode(at.as_bytes())?,
         started_ms: started.parse().ok()?,
-    };
+        waiting,
+    })
+}
+
+/// The attempt still marked open, if any; the mark is closed.
+pub fn take(h: &mut impl Host) -> Option<Open> {
+    let open = peek(h)?;
     close(h);
     Some(open)
 }
@@ -71,8 +116,9 @@ pub fn per_try_limit(config: &Config, h: &impl Host) -> Option<(u64, &'static st
 }
 
 /// Records the failure of `open`, an attempt to provider `index` that ended without
-/// an answer: a timeout when it lasted its per-try limit, else a connection failure.
-/// Its reason.
+/// an answer: a stall when it was held for its first event (Envoy's per-try idle
+/// timer, `firstTokenTimeout`, ended it), a timeout when it lasted its per-try
+/// limit, else a connection failure. Its reason.
 pub fn record(
     h: &impl Host,
     config: &Config,
@@ -83,6 +129,14 @@ pub fn record(
 ) -> &'static str {
     let lasted = now.saturating_sub(open.started_ms);
     let (failure, reason, why) = match per_try_limit(config, h) {
+        _ if open.waiting != Waiting::Headers => {
+            let limit = config.failover.first_token_timeout_ms.unwrap_or(0);
+            (
+                Failure::Stall,
+                "stall",
+                format!("no first event within firstTokenTimeout ({limit} ms)"),
+            )
+        }
         Some((limit, name)) if lasted + TIMER_SLACK_MS >= limit => (
             Failure::Timeout,
             "timeout",
@@ -93,7 +147,7 @@ pub fn record(
             (
                 failure,
                 reason,
-                "no response (refused, reset or timed out)".to_string(),
+                "no response: refused, reset or timed out".to_string(),
             )
         }
     };
@@ -101,4 +155,37 @@ pub fn record(
     let result = attempt::record_failure(config, h, &sink, index, failure, None, now);
     log::info!("{}", attempt::describe(config, index, &result, &why, now));
     reason
+}
+
+/// Records the failure of an answer from provider `index` whose headers went on to
+/// the client and whose body never ended (`Waiting::Body`), unless the client went
+/// away: a stall when its last data (`last_data_ms`, as the downstream filter saw
+/// it) is `streamIdleTimeout` old (Envoy's per-try idle timer ended it), else a
+/// reset. What the access log's `stream` shows.
+pub fn record_cut(
+    h: &mut impl Host,
+    config: &Config,
+    telemetry: &Telemetry,
+    index: usize,
+    last_data_ms: u64,
+    now: u64,
+) -> &'static str {
+    let (failure, how, why) = match config.failover.stream_idle_timeout_ms {
+        Some(idle)
+            if last_data_ms > 0 && now.saturating_sub(last_data_ms) + TIMER_SLACK_MS >= idle =>
+        {
+            let why = format!("its stream stalled for streamIdleTimeout ({idle} ms)");
+            (Failure::Stall, "stall", why)
+        }
+        _ => (
+            Failure::BrokenStream,
+            "reset",
+            "its stream broke off (reset)".to_string(),
+        ),
+    };
+    h.set_property_str(STREAM_KEY, how);
+    let sink = telemetry.sink(&*h);
+    let result = attempt::record_failure(config, &*h, &sink, index, failure, None, now);
+    log::info!("{}", attempt::describe(config, index, &result, &why, now));
+    how
 }

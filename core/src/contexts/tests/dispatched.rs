@@ -39,7 +39,7 @@ fn a_429_sends_the_clients_own_request_to_the_next_provider() {
     h.set_response(&[(":status", "429")]);
     assert_eq!(f.on_response_headers(&mut h), Action::Pause);
     // The failed answer's body is held back.
-    assert_eq!(f.on_response_body(), Action::Pause);
+    assert_eq!(f.on_response_body(&h), Action::Pause);
     assert_eq!(h.calls.len(), 1);
     let call = &h.calls[0];
     assert_eq!(call.cluster, "cb");
@@ -120,6 +120,6 @@ fn a_good_answer_passes_and_is_named() {
     h.set_response(&[(":status", "200")]);
     assert_eq!(f.on_response_headers(&mut h), Action::Continue);
     assert_eq!(h.response(PROVIDER_HEADER).as_deref(), Some("a"));
-    assert_eq!(f.on_response_body(), Action::Continue);
+    assert_eq!(f.on_response_body(&h), Action::Continue);
     assert!(h.calls.is_empty());
 }

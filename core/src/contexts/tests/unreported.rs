@@ -134,3 +134,112 @@ fn a_client_that_went_away_leaves_the_open_attempt_unblamed() {
     f.on_response_headers(&mut h);
     assert_eq!(record(&h, &c, 0).state(NOW), State::Healthy);
 }
+
+#[test]
+fn a_stream_held_for_its_first_event_stays_open_until_it_comes_and_then_until_its_end() {
+    let failover = r#"{"firstTokenTimeout":"1s"}"#;
+    let mut h = attempt_at(None, "ca");
+    let mut f = start(failover, &mut h);
+    h.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    f.on_response_headers(&mut h, false);
+    assert_eq!(h.filter_state(OPEN_KEY), Some(format!("0:{NOW}:f")));
+    h.response_body = b"data: {}\n\n".to_vec();
+    h.now.set(NOW + 10);
+    f.on_response_body(&mut h, 10, false);
+    assert_eq!(h.filter_state(OPEN_KEY), Some(format!("0:{}:b", NOW + 10)));
+    h.response_body = b"data: {}\n\ndata: [DONE]\n\n".to_vec();
+    f.on_response_body(&mut h, 24, true);
+    assert_eq!(h.filter_state(OPEN_KEY).as_deref(), Some("-"));
+}
+
+#[test]
+fn the_next_attempt_records_a_stream_abandoned_before_its_first_event_as_a_stall() {
+    let failover = r#"{"firstTokenTimeout":"1s"}"#;
+    let mut h = attempt_at(None, "ca");
+    let mut f = start(failover, &mut h);
+    h.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    f.on_response_headers(&mut h, false);
+    // Envoy's per-try idle timer ends it; the router asks cb.
+    h.properties
+        .insert("xds.cluster_name".into(), b"cb".to_vec());
+    h.now.set(NOW + 1_000);
+    start(failover, &mut h);
+    let c = config(failover);
+    assert_eq!(record(&h, &c, 0).state(NOW + 1_000), State::Cooling);
+    assert_eq!(h.filter_state(REASON_KEY).as_deref(), Some("stall"));
+    assert_eq!(h.filter_state(PATH_KEY).as_deref(), Some("0,1"));
+}
+
+#[test]
+fn an_error_answer_closes_the_attempt() {
+    let mut h = attempt_at(None, "ca");
+    let mut f = start("{}", &mut h);
+    h.set_response(&[(":status", "500")]);
+    f.on_response_headers(&mut h, false);
+    assert_eq!(h.filter_state(OPEN_KEY).as_deref(), Some("-"));
+}
+
+/// The downstream filter of a request whose answer from `a` (plan position 0) began
+/// passing on to the client, and whose body then stopped coming.
+fn cut_answer(failover: &str, last_data_at: u64, now: u64) -> (Rc<Config>, MockHost) {
+    let c = config(failover);
+    let hedges: Rc<RefCell<Hedges>> = Rc::default();
+    let mut h = client(NOW);
+    h.unreported = true;
+    let mut f = downstream(&c, &hedges);
+    f.on_request_headers(&mut h, true);
+    h.set_property_str(OPEN_KEY, &format!("0:{NOW}:b"));
+    h.set_response(&[(":status", "200")]);
+    f.on_response_headers(&mut h);
+    // Still passing: not an unanswered attempt.
+    assert_eq!(h.filter_state(OPEN_KEY), Some(format!("0:{NOW}:b")));
+    h.now.set(last_data_at);
+    f.on_response_body(&h);
+    h.now.set(now);
+    f.on_log(&mut h);
+    (c, h)
+}
+
+#[test]
+fn the_downstream_filter_records_an_answer_reset_after_its_headers() {
+    let (c, h) = cut_answer("{}", NOW + 100, NOW + 200);
+    assert_eq!(h.filter_state(STREAM_KEY).as_deref(), Some("reset"));
+    assert_eq!(h.filter_state(OPEN_KEY).as_deref(), Some("-"));
+    let health = record(&h, &c, 0);
+    assert_eq!(health.state(NOW + 200), State::Cooling);
+    assert_eq!(
+        h.metric("llm_failover.cooldowns.provider.a.reason.broken_stream"),
+        1
+    );
+}
+
+#[test]
+fn the_downstream_filter_records_an_answer_silent_for_stream_idle_timeout_as_a_stall() {
+    let failover = r#"{"streamIdleTimeout":"2s"}"#;
+    let (c, h) = cut_answer(failover, NOW + 100, NOW + 2_080);
+    assert_eq!(h.filter_state(STREAM_KEY).as_deref(), Some("stall"));
+    assert_eq!(record(&h, &c, 0).state(NOW + 2_080), State::Cooling);
+    // Cut before streamIdleTimeout: a reset.
+    let (_, h) = cut_answer(failover, NOW + 100, NOW + 1_000);
+    assert_eq!(h.filter_state(STREAM_KEY).as_deref(), Some("reset"));
+}
+
+#[test]
+fn an_answer_the_client_walked_away_from_is_not_the_providers_failure() {
+    let c = config("{}");
+    let hedges: Rc<RefCell<Hedges>> = Rc::default();
+    let mut h = client(NOW);
+    h.unreported = true;
+    let mut f = downstream(&c, &hedges);
+    f.on_request_headers(&mut h, true);
+    h.set_property_str(OPEN_KEY, &format!("0:{NOW}:b"));
+    h.set_response(&[(":status", "200")]);
+    f.on_response_headers(&mut h);
+    h.properties.insert(
+        "response.code_details".into(),
+        b"downstream_remote_disconnect".to_vec(),
+    );
+    f.on_log(&mut h);
+    assert_eq!(record(&h, &c, 0).state(NOW), State::Healthy);
+    assert_eq!(h.filter_state(STREAM_KEY), None);
+}

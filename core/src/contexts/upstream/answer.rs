@@ -2,6 +2,7 @@
 //! recorded (a stream at its first event), a stream watched for its end.
 
 use super::*;
+use crate::contexts::unreported::Waiting;
 
 impl AttemptFilter {
     /// Response headers: a failing answer is held to read its error body; a good one
@@ -10,13 +11,13 @@ impl AttemptFilter {
         let Some(index) = self.provider else {
             return Action::Continue;
         };
-        if !h.reports_attempt_ends() {
-            // An answer: this attempt's end is handled here, not by the next attempt.
-            unreported::close(h);
-        }
         let status: u16 = parse_number(h.response_header(":status").as_deref()).unwrap_or(0);
         // Everything an upstream filter sees came from the provider.
         if status >= 400 {
+            if !h.reports_attempt_ends() {
+                // An error answer: settled here, not by the next attempt.
+                unreported::close(h);
+            }
             let headers = h.response_headers();
             if end_of_stream {
                 self.settle(h, status, &headers, &[]);
@@ -50,10 +51,27 @@ impl AttemptFilter {
             // still runs, and when it fires the router tries the next provider, since
             // nothing reached the client. The success is recorded at the first event.
             self.stage = Stage::AwaitingFirstEvent;
+            self.still_open(h, Waiting::FirstEvent);
             return Action::Pause;
         }
+        self.still_open(h, Waiting::Body);
         self.record_success(h, index);
         Action::Continue
+    }
+
+    /// (A host that does not report an attempt's end.) What the answer still waits
+    /// for, for whoever finds the attempt open; closed once the answer has ended.
+    fn still_open(&self, h: &mut impl Host, waiting: Waiting) {
+        if h.reports_attempt_ends() {
+            return;
+        }
+        match self.stage {
+            Stage::Answering { ended: true } => unreported::close(h),
+            _ => {
+                let now = h.now_ms();
+                unreported::mark_waiting(h, self.at, now, waiting);
+            }
+        }
     }
 
     /// Watches a successful streamed (SSE) answer for its end; `headers` when read
@@ -84,7 +102,8 @@ impl AttemptFilter {
         match &self.stage {
             Stage::ReadingError { .. } => return self.read_error_body(h, size, end),
             Stage::AwaitingFirstEvent => {
-                self.stage = Stage::Answering { ended: false };
+                self.stage = Stage::Answering { ended: end };
+                self.still_open(h, Waiting::Body);
                 if let Some(index) = self.provider {
                     self.record_success(h, index);
                 }
@@ -94,10 +113,9 @@ impl AttemptFilter {
         if self.config.failover.stream_idle_timeout_ms.is_some() {
             self.last_data_ms = h.now_ms();
         }
-        if end {
-            if let Stage::Answering { ended } = &mut self.stage {
-                *ended = true;
-            }
+        if end && matches!(self.stage, Stage::Answering { ended: false }) {
+            self.stage = Stage::Answering { ended: true };
+            self.still_open(h, Waiting::Body);
         }
         let Some(watched) = self.stream.as_mut() else {
             return Action::Continue;
@@ -145,7 +163,12 @@ impl AttemptFilter {
         match std::mem::replace(&mut self.stage, Stage::Failed) {
             // The body (if any) came without its end: judged on what came.
             Stage::ReadingError { status, headers } => self.settle(h, status, &headers, &[]),
-            Stage::Answering { .. } => self.stage = Stage::Answering { ended: true },
+            Stage::Answering { ended } => {
+                self.stage = Stage::Answering { ended: true };
+                if !ended {
+                    self.still_open(h, Waiting::Body);
+                }
+            }
             other => self.stage = other,
         }
         Action::Continue
