@@ -35,8 +35,9 @@ build: setup
 render: build
 	$(PY) scripts/render_shipped.py
 
+# `make demo BUILD=native`: the same demo with the native module instead of the .wasm.
 demo: build
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(filter native,$(BUILD)),--native,)
 
 unit-test: setup
 	cargo test -p llm-failover-core -p llm-failover -p llm-failover-render -p llm-failover-native

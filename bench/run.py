@@ -25,6 +25,8 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
   router-2k-no-stream-route   router-2k with `streamFirstByteTimeout: "0s"`: no route for
                  streamed requests, so the request headers are not held until the body
                  is read (what that hold, on by default, costs)
+  native-2k, native-100k, native-failover   router-2k, router-100k and router-failover
+                 with the native module (`llm-failover render --native`)
 
 Then time to first event of a streamed answer (llm-mock providers, one request at a
 time) and Envoy's CPU per streamed request: straight to the provider (no wasm), router
@@ -149,12 +151,13 @@ def dispatch(plugin: dict) -> dict:
     return dict(plugin, failover={"mode": "dispatch"})
 
 
-def rendered(plugin: dict, downstream: bool = True, upstream: bool = True):
+def rendered(plugin: dict, downstream: bool = True, upstream: bool = True, native: bool = False):
     """A builder for `llm-failover render`'s bootstrap of `plugin` (router mode), without
     the access log (the hand-wired rows have none); `downstream=False` / `upstream=False`
-    take the filter out of the listener / the clusters and keep the rest of the wiring."""
+    take the filter out of the listener / the clusters and keep the rest of the wiring;
+    `native`: `render --native`, the native module instead of the .wasm."""
     def build(port, admin):
-        cfg = render(plugin, port, admin, free_port())
+        cfg = render(plugin, port, admin, free_port(), native=native)
         hcm = llm_hcm(cfg)
         hcm.pop("access_log", None)
         cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
@@ -224,6 +227,10 @@ def proxy_configs(upstream_port):
         # streamFirstByteTimeout off: no route for streamed requests, so the request
         # headers are not held until the body is read (router-2k holds them).
         "router-2k-no-stream-route": (rendered(dict(router_two, failover={"streamFirstByteTimeout": "0s"})), 2048),
+        # The same router mode with the native module (`render --native`).
+        "native-2k": (rendered(router_two, native=True), 2048),
+        "native-100k": (rendered(router_two, native=True), 100 * 1024),
+        "native-failover": (rendered(router_failing, native=True), 2048),
     }
 
 
@@ -348,6 +355,8 @@ def stream_configs(direct: Mock, limited: Mock, fallback: Mock, slow: Mock):
         "stream-router-direct-first-token": rendered(dict(groups(direct), failover={
             "firstTokenTimeout": "10s"})),
         "stream-router-failover": rendered(groups(limited)),
+        "stream-native-direct": rendered(groups(direct), native=True),
+        "stream-native-failover": rendered(groups(limited), native=True),
         "stream-dispatch-failover": lambda port, admin: bootstrap(
             admin, [listener(port, by_header, [wasm_filter(WASM, dispatch_failover)])],
             [cluster("primary", limited.port), cluster("fallback", fallback.port)]),

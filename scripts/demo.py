@@ -7,7 +7,11 @@ with real Envoy, the built filter and two mock providers.
 It sends the lab's three requests, shows the access log, heals the primary, waits
 out its cooldown and shows traffic back on it; then breaks the primary again and
 streams an answer through the failover, event by event. Then it stops everything
-it started."""
+it started.
+
+`--native` (`make demo BUILD=native`): the same with the native module (Envoy 1.40's
+dynamic modules) in place of the .wasm, from `llm-failover render --native`; the hedging
+step is left out (hedgeAfter is not native)."""
 
 import http.client
 import json
@@ -25,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
 MOCK = ROOT / "target" / "release" / "llm-mock"
-CONFIG = ROOT / "envoy" / "envoy.yaml"
+NATIVE = "--native" in sys.argv[1:]
+CONFIG = ROOT / "envoy" / ("envoy-native.yaml" if NATIVE else "envoy.yaml")
 GATEWAY = "http://127.0.0.1:10000/openai"
 ADMIN = "http://127.0.0.1:9901"
 HEALTH = "http://127.0.0.1:9902/llm-failover/health"
@@ -167,10 +172,11 @@ def main():
         say(f"  primary  mock-gpt-4o on :8000, answers every request with 429 and Retry-After: {RETRY_AFTER}")
         say("  fallback openai-style mock on :8001, accepts only the key the gateway injects")
 
-        say("Step 2  start Envoy with envoy/envoy.yaml (--concurrency 2)")
+        build = "the native module" if NATIVE else "the .wasm"
+        say(f"Step 2  start Envoy with envoy/{CONFIG.name} ({build}, --concurrency 2)")
         env = dict(os.environ, OPENAI_API_KEY=DEMO_KEY)
         envoy = start([str(ENVOY), "-c", str(CONFIG), "--concurrency", "2", "--disable-hot-restart",
-                       "-l", "warning", "--component-log-level", "wasm:info",
+                       "-l", "warning", "--component-log-level", "wasm:info,dynamic_modules:info",
                        "--file-flush-interval-msec", "200"], "envoy.log", env)
         wait_for(lambda: envoy.poll() is None and get(f"{ADMIN}/ready")[1].strip() == b"LIVE", 20, "Envoy")
         say("  Envoy is ready on http://127.0.0.1:10000")
@@ -231,7 +237,7 @@ def main():
             (workdir / f"{name}.json").write_text(json.dumps(plugin))
             rendered = subprocess.run([str(RENDER), "render", "--config", str(workdir / f"{name}.json"),
                                        "--listen", f"127.0.0.1:{port}", "--admin", f"127.0.0.1:{port - 99}",
-                                       "--ops", f"127.0.0.1:{port - 98}"],
+                                       "--ops", f"127.0.0.1:{port - 98}", *(["--native"] if NATIVE else [])],
                                       capture_output=True, text=True, cwd=ROOT, check=True)
             (workdir / f"{name}.yaml").write_text(rendered.stdout)
             say(f"  an Envoy from `llm-failover render` of the same configuration plus"
@@ -256,10 +262,14 @@ def main():
 
         fast = variant("slow", "firstByteTimeout", "1s", 10010)
         say(f"  {DIM}The primary was abandoned after 1 s and counts one failure (reason timeout).{RESET}")
-        hedged = variant("hedge", "hedgeAfter", "500ms", 10020)
-        say(f"  {DIM}With hedgeAfter the fallback was asked too after 0.5 s; its answer won and the primary's"
-            f" attempt was cancelled (its connection closed). A hedge makes two providers work on one request:"
-            f" set it near your providers' p95 time to first byte.{RESET}")
+        if NATIVE:
+            hedged = True
+            say(f"  {DIM}(hedgeAfter is not native yet: `make demo` shows it with the .wasm){RESET}")
+        else:
+            hedged = variant("hedge", "hedgeAfter", "500ms", 10020)
+            say(f"  {DIM}With hedgeAfter the fallback was asked too after 0.5 s; its answer won and the primary's"
+                f" attempt was cancelled (its connection closed). A hedge makes two providers work on one"
+                f" request: set it near your providers' p95 time to first byte.{RESET}")
         fast = fast and hedged
         post("http://127.0.0.1:8000/mock/config", {"latency_ms": 0})
 

@@ -18,6 +18,8 @@ K8S_MARK = "  envoy.yaml: |\n"
 TARGETS = [
     ("envoy/llm-failover.json", "envoy/envoy.yaml", []),
     ("envoy/openai.json", "envoy/envoy-openai.yaml", []),
+    # The same as envoy/envoy.yaml with the native module (Envoy 1.40 only).
+    ("envoy/llm-failover.json", "envoy/envoy-native.yaml", ["--native"]),
     # In the compose network: services by name, ports published on the container.
     ("compose/llm-failover.json", "compose/envoy.yaml",
      ["--listen", "0.0.0.0:10000", "--admin", "0.0.0.0:9901", "--ops", "0.0.0.0:9902",
@@ -63,7 +65,7 @@ def main() -> int:
     stale = []
     for plugin, output, options in TARGETS:
         want = expected(plugin, output, options)
-        if (ROOT / output).read_text() == want:
+        if (ROOT / output).exists() and (ROOT / output).read_text() == want:
             continue
         stale.append(output)
         if not args.check:

@@ -53,6 +53,9 @@ struct Main {
 impl FailoverConfig {
     /// Refuses what the core's parser refuses, with its message.
     pub fn new(envoy: ConfigEnvoyPtr, name: &[u8], raw: &[u8]) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err(llm_failover_core::config::EMPTY_CONFIGURATION.to_string());
+        }
         let config =
             Config::parse(raw, &|var| std::env::var(var).ok()).map_err(|e| e.to_string())?;
         config.check_native().map_err(|e| e.to_string())?;

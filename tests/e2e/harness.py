@@ -396,11 +396,15 @@ def file_access_log(path: str, fields: dict = ACCESS_LOG_FIELDS) -> list[dict]:
     }]
 
 
-def native_filter(filter_name: str, config: str = "{}") -> dict:
-    """The native module as HTTP filter `filter_name` (Envoy's dynamic modules)."""
+def native_filter(filter_name: str, config: str = "{}", by_path: bool = False) -> dict:
+    """The native module as HTTP filter `filter_name` (Envoy's dynamic modules), found
+    through ENVOY_DYNAMIC_MODULES_SEARCH_PATH or, `by_path`, by its file."""
+    module = {"name": "llm_failover_native"}
+    if by_path:
+        module["module"] = {"local": {"filename": str(NATIVE_DIR / "libllm_failover_native.so")}}
     return {"name": f"llm_failover_native_{filter_name}", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-        "dynamic_module_config": {"name": "llm_failover_native"},
+        "dynamic_module_config": module,
         "filter_name": filter_name,
         "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config}}}
 

@@ -7,13 +7,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from harness import RENDER_BIN, ROOT, bootstrap, validate
+from harness import RENDER_BIN, ROOT, bootstrap, is_llm_failover, llm_hcm, native_build, native_filter, validate
 
 GOOD_PROVIDER = {"name": "a", "cluster": "a"}
 
 
 def write_config(plugin_value: str, env_keys=()) -> Path:
+    """A bootstrap with `plugin_value` as the filter's configuration; under
+    LLM_FAILOVER_BUILD=native, in the native module instead of the .wasm."""
     cfg = bootstrap(plugin_value, {"a": 1, "b": 2}, 10000, 9901, env_keys=list(env_keys))
+    if native_build():
+        hcm = llm_hcm(cfg)
+        hcm["http_filters"] = [native_filter("llm_failover", plugin_value, by_path=True) if is_llm_failover(f)
+                               else f for f in hcm["http_filters"]]
     path = Path(tempfile.mkdtemp(prefix="llm-failover-validate-")) / "envoy.json"
     path.write_text(json.dumps(cfg))
     return path
@@ -30,7 +36,7 @@ def providers(*ps):
 
 
 @pytest.mark.parametrize("env", [{"OPENAI_API_KEY": "sk-validate"}])
-@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-openai.yaml"])
+@pytest.mark.parametrize("name", ["envoy.yaml", "envoy-openai.yaml", "envoy-native.yaml"])
 def test_shipped_configs_validate(name, env):
     r = validate(ROOT / "envoy" / name, env)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -280,6 +280,10 @@ pub struct Config {
     pub rewritten_headers: Vec<String>,
 }
 
+/// What Envoy's log says when a filter has no plugin configuration at all.
+pub const EMPTY_CONFIGURATION: &str =
+    "invalid llm-failover configuration: the plugin configuration is empty";
+
 impl Config {
     /// What the native module does not do yet: hedging (its hedges would be sent and
     /// watched per worker, with streaming calls). Refused by field, at load and by

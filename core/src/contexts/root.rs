@@ -195,7 +195,7 @@ impl Root {
     /// refuses the listener or the cluster).
     pub fn on_configure(&mut self, h: &mut impl Host) -> bool {
         let Some(raw) = h.plugin_configuration() else {
-            log::error!("invalid llm-failover configuration: the plugin configuration is empty");
+            log::error!("{}", crate::config::EMPTY_CONFIGURATION);
             return false;
         };
         let config = match Config::parse(&raw, &|name| std::env::var(name).ok()) {
