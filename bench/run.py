@@ -58,7 +58,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from harness import (LOOPBACK, WASM, Mock, envoy_bin, free_port, http, llm_hcm,  # noqa: E402
+from harness import (LOOPBACK, WASM, Mock, envoy_bin, free_port, http, is_llm_failover, llm_hcm,  # noqa: E402
                      render, stop_process, wait_until)
 
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
@@ -164,13 +164,13 @@ def rendered(plugin: dict, downstream: bool = True, upstream: bool = True, nativ
         for c in cfg["static_resources"]["clusters"]:
             c["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
         if not downstream:
-            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if not is_llm_failover(f)]
         if not upstream:
             for c in cfg["static_resources"]["clusters"]:
                 if "typed_extension_protocol_options" not in c:
                     continue  # llm_failover_exhausted
                 opts = c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
-                opts["http_filters"] = [f for f in opts["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+                opts["http_filters"] = [f for f in opts["http_filters"] if not is_llm_failover(f)]
         return cfg
     return build
 
@@ -231,6 +231,11 @@ def proxy_configs(upstream_port):
         "native-2k": (rendered(router_two, native=True), 2048),
         "native-100k": (rendered(router_two, native=True), 100 * 1024),
         "native-failover": (rendered(router_failing, native=True), 2048),
+        # Where the native normal path's cost goes: without the upstream filters, and
+        # without the route for streamed requests (request headers not held).
+        "native-downstream": (rendered(router_two, upstream=False, native=True), 2048),
+        "native-2k-no-stream-route": (rendered(dict(router_two, failover={"streamFirstByteTimeout": "0s"}),
+                                               native=True), 2048),
     }
 
 

@@ -209,10 +209,7 @@ impl<'a> NativeHost<'a> {
             {
                 return Vec::new();
             }
-            chunks
-                .iter()
-                .flat_map(|c| bytes(*c).iter().copied())
-                .collect()
+            concat(&chunks)
         }
     }
 
@@ -320,10 +317,20 @@ pub unsafe fn joined(chunks: *const EnvoyBuffer, size: usize) -> Vec<u8> {
     if chunks.is_null() || size == 0 {
         return Vec::new();
     }
-    let list = std::slice::from_raw_parts(chunks, size);
-    list.iter()
-        .flat_map(|c| bytes(*c).iter().copied())
-        .collect()
+    concat(std::slice::from_raw_parts(chunks, size))
+}
+
+/// The chunks' bytes in one vector, copied chunk by chunk (a byte-by-byte collect
+/// made native-100k twice router-100k's CPU, measured).
+///
+/// # Safety
+/// Each chunk points at `length` readable bytes for the call.
+unsafe fn concat(chunks: &[EnvoyBuffer]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
+    for c in chunks {
+        out.extend_from_slice(bytes(*c));
+    }
+    out
 }
 
 impl SharedData for NativeHost<'_> {
