@@ -460,7 +460,8 @@ and a `context_length_exceeded` 400 that only the fallback's larger `contextWind
 (router and hedge mode: dispatch mode judges its first attempt by status alone). Every 2-6 s it also closes its listener for 0.2-0.8 s and drops its
 keep-alive connections. The fallback is healthy. Every request carries its own id; each provider checks that it got
 its own model and key, and records the ids it executed. *Hedge mode* is router mode with
-`hedgeAfter: {HEDGE_AFTER_MS}ms`, and the slow fault six times as likely.
+`hedgeAfter: {HEDGE_AFTER_MS}ms`, and the slow fault six times as likely. *Native mode* is
+router mode with the native module (`render --native`) in place of the `.wasm`.
 
 {chr(10).join(lines)}
 
