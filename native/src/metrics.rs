@@ -298,67 +298,30 @@ mod tests {
         0
     }
 
-    // Stand-ins for the six functions `emit` calls (Envoy's binary defines them; the
-    // test executable has none, and the compiler may take their addresses).
-    #[no_mangle]
-    unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_increment_counter(
-        _: FilterEnvoyPtr,
-        id: usize,
-        values: *const ModuleBuffer,
-        len: usize,
-        v: u64,
-    ) -> u32 {
-        note("counter", id, values, len, v)
+    /// Stand-ins for the six functions `emit` calls (Envoy's binary defines them; the
+    /// test executable has none, and the compiler may take their addresses).
+    macro_rules! stand_in {
+        ($($name:ident($target:ty) => $which:literal;)*) => {$(
+            #[no_mangle]
+            unsafe extern "C" fn $name(
+                _: $target,
+                id: usize,
+                values: *const ModuleBuffer,
+                len: usize,
+                v: u64,
+            ) -> u32 {
+                note($which, id, values, len, v)
+            }
+        )*};
     }
-    #[no_mangle]
-    unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_set_gauge(
-        _: FilterEnvoyPtr,
-        id: usize,
-        values: *const ModuleBuffer,
-        len: usize,
-        v: u64,
-    ) -> u32 {
-        note("gauge", id, values, len, v)
-    }
-    #[no_mangle]
-    unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
-        _: FilterEnvoyPtr,
-        id: usize,
-        values: *const ModuleBuffer,
-        len: usize,
-        v: u64,
-    ) -> u32 {
-        note("histogram", id, values, len, v)
-    }
-    #[no_mangle]
-    unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
-        _: ConfigEnvoyPtr,
-        id: usize,
-        values: *const ModuleBuffer,
-        len: usize,
-        v: u64,
-    ) -> u32 {
-        note("config counter", id, values, len, v)
-    }
-    #[no_mangle]
-    unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
-        _: ConfigEnvoyPtr,
-        id: usize,
-        values: *const ModuleBuffer,
-        len: usize,
-        v: u64,
-    ) -> u32 {
-        note("config gauge", id, values, len, v)
-    }
-    #[no_mangle]
-    unsafe extern "C" fn envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
-        _: ConfigEnvoyPtr,
-        id: usize,
-        values: *const ModuleBuffer,
-        len: usize,
-        v: u64,
-    ) -> u32 {
-        note("config histogram", id, values, len, v)
+
+    stand_in! {
+        envoy_dynamic_module_callback_http_filter_increment_counter(FilterEnvoyPtr) => "counter";
+        envoy_dynamic_module_callback_http_filter_set_gauge(FilterEnvoyPtr) => "gauge";
+        envoy_dynamic_module_callback_http_filter_record_histogram_value(FilterEnvoyPtr) => "histogram";
+        envoy_dynamic_module_callback_http_filter_config_increment_counter(ConfigEnvoyPtr) => "config counter";
+        envoy_dynamic_module_callback_http_filter_config_set_gauge(ConfigEnvoyPtr) => "config gauge";
+        envoy_dynamic_module_callback_http_filter_config_record_histogram_value(ConfigEnvoyPtr) => "config histogram";
     }
 
     /// A downstream configuration whose families got Envoy's ids 10, 11, ...

@@ -42,7 +42,7 @@ pub struct Routed {
     hedges: Rc<RefCell<Hedges>>,
     hedge_request: Option<hedge::Request>,
     /// When the answer's last data passed (`streamIdleTimeout`, on a host that does
-    /// not report an attempt's end: see `record_cut`).
+    /// not report an attempt's end: see `record_open`).
     last_data_ms: u64,
 }
 
@@ -327,7 +327,7 @@ impl Routed {
             h.set_response_header(":status", &status.to_string());
         }
         if !h.reports_attempt_ends() {
-            self.record_unanswered(h);
+            self.record_open(h, false);
         }
         // Where the upstream filters moved the request.
         let positions = plan::path(h.property(&[PATH_KEY]).as_deref());
@@ -350,41 +350,31 @@ impl Routed {
         Action::Continue
     }
 
-    /// (A host that does not report an attempt's end without an answer.) The last
-    /// attempt left open ended without one: its provider's failure, unless the client
-    /// went away or the gateway answered itself (the upstream filter's rule).
-    fn record_unanswered(&self, h: &mut impl Host) {
-        // An answer passing on now is not unanswered (`record_cut` looks at its end).
-        let Some(open) = unreported::peek(h).filter(|o| o.waiting != Waiting::Body) else {
+    /// (A host that does not report an attempt's end.) The attempt left open, the
+    /// provider's failure unless the client went away or the gateway answered itself
+    /// (the upstream filter's rule). At the answer's headers (`at_end` false): the last
+    /// attempt, which got none (refused, timed out, or held for a first event that
+    /// never came). At the end of the request: the answer whose headers went on to the
+    /// client and whose body never ended (reset or stalled: the upstream filter's
+    /// `broken_stream` when the end is reported).
+    fn record_open(&self, h: &mut impl Host, at_end: bool) {
+        let Some(open) = unreported::peek(h).filter(|o| (o.waiting == Waiting::Body) == at_end)
+        else {
             return;
         };
         unreported::close(h);
         if super::not_the_providers_doing(h) {
             return;
         }
-        if let Some(step) = self.plan.get(open.at.position) {
-            let now = h.now_ms();
-            let config = &self.req.config;
-            unreported::record(h, config, &self.req.telemetry, step.index, open, now);
-        }
-    }
-
-    /// (A host that does not report an attempt's end.) The answer whose headers went
-    /// on to the client never ended: reset or stalled, the provider's failure unless
-    /// the client went away (the upstream filter's `broken_stream` when reported).
-    fn record_cut(&self, h: &mut impl Host) {
-        let Some(open) = unreported::peek(h).filter(|o| o.waiting == Waiting::Body) else {
+        let Some(step) = self.plan.get(open.at.position) else {
             return;
         };
-        unreported::close(h);
-        if super::not_the_providers_doing(h) {
-            return;
-        }
-        if let Some(step) = self.plan.get(open.at.position) {
-            let now = h.now_ms();
-            let config = &self.req.config;
-            let telemetry = &self.req.telemetry;
+        let now = h.now_ms();
+        let (config, telemetry) = (&self.req.config, &self.req.telemetry);
+        if at_end {
             unreported::record_cut(h, config, telemetry, step.index, self.last_data_ms, now);
+        } else {
+            unreported::record(h, config, telemetry, step.index, open, now);
         }
     }
 
@@ -435,7 +425,7 @@ impl Routed {
     pub fn on_log(&mut self, h: &mut impl Host) {
         self.req.release_claims(h);
         if !h.reports_attempt_ends() {
-            self.record_cut(h);
+            self.record_open(h, true);
         }
         if self.req.config.failover.hedge_after_ms.is_some() {
             if let Ending::RoutedWon { id, .. } = self.hedges.borrow_mut().end(self.context_id) {
