@@ -1,10 +1,17 @@
 //! `llm-failover check`: a plugin configuration against an Envoy bootstrap written by
 //! hand. Envoy's own validation cannot see that a provider's `cluster` names no
 //! cluster (the filter only names it at run time, where a typo looks like a provider
-//! that cannot be reached), so this does.
+//! that cannot be reached), so this does. It knows both builds: the `.wasm`
+//! (`envoy.filters.http.wasm`, found by `root_id`) and the native module (Envoy's
+//! dynamic modules, found by `filter_name`).
 
 use llm_failover_core::config::{Config, Mode};
+use llm_failover_core::names;
 use serde_json::Value;
+
+/// The runtime guard that gives the native module's metrics the wasm build's names.
+const STRIP_PREFIX_GUARD: &str =
+    "envoy.reloadable_features.dynamic_modules_strip_custom_stat_prefix";
 
 /// Problems found, one line each; empty when the two fit together.
 pub fn check(plugin_raw: &str, bootstrap: &Value) -> Result<Vec<String>, String> {
@@ -46,7 +53,7 @@ pub fn check(plugin_raw: &str, bootstrap: &Value) -> Result<Vec<String>, String>
                  (router mode rewrites and records attempts there; see `llm-failover render`)",
                 p.name, p.cluster
             )),
-            Some(f) if !holds_headers(f) => problems.push(format!(
+            Some(Instance::Wasm(f)) if !holds_headers(f) => problems.push(format!(
                 "provider {}: the upstream filter on cluster {:?} lacks \
                  allow_on_headers_stop_iteration: true (without it an attempt with a failing \
                  answer hangs while the filter waits for the error body)",
@@ -55,14 +62,13 @@ pub fn check(plugin_raw: &str, bootstrap: &Value) -> Result<Vec<String>, String>
             Some(_) => {}
         }
     }
+    if config.failover.mode == Mode::Router && uses_native(bootstrap) {
+        native_problems(&config, bootstrap, &mut problems);
+    }
     if config.failover.mode == Mode::Router {
         let mut downstream = Vec::new();
         if let Some(listeners) = bootstrap.pointer("/static_resources/listeners") {
-            plugins_with_root_id(
-                listeners,
-                llm_failover_core::names::ROOT_ID,
-                &mut downstream,
-            );
+            plugins_with_root_id(listeners, names::ROOT_ID, &mut downstream);
         }
         // The routing instances (the ops listener's view-only one holds nothing).
         let routing = |f: &&&Value| {
@@ -83,16 +89,107 @@ pub fn check(plugin_raw: &str, bootstrap: &Value) -> Result<Vec<String>, String>
     Ok(problems)
 }
 
-/// The filter's `config` (PluginConfig) as an upstream HTTP filter of `cluster`.
-fn upstream_filter(cluster: &Value) -> Option<&Value> {
+/// The filter as one build or the other: the wasm filter's `config` (PluginConfig),
+/// or the native filter's `typed_config`.
+enum Instance<'a> {
+    Wasm(&'a Value),
+    Native,
+}
+
+/// The filter as an upstream HTTP filter of `cluster`, either build.
+fn upstream_filter(cluster: &Value) -> Option<Instance<'_>> {
     cluster
         .pointer("/typed_extension_protocol_options/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/http_filters")
         .and_then(Value::as_array)?
         .iter()
-        .filter_map(|f| f.pointer("/typed_config/config"))
-        .find(|c| {
-            c.get("root_id").and_then(Value::as_str) == Some(llm_failover_core::names::UPSTREAM_ROOT_ID)
+        .filter_map(|f| f.get("typed_config"))
+        .find_map(|t| {
+            if is_native(t, names::UPSTREAM_ROOT_ID) {
+                return Some(Instance::Native);
+            }
+            let plugin = t.get("config")?;
+            (plugin.get("root_id").and_then(Value::as_str) == Some(names::UPSTREAM_ROOT_ID))
+                .then_some(Instance::Wasm(plugin))
         })
+}
+
+/// Whether `typed_config` is the native module's filter `filter_name`.
+fn is_native(typed_config: &Value, filter_name: &str) -> bool {
+    typed_config.get("dynamic_module_config").is_some()
+        && typed_config.get("filter_name").and_then(Value::as_str) == Some(filter_name)
+}
+
+/// Whether the bootstrap's listeners run the native module's downstream filter.
+fn uses_native(bootstrap: &Value) -> bool {
+    let mut found = false;
+    if let Some(listeners) = bootstrap.pointer("/static_resources/listeners") {
+        visit(listeners, &mut |v| found |= is_native(v, names::ROOT_ID));
+    }
+    found
+}
+
+/// What the native wiring needs beyond the wasm one's: a configuration the module
+/// takes, the routes reading its filter-state key (no `wasm.` prefix), and the
+/// runtime guard that gives its metrics their names.
+fn native_problems(config: &Config, bootstrap: &Value, problems: &mut Vec<String>) {
+    if let Err(e) = config.check_native() {
+        problems.push(format!("the native module refuses this configuration: {e}"));
+    }
+    let mut keys = Vec::new();
+    if let Some(listeners) = bootstrap.pointer("/static_resources/listeners") {
+        visit(listeners, &mut |v| {
+            if let Some(key) = v.get("key").and_then(Value::as_str) {
+                if key.ends_with(names::NEXT_KEY) {
+                    keys.push(key.to_string());
+                }
+            }
+        });
+    }
+    // One line per key, however many routes read it.
+    keys.sort();
+    keys.dedup();
+    for key in keys.iter().filter(|k| k.as_str() != names::NEXT_KEY) {
+        problems.push(format!(
+            "a route reads filter state {key:?}, but the native module sets {:?} (the \
+             `wasm.` prefix is proxy-wasm's): every request would go to the first provider",
+            names::NEXT_KEY
+        ));
+    }
+    let guard = bootstrap
+        .pointer("/layered_runtime/layers")
+        .and_then(Value::as_array)
+        .is_some_and(|layers| {
+            layers.iter().any(|l| {
+                l.pointer("/static_layer")
+                    .and_then(|s| s.get(STRIP_PREFIX_GUARD))
+                    == Some(&Value::Bool(true))
+            })
+        });
+    if !guard {
+        problems.push(format!(
+            "no static runtime layer sets {STRIP_PREFIX_GUARD}: true, so the native module's \
+             metrics are named envoy_dynamicmodulescustom_llm_failover_* instead of \
+             llm_failover_* (dashboards and alerts will not find them)"
+        ));
+    }
+}
+
+/// Calls `f` on every object below `value`.
+fn visit<'a>(value: &'a Value, f: &mut impl FnMut(&'a Value)) {
+    match value {
+        Value::Object(map) => {
+            f(value);
+            for v in map.values() {
+                visit(v, f);
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                visit(v, f);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Whether a wasm PluginConfig lets the filter hold headers and still get the body.
@@ -102,22 +199,11 @@ fn holds_headers(plugin: &Value) -> bool {
 
 /// Every wasm PluginConfig with this `root_id` below `value`.
 fn plugins_with_root_id<'a>(value: &'a Value, root_id: &str, out: &mut Vec<&'a Value>) {
-    match value {
-        Value::Object(map) => {
-            if map.get("root_id").and_then(Value::as_str) == Some(root_id) {
-                out.push(value);
-            }
-            for v in map.values() {
-                plugins_with_root_id(v, root_id, out);
-            }
+    visit(value, &mut |v| {
+        if v.get("root_id").and_then(Value::as_str) == Some(root_id) {
+            out.push(v);
         }
-        Value::Array(items) => {
-            for v in items {
-                plugins_with_root_id(v, root_id, out);
-            }
-        }
-        _ => {}
-    }
+    });
 }
 
 /// One character different, two neighbours swapped, or one character more or less.
@@ -181,6 +267,64 @@ mod tests {
         .0;
         let plugin = r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}]}"#;
         assert_eq!(check(plugin, &rendered).unwrap(), Vec::<String>::new());
+    }
+
+    /// render --native's bootstrap of a one-provider configuration, and that plugin.
+    fn native(failover: &str) -> (String, Value) {
+        let plugin = format!(
+            r#"{{"groups":[{{"providers":[{{"name":"a","cluster":"c","endpoint":"http://127.0.0.1:1"}}]}}],
+                "failover":{failover}}}"#
+        );
+        let options = crate::bootstrap::Options {
+            native: true,
+            ..Default::default()
+        };
+        let (boot, _) = crate::bootstrap::render(&plugin, &options).unwrap();
+        (plugin, boot)
+    }
+
+    #[test]
+    fn the_native_wiring_render_writes_passes() {
+        let (plugin, boot) = native("{}");
+        assert_eq!(check(&plugin, &boot).unwrap(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_native_wiring_without_the_upstream_filter_is_named() {
+        let (plugin, boot) = native("{}");
+        let text = boot.to_string().replace(names::UPSTREAM_ROOT_ID, "other");
+        let problems = check(&plugin, &serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("does not run the filter as an upstream HTTP filter"));
+    }
+
+    #[test]
+    fn a_native_wiring_gets_what_the_module_needs_checked() {
+        // A configuration the module refuses (render --native refuses it too), against
+        // a native bootstrap rendered for another one.
+        let (_, boot) = native("{}");
+        let hedging = r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}],"failover":{"hedgeAfter":"2s"}}"#;
+        let problems = check(hedging, &boot).unwrap();
+        assert!(
+            problems.len() == 1 && problems[0].contains("failover.hedgeAfter"),
+            "{problems:?}"
+        );
+        // The wasm build's filter-state key on a native route, and no runtime guard.
+        let text = boot
+            .to_string()
+            .replace(
+                &format!(r#""key":"{}""#, names::NEXT_KEY),
+                &format!(r#""key":"wasm.{}""#, names::NEXT_KEY),
+            )
+            .replace(STRIP_PREFIX_GUARD, "something.else");
+        let plugin = r#"{"groups":[{"providers":[{"name":"a","cluster":"c"}]}]}"#;
+        let problems = check(plugin, &serde_json::from_str(&text).unwrap()).unwrap();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("\"wasm.llm_failover_next\""),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains(STRIP_PREFIX_GUARD), "{problems:?}");
     }
 
     #[test]

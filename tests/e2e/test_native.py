@@ -168,3 +168,24 @@ def test_native_metrics_have_the_wasm_builds_names_and_labels(mocks):
         assert metric(envoy.prometheus(), "llm_failover_health", provider="fallback") == 0
     finally:
         envoy.stop()
+
+
+def test_check_knows_the_native_wiring(tmp_path):
+    """`llm-failover check` on the shipped native bootstrap (render --native) finds nothing;
+    on a copy whose route reads the wasm build's filter-state key, it says so."""
+    import subprocess
+
+    from harness import RENDER_BIN, ROOT
+
+    def check(envoy_yaml):
+        return subprocess.run([str(RENDER_BIN), "check", "--config", str(ROOT / "envoy" / "llm-failover.json"),
+                               "--envoy", str(envoy_yaml)], capture_output=True, text=True, timeout=30)
+
+    r = check(ROOT / "envoy" / "envoy-native.yaml")
+    assert r.returncode == 0 and "fits" in r.stdout, r.stdout + r.stderr
+    broken = tmp_path / "envoy.yaml"
+    broken.write_text((ROOT / "envoy" / "envoy-native.yaml").read_text()
+                      .replace("key: llm_failover_next", "key: wasm.llm_failover_next"))
+    r = check(broken)
+    assert r.returncode == 1
+    assert 'a route reads filter state "wasm.llm_failover_next", but the native module sets' in r.stderr
