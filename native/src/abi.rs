@@ -284,8 +284,39 @@ extern "C" {
         value: u64,
     ) -> u32;
 
-    /// The configuration's twins of the three above: for its own work on the main
-    /// thread (the tick's gauges), outside any stream.
+    /// A stream's scheduler: `commit` (from any thread) runs `on_http_filter_scheduled`
+    /// on the stream's worker; deleted exactly once.
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter: FilterEnvoyPtr,
+    ) -> SchedulerPtr;
+
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: SchedulerPtr,
+        event_id: u64,
+    );
+
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: SchedulerPtr);
+
+    /// A streaming call from the stream's filter; its answer comes to the
+    /// `on_http_filter_http_stream_*` hooks. Returns the ABI's init result.
+    pub fn envoy_dynamic_module_callback_http_filter_start_http_stream(
+        filter: FilterEnvoyPtr,
+        stream_id_out: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        end_stream: bool,
+        timeout_milliseconds: u64,
+    ) -> u32;
+
+    pub fn envoy_dynamic_module_callback_http_filter_reset_http_stream(
+        filter: FilterEnvoyPtr,
+        stream_id: u64,
+    );
+
+    /// The configuration's twins of the filter's three recording functions above: for
+    /// its own work on the main thread (the tick's gauges), outside any stream.
     pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
         config: ConfigEnvoyPtr,
         id: usize,

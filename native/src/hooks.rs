@@ -13,18 +13,20 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use crate::abi::*;
 use crate::failover::{holds, FailoverConfig, Slot};
 use crate::host::{header_list, joined};
-use crate::spike;
+use crate::{spike, spike_async};
 
 /// What a `filter_name` makes: the failover filter (`llm_failover` downstream,
 /// `llm_failover_upstream` on provider clusters), or a measuring spike.
 pub enum ModuleConfig {
     Failover(Box<FailoverConfig>),
     Spike(spike::FilterConfig),
+    Async(spike_async::FilterConfig),
 }
 
 pub enum ModuleFilter {
     Failover(Box<Slot>, *const FailoverConfig),
     Spike(spike::Filter),
+    Async(Box<spike_async::Filter>),
     /// A stream the filter does not act on (its configuration could not be applied
     /// on this worker, or a panic made the filter).
     Passing,
@@ -72,7 +74,8 @@ fn failover<T>(
             slot.run(envoy, unsafe { &**config }, f)
         }
         ModuleFilter::Spike(s) => on_spike(s),
-        ModuleFilter::Passing => fallback,
+        // (Its request headers are its own hook's; it leaves everything else alone.)
+        ModuleFilter::Async(_) | ModuleFilter::Passing => fallback,
     }
 }
 
@@ -112,7 +115,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
                 FailoverConfig::new(config_envoy, name, config)
                     .map(|c| ModuleConfig::Failover(Box::new(c)))
             }
-            _ => spike::FilterConfig::new(name, config).map(ModuleConfig::Spike),
+            _ => match spike_async::FilterConfig::new(name, config) {
+                Some(c) => Ok(ModuleConfig::Async(c)),
+                None => spike::FilterConfig::new(name, config).map(ModuleConfig::Spike),
+            },
         };
         match made {
             Ok(c) => Box::into_raw(Box::new(c)) as ConfigModulePtr,
@@ -192,6 +198,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
                 None => ModuleFilter::Passing,
             },
             ModuleConfig::Spike(c) => ModuleFilter::Spike(spike::Filter::new(c)),
+            ModuleConfig::Async(c) => ModuleFilter::Async(Box::new(spike_async::Filter::new(c))),
         }
     });
     Box::into_raw(Box::new(made)) as FilterModulePtr
@@ -212,6 +219,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     end_of_stream: bool,
 ) -> HeadersStatus {
     guard("request_headers", HeadersStatus::Continue, || {
+        // SAFETY: Envoy passes the live filter it got from filter_new, and `envoy` is
+        // this hook's live stream.
+        if let ModuleFilter::Async(a) = unsafe { filter(f) } {
+            return unsafe { a.on_request_headers(envoy) };
+        }
         failover(
             f,
             envoy,
@@ -230,6 +242,10 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> BodyStatus {
     guard("request_body", BodyStatus::Continue, || {
+        // SAFETY: Envoy passes the live filter it got from filter_new.
+        if let ModuleFilter::Async(a) = unsafe { filter(f) } {
+            return a.on_request_body();
+        }
         failover(
             f,
             envoy,
@@ -358,26 +374,46 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     })
 }
 
+/// The `on_http_filter_http_stream_*` and `scheduled` hooks reach only the
+/// `spike_async` filters (the failover filter sends no streaming calls and schedules
+/// nothing yet).
+fn on_async(f: FilterModulePtr, what: &str, act: impl FnOnce(&mut spike_async::Filter)) {
+    guard(what, (), || {
+        // SAFETY: Envoy passes the live filter it got from filter_new.
+        if let ModuleFilter::Async(a) = unsafe { filter(f) } {
+            act(a);
+        }
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
-    _envoy: FilterEnvoyPtr,
-    _f: FilterModulePtr,
-    _stream_id: u64,
-    _headers: *const EnvoyHeader,
-    _headers_size: usize,
+    envoy: FilterEnvoyPtr,
+    f: FilterModulePtr,
+    stream_id: u64,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
     _end_stream: bool,
 ) {
+    // SAFETY: `envoy` is this hook's live stream; Envoy lends the headers.
+    on_async(f, "http_stream_headers", |a| unsafe {
+        a.on_stream_headers(envoy, stream_id, headers, headers_size)
+    });
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
     _envoy: FilterEnvoyPtr,
-    _f: FilterModulePtr,
+    f: FilterModulePtr,
     _stream_id: u64,
-    _data: *const EnvoyBuffer,
-    _data_count: usize,
+    data: *const EnvoyBuffer,
+    data_count: usize,
     _end_stream: bool,
 ) {
+    // SAFETY: Envoy lends the chunks for this hook.
+    on_async(f, "http_stream_data", |a| unsafe {
+        a.on_stream_data(data, data_count)
+    });
 }
 
 #[no_mangle]
@@ -392,27 +428,39 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
-    _envoy: FilterEnvoyPtr,
-    _f: FilterModulePtr,
+    envoy: FilterEnvoyPtr,
+    f: FilterModulePtr,
     _stream_id: u64,
 ) {
+    // SAFETY: `envoy` is this hook's live stream.
+    on_async(f, "http_stream_complete", |a| unsafe {
+        a.on_stream_end(envoy, None)
+    });
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
-    _envoy: FilterEnvoyPtr,
-    _f: FilterModulePtr,
+    envoy: FilterEnvoyPtr,
+    f: FilterModulePtr,
     _stream_id: u64,
-    _reason: u32,
+    reason: u32,
 ) {
+    // SAFETY: `envoy` is this hook's live stream.
+    on_async(f, "http_stream_reset", |a| unsafe {
+        a.on_stream_end(envoy, Some(reason))
+    });
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _envoy: FilterEnvoyPtr,
-    _f: FilterModulePtr,
-    _event_id: u64,
+    envoy: FilterEnvoyPtr,
+    f: FilterModulePtr,
+    event_id: u64,
 ) {
+    // SAFETY: `envoy` is this hook's live stream.
+    on_async(f, "scheduled", |a| unsafe {
+        a.on_scheduled(envoy, event_id)
+    });
 }
 
 #[no_mangle]

@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod host;
 pub mod metrics;
 pub mod spike;
+pub mod spike_async;
 pub mod store;
 pub mod ticker;
 

@@ -189,3 +189,61 @@ def test_check_knows_the_native_wiring(tmp_path):
     r = check(broken)
     assert r.returncode == 1
     assert 'a route reads filter state "wasm.llm_failover_next", but the native module sets' in r.stderr
+
+
+def spiked(mocks, spike: str, words: str):
+    """An Envoy with one of native/src/spike_async.rs's filters before the router."""
+    a = mocks("a")
+    envoy = Envoy(config([provider("a")]), {"a": a.port},
+                  env={"ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(NATIVE_DIR)},
+                  tweak=lambda cfg: insert_before_router(cfg, native_filter(spike, words)), native=False)
+    return a, envoy
+
+
+def test_a_module_thread_wakes_one_stream_on_its_own_worker_under_16_clients(mocks):
+    """What a native hedge's timer would stand on: a thread the module started commits
+    to the stream's own scheduler after 150 ms; Envoy runs the stream's `scheduled`
+    hook on that stream's worker thread, which answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, envoy = spiked(mocks, "wake", "150")
+    try:
+        def one(_):
+            status, headers, _ = envoy.post_chat({"model": "m", "messages": []})
+            return status, headers.get("x-woke-event"), headers.get("x-same-thread"), \
+                int(headers.get("x-woke-after-ms", "-1"))
+
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(48)))
+        assert {a[:3] for a in answers} == {(200, "7", "1")}, answers
+        assert all(150 <= a[3] < 1_000 for a in answers), answers
+    finally:
+        envoy.stop()
+
+
+def test_a_streaming_call_from_the_filter_is_read_event_by_event_and_can_be_reset(mocks):
+    """What a native hedge's call would stand on: a streaming callout from the request's
+    own filter to a cluster, its answer read through the stream hooks; it passes the
+    cluster's upstream filters like an attempt (here render's wasm one rewrites its
+    path, so the mock answers 404 for the chat path); and, reset by the filter once its
+    headers came, its reset hook runs inside the reset call, and Envoy goes on."""
+    _, envoy = spiked(mocks, "stream", "a /mock/healthz")
+    try:
+        status, headers, body = envoy.post_chat({"model": "m", "messages": []})
+        assert (status, headers.get("x-callout-status")) == (200, "404"), body
+        assert b"Unknown request URL: GET /v1/chat/completions" in body, body
+    finally:
+        envoy.stop()
+    _, envoy = spiked(mocks, "stream", "a /mock/healthz cancel")
+    try:
+        for _ in range(8):
+            status, headers, _ = envoy.post_chat({"model": "m", "messages": []})
+            assert (status, headers.get("x-callout-status"), headers.get("x-cancelled")) == (200, "404", "1")
+        assert envoy.proc.poll() is None
+        # Measured: resetting its own streaming call runs its reset hook at once,
+        # inside the reset call (a hedge's cancel must expect that re-entry).
+        wait_until(lambda: envoy.log().count("spike: http stream reset hook, reason") >= 8, 5, "8 reset hooks")
+        assert envoy.log().count("spike: http stream reset hook, reason") == 8
+        assert envoy.log().count(", inside our own reset") == 8
+    finally:
+        envoy.stop()
