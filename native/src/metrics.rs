@@ -174,6 +174,14 @@ impl Registry {
                         labels: m.labels.clone(),
                         value,
                     });
+                } else if !DROPPING.replace(true) {
+                    // Said once per worker: counts are being lost, and why.
+                    log::error!(
+                        "llm-failover: {PENDING_LIMIT} upstream counts wait for a downstream \
+                         llm_failover filter on this worker and none has run; further counts \
+                         are dropped (is the upstream filter on a cluster whose routes lack \
+                         the downstream one?)"
+                    );
                 }
             });
             return;
@@ -196,6 +204,8 @@ const PENDING_LIMIT: usize = 4096;
 
 thread_local! {
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
+    /// Whether this worker has said that it drops counts.
+    static DROPPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Records the upstream filters' waiting counts on stream `envoy` of a downstream
@@ -205,6 +215,7 @@ pub fn flush(families: &Families, envoy: FilterEnvoyPtr) {
         return;
     }
     let waiting = PENDING.with(|pending| std::mem::take(&mut *pending.borrow_mut()));
+    DROPPING.with(|d| d.set(false));
     for p in waiting {
         emit(
             families,
@@ -397,6 +408,7 @@ mod tests {
             r.record(&upstream, Target::Stream(std::ptr::null_mut()), id, 1);
         }
         assert_eq!(pending(), PENDING_LIMIT);
+        assert!(DROPPING.with(std::cell::Cell::get), "the drop is said");
         // A deferred configuration never takes them; a downstream one records them
         // all, on its stream, with its own ids.
         flush(&upstream, stream());
