@@ -24,9 +24,15 @@ pub mod upstream;
 #[cfg(test)]
 mod tests;
 
+use crate::attempt::{self, Recorded};
+use crate::config::Config;
+use crate::health::Failure;
 use crate::host::Host;
-use crate::names::{AT_KEY, REFUSED_KEY};
+use crate::names::{AT_KEY, REFUSED_KEY, STREAM_KEY};
 use crate::plan::At;
+use crate::store::StoreError;
+
+use telemetry::Telemetry;
 
 /// Envoy's response flag for a downstream that went away (`DC`).
 const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
@@ -35,6 +41,64 @@ const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 1 << 14;
 /// filter of each attempt and the hedger ask it.
 pub fn where_now(h: &impl Host) -> At {
     At::from_state(h.property(&[AT_KEY]).as_deref())
+}
+
+/// Records a failure of provider `index` now (counted, or its cooldown opened and
+/// counted; `evidence_ms`: the delay the provider asked for) and logs what it means:
+/// the one way every filter blames a provider.
+pub fn record_failure(
+    h: &impl Host,
+    config: &Config,
+    telemetry: &Telemetry,
+    index: usize,
+    failure: Failure,
+    evidence_ms: Option<u64>,
+    why: &str,
+) -> Result<Recorded, StoreError> {
+    let now = h.now_ms();
+    let sink = telemetry.sink(h);
+    let result = attempt::record_failure(config, h, &sink, index, failure, evidence_ms, now);
+    log::info!("{}", attempt::describe(config, index, &result, why, now));
+    result
+}
+
+/// The answer of provider `index` broke off after its headers went on to the client
+/// (`how`: `broken`, ended without its end; `reset`): its provider's failure, and what
+/// the access log's `stream` shows. A reset when the answer's last data
+/// (`last_data_ms`, 0: none) is `streamIdleTimeout` old was Envoy's per-try idle timer:
+/// a stall. The upstream filter's judgement when the host reports the attempt's end,
+/// the downstream filter's when it does not (`unreported.rs`).
+pub fn record_broken_stream(
+    h: &mut impl Host,
+    config: &Config,
+    telemetry: &Telemetry,
+    index: usize,
+    how: &str,
+    last_data_ms: u64,
+) {
+    let now = h.now_ms();
+    if let Some(idle) = config.failover.stream_idle_timeout_ms {
+        if how == "reset"
+            && last_data_ms > 0
+            && now.saturating_sub(last_data_ms) + unreported::TIMER_SLACK_MS >= idle
+        {
+            h.set_property_str(STREAM_KEY, "stall");
+            let why = format!("its stream stalled for streamIdleTimeout ({idle} ms)");
+            let _ = record_failure(&*h, config, telemetry, index, Failure::Stall, None, &why);
+            return;
+        }
+    }
+    h.set_property_str(STREAM_KEY, how);
+    let why = format!("its stream broke off ({how})");
+    let _ = record_failure(
+        &*h,
+        config,
+        telemetry,
+        index,
+        Failure::BrokenStream,
+        None,
+        &why,
+    );
 }
 
 /// An attempt that ended without an answer because the client went away (the router

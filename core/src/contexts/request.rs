@@ -244,13 +244,14 @@ impl Request {
         evidence_ms: Option<u64>,
         why: &str,
     ) {
-        let now = h.now_ms();
-        let sink = self.telemetry.sink(h);
-        let result =
-            attempt::record_failure(&self.config, h, &sink, index, failure, evidence_ms, now);
-        log::info!(
-            "{}",
-            attempt::describe(&self.config, index, &result, why, now)
+        let _ = super::record_failure(
+            h,
+            &self.config,
+            &self.telemetry,
+            index,
+            failure,
+            evidence_ms,
+            why,
         );
     }
 

@@ -369,11 +369,18 @@ impl Routed {
         let Some(step) = self.plan.get(open.at.position) else {
             return;
         };
-        let now = h.now_ms();
         let (config, telemetry) = (&self.req.config, &self.req.telemetry);
         if at_end {
-            unreported::record_cut(h, config, telemetry, step.index, self.last_data_ms, now);
+            super::record_broken_stream(
+                h,
+                config,
+                telemetry,
+                step.index,
+                "reset",
+                self.last_data_ms,
+            );
         } else {
+            let now = h.now_ms();
             unreported::record(h, config, telemetry, step.index, open, now);
         }
     }

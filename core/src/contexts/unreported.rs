@@ -13,7 +13,7 @@ use crate::attempt;
 use crate::config::Config;
 use crate::health::Failure;
 use crate::host::Host;
-use crate::names::{OPEN_KEY, STREAMED_KEY, STREAM_KEY};
+use crate::names::{OPEN_KEY, STREAMED_KEY};
 use crate::plan::At;
 
 use super::telemetry::Telemetry;
@@ -128,64 +128,30 @@ pub fn record(
     now: u64,
 ) -> &'static str {
     let lasted = now.saturating_sub(open.started_ms);
-    let (failure, reason, why) = match per_try_limit(config, h) {
-        _ if open.waiting != Waiting::Headers => {
-            let limit = config.failover.first_token_timeout_ms.unwrap_or(0);
-            (
-                Failure::Stall,
-                "stall",
-                format!("no first event within firstTokenTimeout ({limit} ms)"),
-            )
-        }
-        Some((limit, name)) if lasted + TIMER_SLACK_MS >= limit => (
-            Failure::Timeout,
-            "timeout",
-            format!("no response headers within {name} ({limit} ms)"),
-        ),
-        _ => {
-            let (failure, reason) = attempt::unreachable();
-            (
-                failure,
-                reason,
-                "no response: refused, reset or timed out".to_string(),
-            )
+    let (failure, reason, why) = if open.waiting != Waiting::Headers {
+        let limit = config.failover.first_token_timeout_ms.unwrap_or(0);
+        (
+            Failure::Stall,
+            "stall",
+            format!("no first event within firstTokenTimeout ({limit} ms)"),
+        )
+    } else {
+        match per_try_limit(config, h) {
+            Some((limit, name)) if lasted + TIMER_SLACK_MS >= limit => (
+                Failure::Timeout,
+                "timeout",
+                format!("no response headers within {name} ({limit} ms)"),
+            ),
+            _ => {
+                let (failure, reason) = attempt::unreachable();
+                (
+                    failure,
+                    reason,
+                    "no response: refused, reset or timed out".to_string(),
+                )
+            }
         }
     };
-    let sink = telemetry.sink(h);
-    let result = attempt::record_failure(config, h, &sink, index, failure, None, now);
-    log::info!("{}", attempt::describe(config, index, &result, &why, now));
+    let _ = super::record_failure(h, config, telemetry, index, failure, None, &why);
     reason
-}
-
-/// Records the failure of an answer from provider `index` whose headers went on to
-/// the client and whose body never ended (`Waiting::Body`), unless the client went
-/// away: a stall when its last data (`last_data_ms`, as the downstream filter saw
-/// it) is `streamIdleTimeout` old (Envoy's per-try idle timer ended it), else a
-/// reset. What the access log's `stream` shows.
-pub fn record_cut(
-    h: &mut impl Host,
-    config: &Config,
-    telemetry: &Telemetry,
-    index: usize,
-    last_data_ms: u64,
-    now: u64,
-) -> &'static str {
-    let (failure, how, why) = match config.failover.stream_idle_timeout_ms {
-        Some(idle)
-            if last_data_ms > 0 && now.saturating_sub(last_data_ms) + TIMER_SLACK_MS >= idle =>
-        {
-            let why = format!("its stream stalled for streamIdleTimeout ({idle} ms)");
-            (Failure::Stall, "stall", why)
-        }
-        _ => (
-            Failure::BrokenStream,
-            "reset",
-            "its stream broke off (reset)".to_string(),
-        ),
-    };
-    h.set_property_str(STREAM_KEY, how);
-    let sink = telemetry.sink(&*h);
-    let result = attempt::record_failure(config, &*h, &sink, index, failure, None, now);
-    log::info!("{}", attempt::describe(config, index, &result, &why, now));
-    how
 }

@@ -39,7 +39,7 @@ impl AttemptFilter {
         if let Some(headers) = &headers {
             let now = h.now_ms();
             if let Some(delay) = retry_after::quota_spent(headers, now) {
-                let _ = self.record(h, Failure::QuotaSpent, delay, "quota spent", now);
+                let _ = self.record(h, Failure::QuotaSpent, delay, "quota spent");
                 return Action::Continue;
             }
         }
@@ -177,21 +177,10 @@ impl AttemptFilter {
     /// The answer's stream broke off (`how`: `broken` without its end, `reset`):
     /// a failure of the provider, shown in the access log.
     pub(super) fn broken_stream(&mut self, h: &mut impl Host, how: &str) {
-        let now = h.now_ms();
-        if let Some(idle) = self.config.failover.stream_idle_timeout_ms {
-            if how == "reset"
-                && self.last_data_ms > 0
-                && now.saturating_sub(self.last_data_ms) + TIMER_SLACK_MS >= idle
-            {
-                // Ended by streamIdleTimeout (Envoy's per-try idle timer): a stall.
-                h.set_property_str(STREAM_KEY, "stall");
-                let why = format!("its stream stalled for streamIdleTimeout ({idle} ms)");
-                let _ = self.record(h, Failure::Stall, None, &why, now);
-                return;
-            }
+        // (An answer is watched only once its provider is known.)
+        if let Some(index) = self.provider {
+            let (config, telemetry) = (&self.config, &self.telemetry);
+            super::super::record_broken_stream(h, config, telemetry, index, how, self.last_data_ms);
         }
-        h.set_property_str(STREAM_KEY, how);
-        let why = format!("its stream broke off ({how})");
-        let _ = self.record(h, Failure::BrokenStream, None, &why, now);
     }
 }

@@ -22,7 +22,7 @@ use crate::metrics;
 use crate::names::{
     AT_KEY, CLIENT_HEADERS_KEY, EXHAUSTED_CLUSTER, FAILED_AT_KEY, HEDGED_TO_KEY, HEDGE_HEADER,
     HELD_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, PROBE_HEADER, REASON_KEY, RETRY_STATUS, STATUS_KEY,
-    STREAM_KEY, WAIT_HEADER,
+    WAIT_HEADER,
 };
 use crate::plan::{At, Plan};
 use crate::probe;

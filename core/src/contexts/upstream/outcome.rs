@@ -32,7 +32,7 @@ impl AttemptFilter {
                 self.name()
             ),
             Some(failure) => {
-                let result = self.record(h, failure, verdict.evidence_ms, &why, now);
+                let result = self.record(h, failure, verdict.evidence_ms, &why);
                 if result.as_ref().is_some_and(|r| r.cooldown_started) {
                     self.say_loudly(failure, status);
                 }
@@ -71,7 +71,7 @@ impl AttemptFilter {
         why: &str,
     ) {
         let now = h.now_ms();
-        let _ = self.record(h, failure, None, why, now);
+        let _ = self.record(h, failure, None, why);
         if self.move_on(h, ended, reason, now).is_none() {
             // The plan is used up; the router may still have retries: they go nowhere.
             h.set_property_str(NEXT_KEY, EXHAUSTED_CLUSTER);
@@ -169,23 +169,17 @@ impl AttemptFilter {
         attempt::record_success(&self.config, h, index, !known_clear);
     }
 
-    /// Records a failure of this attempt's provider at `now` and logs it.
+    /// Records a failure of this attempt's provider and logs it.
     pub(super) fn record(
         &self,
         h: &impl Host,
         failure: Failure,
         evidence: Option<u64>,
         why: &str,
-        now: u64,
     ) -> Option<Recorded> {
         let index = self.provider?;
-        let sink = self.telemetry.sink(h);
-        let result = attempt::record_failure(&self.config, h, &sink, index, failure, evidence, now);
-        log::info!(
-            "{}",
-            attempt::describe(&self.config, index, &result, why, now)
-        );
-        result.ok()
+        let config = &self.config;
+        super::super::record_failure(h, config, &self.telemetry, index, failure, evidence, why).ok()
     }
 
     /// The attempt is over: what its end says about its provider.
