@@ -25,6 +25,14 @@ pub struct EnvoyBuffer {
     pub length: usize,
 }
 
+impl EnvoyBuffer {
+    /// Nothing yet: for Envoy to fill in.
+    pub const EMPTY: EnvoyBuffer = EnvoyBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+}
+
 /// Bytes the module owns, lent to Envoy for the length of a call.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -51,6 +59,18 @@ pub struct ModuleHeader {
     pub value_length: usize,
 }
 
+impl ModuleHeader {
+    /// A header to lend Envoy; both slices must outlive the call it is passed to.
+    pub fn of(key: &[u8], value: &[u8]) -> Self {
+        ModuleHeader {
+            key_ptr: key.as_ptr(),
+            key_length: key.len(),
+            value_ptr: value.as_ptr(),
+            value_length: value.len(),
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct EnvoyHeader {
@@ -58,6 +78,30 @@ pub struct EnvoyHeader {
     pub key_length: usize,
     pub value_ptr: *const u8,
     pub value_length: usize,
+}
+
+impl EnvoyHeader {
+    /// Nothing yet: for Envoy to fill in.
+    pub const EMPTY: EnvoyHeader = EnvoyHeader {
+        key_ptr: std::ptr::null(),
+        key_length: 0,
+        value_ptr: std::ptr::null(),
+        value_length: 0,
+    };
+
+    pub fn key(&self) -> EnvoyBuffer {
+        EnvoyBuffer {
+            ptr: self.key_ptr,
+            length: self.key_length,
+        }
+    }
+
+    pub fn value(&self) -> EnvoyBuffer {
+        EnvoyBuffer {
+            ptr: self.value_ptr,
+            length: self.value_length,
+        }
+    }
 }
 
 /// Which header map.

@@ -65,7 +65,7 @@ impl FailoverConfig {
             main: if upstream {
                 None
             } else {
-                Main::start(envoy, name, raw)?
+                Some(Main::start(envoy, name, raw)?)
             },
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             name: name.to_vec(),
@@ -112,7 +112,7 @@ impl FailoverConfig {
 impl Main {
     /// The main thread's root, configured now (so a configuration the core refuses
     /// is refused at load), and its ticker when the core asks for a tick.
-    fn start(envoy: ConfigEnvoyPtr, name: &[u8], raw: &[u8]) -> Result<Option<Main>, String> {
+    fn start(envoy: ConfigEnvoyPtr, name: &[u8], raw: &[u8]) -> Result<Main, String> {
         let mut root = Root::default();
         let mut host = NativeHost::configuring(envoy, name, raw);
         if !root.on_configure(&mut host) {
@@ -122,12 +122,12 @@ impl Main {
             0 => None,
             period => Ticker::start(envoy, period),
         };
-        Ok(Some(Main {
+        Ok(Main {
             _ticker: ticker,
             root: RefCell::new(root),
             registry: Registry::default(),
             late: RefCell::default(),
-        }))
+        })
     }
 }
 
@@ -193,13 +193,13 @@ impl Slot {
         let registry = Rc::clone(&self.registry);
         let mut host =
             NativeHost::stream(envoy, &config.name).with_metrics(&config.families, &registry);
-        metrics::flush(&config.families, envoy);
         let out = f(&mut self.filter, &mut host);
-        metrics::flush(&config.families, envoy);
         self.busy = false;
         if self.completed {
             self.finish(&mut host);
         }
+        // The upstream filters' counts since this worker's last downstream hook.
+        metrics::flush(&config.families, envoy);
         out
     }
 

@@ -219,9 +219,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     end_of_stream: bool,
 ) -> HeadersStatus {
     guard("request_headers", HeadersStatus::Continue, || {
-        // SAFETY: Envoy passes the live filter it got from filter_new, and `envoy` is
-        // this hook's live stream.
+        // SAFETY: Envoy passes the live filter it got from filter_new.
         if let ModuleFilter::Async(a) = unsafe { filter(f) } {
+            // SAFETY: `envoy` is this hook's live stream.
             return unsafe { a.on_request_headers(envoy) };
         }
         failover(

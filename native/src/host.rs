@@ -115,10 +115,7 @@ impl<'a> NativeHost<'a> {
         if !self.live() {
             return None;
         }
-        let mut value = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
+        let mut value = EnvoyBuffer::EMPTY;
         let mut count = 0usize;
         // SAFETY: `envoy` is the live stream of this hook; `value` and `count` are ours.
         let found = unsafe {
@@ -142,15 +139,7 @@ impl<'a> NativeHost<'a> {
         // SAFETY: `envoy` is the live stream of this hook.
         let size =
             unsafe { envoy_dynamic_module_callback_http_get_headers_size(self.envoy, which) };
-        let mut out = vec![
-            EnvoyHeader {
-                key_ptr: std::ptr::null(),
-                key_length: 0,
-                value_ptr: std::ptr::null(),
-                value_length: 0,
-            };
-            size
-        ];
+        let mut out = vec![EnvoyHeader::EMPTY; size];
         // SAFETY: `out` holds exactly the `size` entries Envoy said it has.
         if size == 0
             || !unsafe {
@@ -193,13 +182,7 @@ impl<'a> NativeHost<'a> {
         // Envoy gave.
         unsafe {
             let n = envoy_dynamic_module_callback_http_get_body_chunks_size(self.envoy, which);
-            let mut chunks = vec![
-                EnvoyBuffer {
-                    ptr: std::ptr::null(),
-                    length: 0,
-                };
-                n
-            ];
+            let mut chunks = vec![EnvoyBuffer::EMPTY; n];
             if n == 0
                 || !envoy_dynamic_module_callback_http_get_body_chunks(
                     self.envoy,
@@ -223,14 +206,18 @@ impl<'a> NativeHost<'a> {
         (body, held)
     }
 
+    /// The first `size` bytes of the whole body so far (what the core asks for).
+    fn body_prefix(&self, request: bool, size: usize) -> Vec<u8> {
+        let mut body = self.whole_body(request).0;
+        body.truncate(size);
+        body
+    }
+
     fn attribute_string(&self, id: u32) -> Option<Vec<u8>> {
         if !self.live() {
             return None;
         }
-        let mut value = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
+        let mut value = EnvoyBuffer::EMPTY;
         // SAFETY: `envoy` is the live stream of this hook; `value` is ours.
         let found = unsafe {
             envoy_dynamic_module_callback_http_filter_get_attribute_string(
@@ -256,18 +243,7 @@ impl<'a> NativeHost<'a> {
 
 fn header_pair(h: &EnvoyHeader) -> (String, Vec<u8>) {
     // SAFETY: Envoy lends both for this hook.
-    let (key, value) = unsafe {
-        (
-            bytes(EnvoyBuffer {
-                ptr: h.key_ptr,
-                length: h.key_length,
-            }),
-            bytes(EnvoyBuffer {
-                ptr: h.value_ptr,
-                length: h.value_length,
-            }),
-        )
-    };
+    let (key, value) = unsafe { (bytes(h.key()), bytes(h.value())) };
     (String::from_utf8_lossy(key).into_owned(), value.to_vec())
 }
 
@@ -288,12 +264,7 @@ fn body_types(request: bool) -> (BodyType, BodyType) {
 fn module_headers(headers: &[(String, String)]) -> Vec<ModuleHeader> {
     headers
         .iter()
-        .map(|(n, v)| ModuleHeader {
-            key_ptr: n.as_ptr(),
-            key_length: n.len(),
-            value_ptr: v.as_ptr(),
-            value_length: v.len(),
-        })
+        .map(|(n, v)| ModuleHeader::of(n.as_bytes(), v.as_bytes()))
         .collect()
 }
 
@@ -368,9 +339,7 @@ impl Host for NativeHost<'_> {
     }
 
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
-        let mut body = self.whole_body(true).0;
-        body.truncate(size);
-        Some(body)
+        Some(self.body_prefix(true, size))
     }
 
     fn replace_request_body_prefix(&mut self, old_len: usize, prefix: &[u8]) {
@@ -414,9 +383,7 @@ impl Host for NativeHost<'_> {
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
-        let mut body = self.whole_body(false).0;
-        body.truncate(size);
-        Some(body)
+        Some(self.body_prefix(false, size))
     }
 
     fn append_response_body(&mut self, _len: usize, data: &[u8]) {
@@ -445,10 +412,7 @@ impl Host for NativeHost<'_> {
             }
             ["xds", "cluster_name"] => self.attribute_string(XDS_CLUSTER_NAME),
             [name] if self.live() => {
-                let mut value = EnvoyBuffer {
-                    ptr: std::ptr::null(),
-                    length: 0,
-                };
+                let mut value = EnvoyBuffer::EMPTY;
                 // SAFETY: `envoy` is the live stream of this hook; `value` is ours.
                 let found = unsafe {
                     envoy_dynamic_module_callback_http_get_filter_state_bytes(

@@ -299,6 +299,8 @@ mod tests {
         len: usize,
         v: u64,
     ) -> u32 {
+        // SAFETY: `values` holds `len` buffers, each `length` readable bytes (the
+        // caller's promise: `emit` lends its label values for the call).
         let labels = std::slice::from_raw_parts(values, len)
             .iter()
             .map(|b| {
@@ -321,6 +323,7 @@ mod tests {
                 len: usize,
                 v: u64,
             ) -> u32 {
+                // SAFETY: called only by `emit`, with its label values lent for the call.
                 note($which, id, values, len, v)
             }
         )*};

@@ -98,10 +98,7 @@ impl Filter {
             }
             Kind::Spike => {}
         }
-        let mut value = EnvoyBuffer {
-            ptr: std::ptr::null(),
-            length: 0,
-        };
+        let mut value = EnvoyBuffer::EMPTY;
         let mut count = 0usize;
         // SAFETY: `envoy` is live (the caller's promise); `value` and `count` are ours.
         let found = envoy_dynamic_module_callback_http_get_header(
@@ -139,10 +136,7 @@ impl Filter {
                 return HeadersStatus::Continue;
             }
             Kind::State => {
-                let mut value = EnvoyBuffer {
-                    ptr: std::ptr::null(),
-                    length: 0,
-                };
+                let mut value = EnvoyBuffer::EMPTY;
                 // SAFETY: `envoy` is live (the caller's promise); `value` is ours, and what
                 // Envoy lends in it is copied before the next call.
                 let found = envoy_dynamic_module_callback_http_get_filter_state_bytes(

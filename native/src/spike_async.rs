@@ -62,7 +62,6 @@ pub struct Filter {
     kind: Kind,
     words: Vec<String>,
     wake: Option<(Arc<Shared>, Instant, ThreadId)>,
-    stream: Option<u64>,
     status: Vec<u8>,
     body: Vec<u8>,
     answered: bool,
@@ -76,7 +75,6 @@ impl Filter {
             kind: config.kind,
             words: config.words.clone(),
             wake: None,
-            stream: None,
             status: Vec::new(),
             body: Vec::new(),
             answered: false,
@@ -96,6 +94,7 @@ impl Filter {
     pub unsafe fn on_request_headers(&mut self, envoy: FilterEnvoyPtr) -> HeadersStatus {
         match self.kind {
             Kind::Wake => {
+                // SAFETY: `envoy` is live (the caller's promise), and this is its worker.
                 let scheduler = envoy_dynamic_module_callback_http_filter_scheduler_new(envoy);
                 if scheduler.is_null() {
                     crate::log_line(LogLevel::Warn, "spike: Envoy gave no stream scheduler");
@@ -131,14 +130,11 @@ impl Filter {
                 ];
                 let headers: Vec<ModuleHeader> = pairs
                     .iter()
-                    .map(|(k, v)| ModuleHeader {
-                        key_ptr: k.as_ptr(),
-                        key_length: k.len(),
-                        value_ptr: v.as_ptr(),
-                        value_length: v.len(),
-                    })
+                    .map(|(k, v)| ModuleHeader::of(k.as_bytes(), v.as_bytes()))
                     .collect();
                 let mut id = 0u64;
+                // SAFETY: `envoy` is live (the caller's promise); `id` is ours, and the
+                // cluster, headers and body outlive the call.
                 let result = envoy_dynamic_module_callback_http_filter_start_http_stream(
                     envoy,
                     &mut id,
@@ -150,10 +146,10 @@ impl Filter {
                     5_000,
                 );
                 if result != 0 {
+                    // SAFETY: `envoy` is live (the caller's promise).
                     self.reply(envoy, 502, &[("x-callout-init", &result.to_string())], b"");
-                    return HeadersStatus::StopIteration;
                 }
-                self.stream = Some(id);
+                // The call's hooks name it by id: nothing to keep.
                 HeadersStatus::StopIteration
             }
         }
@@ -178,6 +174,7 @@ impl Filter {
             "0"
         };
         let event = event_id.to_string();
+        // SAFETY: `envoy` is live (the caller's promise).
         self.reply(
             envoy,
             200,
@@ -199,6 +196,7 @@ impl Filter {
         headers: *const EnvoyHeader,
         size: usize,
     ) {
+        // SAFETY: Envoy lends `headers` for this hook (the caller's promise).
         self.status = header_list(headers, size)
             .into_iter()
             .find(|(k, _)| k == ":status")
@@ -206,8 +204,11 @@ impl Filter {
             .unwrap_or_default();
         if self.words.get(2).map(String::as_str) == Some("cancel") {
             self.cancelling = true;
+            // SAFETY: `envoy` is live and `stream_id` is its call, not yet ended (this
+            // is the call's headers hook). Its reset hook runs inside this call.
             envoy_dynamic_module_callback_http_filter_reset_http_stream(envoy, stream_id);
             let status = String::from_utf8_lossy(&self.status).into_owned();
+            // SAFETY: `envoy` is live (the caller's promise).
             self.reply(
                 envoy,
                 200,
@@ -220,6 +221,7 @@ impl Filter {
     /// # Safety
     /// Envoy lends `data` for the hook.
     pub unsafe fn on_stream_data(&mut self, data: *const EnvoyBuffer, count: usize) {
+        // SAFETY: Envoy lends the chunks for this hook (the caller's promise).
         self.body.extend(joined(data, count));
     }
 
@@ -242,6 +244,7 @@ impl Filter {
         }
         let status = String::from_utf8_lossy(&self.status).into_owned();
         let body = std::mem::take(&mut self.body);
+        // SAFETY: `envoy` is live (the caller's promise).
         match reset {
             None => self.reply(envoy, 200, &[("x-callout-status", &status)], &body),
             Some(r) => self.reply(envoy, 502, &[("x-callout-reset", &r.to_string())], b""),
@@ -264,13 +267,10 @@ impl Filter {
         }
         let list: Vec<ModuleHeader> = headers
             .iter()
-            .map(|(k, v)| ModuleHeader {
-                key_ptr: k.as_ptr(),
-                key_length: k.len(),
-                value_ptr: v.as_ptr(),
-                value_length: v.len(),
-            })
+            .map(|(k, v)| ModuleHeader::of(k.as_bytes(), v.as_bytes()))
             .collect();
+        // SAFETY: `envoy` is live (the caller's promise); the headers and body outlive
+        // the call.
         envoy_dynamic_module_callback_http_send_response(
             envoy,
             status,
