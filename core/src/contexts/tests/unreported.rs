@@ -100,8 +100,8 @@ fn the_last_provider_of_the_plan_names_no_provider_next() {
 
 /// A whole request through the downstream filter's request headers, on a host that
 /// does not report attempts' ends.
-fn routed_request() -> (Rc<Config>, Downstream, MockHost) {
-    let c = config("{}");
+fn routed_request(failover: &str) -> (Rc<Config>, Downstream, MockHost) {
+    let c = config(failover);
     let hedges: Rc<RefCell<Hedges>> = Rc::default();
     let mut h = client(NOW);
     h.unreported = true;
@@ -112,7 +112,7 @@ fn routed_request() -> (Rc<Config>, Downstream, MockHost) {
 
 #[test]
 fn the_downstream_filter_records_the_last_attempt_left_open() {
-    let (c, mut f, mut h) = routed_request();
+    let (c, mut f, mut h) = routed_request("{}");
     // The upstream filters moved the request to c, whose attempt got no answer.
     h.set_property_str(PATH_KEY, "0,1,2");
     h.set_property_str(OPEN_KEY, &format!("2:{NOW}"));
@@ -124,7 +124,7 @@ fn the_downstream_filter_records_the_last_attempt_left_open() {
 
 #[test]
 fn a_client_that_went_away_leaves_the_open_attempt_unblamed() {
-    let (c, mut f, mut h) = routed_request();
+    let (c, mut f, mut h) = routed_request("{}");
     h.set_property_str(OPEN_KEY, &format!("0:{NOW}"));
     h.properties.insert(
         "response.code_details".into(),
@@ -180,19 +180,21 @@ fn an_error_answer_closes_the_attempt() {
 }
 
 /// The downstream filter of a request whose answer from `a` (plan position 0) began
-/// passing on to the client, and whose body then stopped coming.
-fn cut_answer(failover: &str, last_data_at: u64, now: u64) -> (Rc<Config>, MockHost) {
-    let c = config(failover);
-    let hedges: Rc<RefCell<Hedges>> = Rc::default();
-    let mut h = client(NOW);
-    h.unreported = true;
-    let mut f = downstream(&c, &hedges);
-    f.on_request_headers(&mut h, true);
+/// passing on to the client.
+fn answering(failover: &str) -> (Rc<Config>, Downstream, MockHost) {
+    let (c, mut f, mut h) = routed_request(failover);
     h.set_property_str(OPEN_KEY, &format!("0:{NOW}:b"));
     h.set_response(&[(":status", "200")]);
     f.on_response_headers(&mut h);
     // Still passing: not an unanswered attempt.
     assert_eq!(h.filter_state(OPEN_KEY), Some(format!("0:{NOW}:b")));
+    (c, f, h)
+}
+
+/// `answering`, whose body then stopped coming: its last data at `last_data_at`, the
+/// request's end at `now`.
+fn cut_answer(failover: &str, last_data_at: u64, now: u64) -> (Rc<Config>, MockHost) {
+    let (c, mut f, mut h) = answering(failover);
     h.now.set(last_data_at);
     f.on_response_body(&h);
     h.now.set(now);
@@ -226,15 +228,7 @@ fn the_downstream_filter_records_an_answer_silent_for_stream_idle_timeout_as_a_s
 
 #[test]
 fn an_answer_the_client_walked_away_from_is_not_the_providers_failure() {
-    let c = config("{}");
-    let hedges: Rc<RefCell<Hedges>> = Rc::default();
-    let mut h = client(NOW);
-    h.unreported = true;
-    let mut f = downstream(&c, &hedges);
-    f.on_request_headers(&mut h, true);
-    h.set_property_str(OPEN_KEY, &format!("0:{NOW}:b"));
-    h.set_response(&[(":status", "200")]);
-    f.on_response_headers(&mut h);
+    let (c, mut f, mut h) = answering("{}");
     h.properties.insert(
         "response.code_details".into(),
         b"downstream_remote_disconnect".to_vec(),
