@@ -1,6 +1,9 @@
 //! Provider health in proxy-wasm shared data: a small trait over the host's
-//! get/set-with-CAS, the read-modify-write loop, and an in-memory store for tests.
+//! get/set-with-CAS, the read-modify-write loop, shared data's CAS rule over a map
+//! (the native module's store and the tests' in-memory one), and an in-memory store
+//! for tests.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::health::HealthRecord;
@@ -132,16 +135,45 @@ pub fn ensure_value(store: &dyn SharedData, key: &str, initial: &[u8]) -> Result
     }
 }
 
+/// Shared data kept by the gateway itself: each key's value and CAS.
+pub type Entries = HashMap<String, (Vec<u8>, u32)>;
+
+/// A read of `key` with its CAS, as proxy-wasm's shared data answers it.
+pub fn read_entry(entries: &Entries, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    match entries.get(key) {
+        Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+        None => (None, None),
+    }
+}
+
+/// A write with proxy-wasm's CAS rule: refused if `cas` is not the key's current one
+/// (a key not written yet takes any); each write bumps the key's CAS.
+pub fn write_entry(
+    entries: &mut Entries,
+    key: &str,
+    value: &[u8],
+    cas: Option<u32>,
+) -> Result<(), StoreError> {
+    let current = entries.get(key).map(|(_, c)| *c);
+    if let (Some(want), Some(have)) = (cas, current) {
+        if want != have {
+            return Err(StoreError::CasMismatch);
+        }
+    }
+    let next = current.unwrap_or(0).wrapping_add(1);
+    entries.insert(key.to_string(), (value.to_vec(), next));
+    Ok(())
+}
+
 /// In-memory shared data with Envoy's CAS semantics, for tests.
 #[cfg(test)]
 pub mod memory {
     use super::*;
     use std::cell::RefCell;
-    use std::collections::HashMap;
 
     #[derive(Default)]
     pub struct MemoryStore {
-        pub data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        pub data: RefCell<Entries>,
     }
 
     impl MemoryStore {
@@ -153,23 +185,11 @@ pub mod memory {
 
     impl SharedData for MemoryStore {
         fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
-            Ok(match self.data.borrow().get(key) {
-                Some((v, cas)) => (Some(v.clone()), Some(*cas)),
-                None => (None, None),
-            })
+            Ok(read_entry(&self.data.borrow(), key))
         }
 
         fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-            let mut data = self.data.borrow_mut();
-            let current = data.get(key).map(|(_, c)| *c);
-            if let (Some(want), Some(have)) = (cas, current) {
-                if want != have {
-                    return Err(StoreError::CasMismatch);
-                }
-            }
-            let next = current.unwrap_or(0).wrapping_add(1);
-            data.insert(key.to_string(), (value.to_vec(), next));
-            Ok(())
+            write_entry(&mut self.data.borrow_mut(), key, value, cas)
         }
     }
 }
