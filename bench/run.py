@@ -25,8 +25,9 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
   router-2k-no-stream-route   router-2k with `streamFirstByteTimeout: "0s"`: no route for
                  streamed requests, so the request headers are not held until the body
                  is read (what that hold, on by default, costs)
-  native-2k, native-100k, native-failover   router-2k, router-100k and router-failover
-                 with the native module (`llm-failover render --native`)
+  native-2k, native-100k, native-failover, native-2k-hedging   router-2k, router-100k,
+                 router-failover and router-2k-hedging with the native module
+                 (`llm-failover render --native`)
 
 Then time to first event of a streamed answer (llm-mock providers, one request at a
 time) and Envoy's CPU per streamed request: straight to the provider (no wasm), router
@@ -231,6 +232,7 @@ def proxy_configs(upstream_port):
         "native-2k": (rendered(router_two, native=True), 2048),
         "native-100k": (rendered(router_two, native=True), 100 * 1024),
         "native-failover": (rendered(router_failing, native=True), 2048),
+        "native-2k-hedging": (rendered(dict(router_two, failover={"hedgeAfter": "5s"}), native=True), 2048),
         # Where the native normal path's cost goes: without the upstream filters, and
         # without the route for streamed requests (request headers not held).
         "native-downstream": (rendered(router_two, upstream=False, native=True), 2048),
@@ -372,6 +374,8 @@ def stream_configs(direct: Mock, limited: Mock, fallback: Mock, slow: Mock):
             "firstByteTimeout": "200ms", "defaultCooldown": "1ms", "maxCooldown": "1ms"})),
         # ... or also asked of the fallback after 200 ms (the hedge's answer comes whole).
         "stream-slow-primary-hedge-200ms": rendered(dict(groups(slow), failover={"hedgeAfter": "200ms"})),
+        "stream-native-slow-primary-hedge-200ms": rendered(dict(groups(slow), failover={"hedgeAfter": "200ms"}),
+                                                           native=True),
     }
 
 

@@ -10,8 +10,7 @@ streams an answer through the failover, event by event. Then it stops everything
 it started.
 
 `--native` (`make demo BUILD=native`): the same with the native module (Envoy 1.40's
-dynamic modules) in place of the .wasm, from `llm-failover render --native`; the hedging
-step is left out (hedgeAfter is not native)."""
+dynamic modules) in place of the .wasm, from `llm-failover render --native`."""
 
 import http.client
 import json
@@ -262,14 +261,10 @@ def main():
 
         fast = variant("slow", "firstByteTimeout", "1s", 10010)
         say(f"  {DIM}The primary was abandoned after 1 s and counts one failure (reason timeout).{RESET}")
-        if NATIVE:
-            hedged = True
-            say(f"  {DIM}(hedgeAfter is not native yet: `make demo` shows it with the .wasm){RESET}")
-        else:
-            hedged = variant("hedge", "hedgeAfter", "500ms", 10020)
-            say(f"  {DIM}With hedgeAfter the fallback was asked too after 0.5 s; its answer won and the primary's"
-                f" attempt was cancelled (its connection closed). A hedge makes two providers work on one"
-                f" request: set it near your providers' p95 time to first byte.{RESET}")
+        hedged = variant("hedge", "hedgeAfter", "500ms", 10020)
+        say(f"  {DIM}With hedgeAfter the fallback was asked too after 0.5 s; its answer won and the primary's"
+            f" attempt was cancelled (its connection closed). A hedge makes two providers work on one"
+            f" request: set it near your providers' p95 time to first byte.{RESET}")
         fast = fast and hedged
         post("http://127.0.0.1:8000/mock/config", {"latency_ms": 0})
 

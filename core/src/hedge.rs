@@ -68,8 +68,14 @@ struct Entry {
 pub enum Ending {
     /// No hedge was sent.
     None,
-    /// The routed attempt answered first; hedge `id` to `to` is to be cancelled.
-    RoutedWon { id: u64, from: usize, to: usize },
+    /// The routed attempt answered first; hedge `id` (call `token`) to `to` is to
+    /// be cancelled.
+    RoutedWon {
+        token: u32,
+        id: u64,
+        from: usize,
+        to: usize,
+    },
     /// The client is getting the hedge's answer from `to`.
     HedgeWon { from: usize, to: usize },
 }
@@ -161,6 +167,26 @@ impl Hedges {
             .collect()
     }
 
+    /// Whether request `context`'s wait is over (a host that wakes each request
+    /// itself asks for that request only).
+    pub fn due_for(&self, context: u32, now_ms: u64) -> Option<Due> {
+        self.entries.iter().find_map(|(c, e)| match e.stage {
+            Stage::Waiting { due_ms } if *c == context && due_ms <= now_ms => Some(Due {
+                context,
+                plan: e.plan.clone(),
+            }),
+            _ => None,
+        })
+    }
+
+    /// When request `context`'s hedge is due, while it still waits.
+    pub fn waiting_until(&self, context: u32) -> Option<u64> {
+        self.entries.iter().find_map(|(c, e)| match e.stage {
+            Stage::Waiting { due_ms } if *c == context => Some(due_ms),
+            _ => None,
+        })
+    }
+
     /// The request kept for `context`, to build its hedge from (taken: it is sent
     /// at most once).
     pub fn take_request(&mut self, context: u32) -> Option<Request> {
@@ -191,10 +217,20 @@ impl Hedges {
     /// still waits for it. A late answer (the routed attempt won, or the client left)
     /// gives `None`.
     pub fn answered(&mut self, token: u32) -> Option<Answered> {
+        self.answered_where(token, |_| true)
+    }
+
+    /// [`Hedges::answered`] for a host whose call tokens are the request's own
+    /// (two requests' calls may share one): the hedge of request `context`.
+    pub fn answered_for(&mut self, context: u32, token: u32) -> Option<Answered> {
+        self.answered_where(token, |c| c == context)
+    }
+
+    fn answered_where(&self, token: u32, whose: impl Fn(u32) -> bool) -> Option<Answered> {
         self.entries.iter().find_map(|(context, e)| match e.stage {
             Stage::Asked {
                 token: t, from, to, ..
-            } if t == token => Some(Answered {
+            } if t == token && whose(*context) => Some(Answered {
                 context: *context,
                 from,
                 to,
@@ -218,7 +254,17 @@ impl Hedges {
         };
         match e.stage {
             Stage::Waiting { .. } => Ending::None,
-            Stage::Asked { id, from, to, .. } => Ending::RoutedWon { id, from, to },
+            Stage::Asked {
+                token,
+                id,
+                from,
+                to,
+            } => Ending::RoutedWon {
+                token,
+                id,
+                from,
+                to,
+            },
             Stage::Won { from, to } => Ending::HedgeWon { from, to },
         }
     }
@@ -423,6 +469,7 @@ mod tests {
         assert_eq!(
             h.end(7),
             Ending::RoutedWon {
+                token: 41,
                 id: 5,
                 from: 0,
                 to: 1

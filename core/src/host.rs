@@ -82,6 +82,19 @@ pub trait Host: SharedData {
     /// Makes the next calls act for request context `id`; false when it is gone.
     fn act_for(&mut self, id: u32) -> bool;
 
+    /// Asks to have this request's filter woken (`on_wake`) at about `at_ms`. A
+    /// host whose root context ticks (proxy-wasm) need not: the root's tick does the
+    /// timed work of every request (a due hedge). The native host has no tick and
+    /// wakes the request itself.
+    fn wake_at(&mut self, _at_ms: u64) {}
+
+    /// Cancels call `token` this request sent, if the host can (its answer then
+    /// never comes): whether it did. proxy-wasm cannot (a hedge is cancelled
+    /// through the cancel list its upstream filter polls).
+    fn cancel_call(&mut self, _token: u32) -> bool {
+        false
+    }
+
     /// The plugin configuration's bytes, `None` when empty.
     fn plugin_configuration(&self) -> Option<Vec<u8>>;
     fn set_tick_period_ms(&mut self, ms: u64);

@@ -59,6 +59,11 @@ pub struct MockHost {
     /// Acts like a host that does not report an attempt's end without an answer.
     pub unreported: bool,
     pub values: RefCell<HashMap<u32, i64>>,
+    /// The wakes asked for (`wake_at`).
+    pub wakes: Vec<u64>,
+    /// Acts like a host that cancels a request's calls itself; the calls it cancelled.
+    pub cancels_calls: bool,
+    pub cancelled_calls: Vec<u32>,
 }
 
 impl MockHost {
@@ -258,6 +263,17 @@ impl Host for MockHost {
 
     fn reports_attempt_ends(&self) -> bool {
         !self.unreported
+    }
+
+    fn wake_at(&mut self, at_ms: u64) {
+        self.wakes.push(at_ms);
+    }
+
+    fn cancel_call(&mut self, token: u32) -> bool {
+        if self.cancels_calls {
+            self.cancelled_calls.push(token);
+        }
+        self.cancels_calls
     }
 
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {

@@ -13,17 +13,21 @@
 //!   and the completion runs when the outer hook returns.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use llm_failover_core::config::Config;
 use llm_failover_core::contexts::root::{HttpFilter, Root};
-use llm_failover_core::host::{Action, HeaderList};
+use llm_failover_core::host::{Action, HeaderList, Host};
 
 use crate::abi::{ConfigEnvoyPtr, FilterEnvoyPtr};
 use crate::host::NativeHost;
 use crate::metrics::{self, Families, Registry};
 use crate::ticker::Ticker;
+use crate::waker::{self, Wake};
 
 /// The upstream instance's filter name (the downstream one is `llm_failover`).
 const UPSTREAM_NAME: &[u8] = b"llm_failover_upstream";
@@ -56,9 +60,7 @@ impl FailoverConfig {
         if raw.is_empty() {
             return Err(llm_failover_core::config::EMPTY_CONFIGURATION.to_string());
         }
-        let config =
-            Config::parse(raw, &|var| std::env::var(var).ok()).map_err(|e| e.to_string())?;
-        config.check_native().map_err(|e| e.to_string())?;
+        Config::parse(raw, &|var| std::env::var(var).ok()).map_err(|e| e.to_string())?;
         static NEXT: AtomicUsize = AtomicUsize::new(1);
         let upstream = name == UPSTREAM_NAME;
         Ok(FailoverConfig {
@@ -138,12 +140,32 @@ thread_local! {
     static CONTEXTS: Cell<u32> = const { Cell::new(0) };
 }
 
+/// What Envoy says of a streaming call the stream's filter sent (a hedge), copied
+/// out of the hook that said it.
+pub enum CallEvent {
+    Headers(u64, HeaderList),
+    Data(u64, Vec<u8>),
+    Complete(u64),
+    Reset(u64),
+}
+
 /// One stream's filter, and whether a hook of it is running.
 pub struct Slot {
     filter: HttpFilter,
     registry: Rc<Registry>,
+    /// The core's id of this stream's request.
+    context: u32,
     busy: bool,
     completed: bool,
+    /// Call events that came while a hook ran (Envoy may answer or reset a call
+    /// inside the call that started or reset it): handled when the hook is done.
+    pending: VecDeque<CallEvent>,
+    /// The answers of this stream's calls so far: their headers and body.
+    calls: Vec<(u64, HeaderList, Vec<u8>)>,
+    /// The calls this filter reset: their reset is no answer.
+    cancelled: Vec<u64>,
+    /// This stream's scheduler, made at its first wake (`waker.rs`).
+    wake: Option<Arc<Wake>>,
 }
 
 impl Slot {
@@ -151,7 +173,8 @@ impl Slot {
     /// configuration cannot be applied here (logged).
     pub fn new(config: &FailoverConfig) -> Option<Slot> {
         let context = CONTEXTS.with(|c| {
-            let next = c.get().wrapping_add(1);
+            // Never 0: the host takes 0 for "no request".
+            let next = c.get().wrapping_add(1).max(1);
             c.set(next);
             next
         });
@@ -176,13 +199,18 @@ impl Slot {
         Some(Slot {
             filter,
             registry,
+            context,
             busy: false,
             completed: false,
+            pending: VecDeque::new(),
+            calls: Vec::new(),
+            cancelled: Vec::new(),
+            wake: None,
         })
     }
 
-    /// Runs `f` on the filter with the stream's host; a completion Envoy asked for
-    /// meanwhile runs after it.
+    /// Runs `f` on the filter with the stream's host; then what Envoy did meanwhile
+    /// (call events, the stream's completion) and what the core asked for (a wake).
     pub fn run<T>(
         &mut self,
         envoy: FilterEnvoyPtr,
@@ -191,13 +219,22 @@ impl Slot {
     ) -> T {
         self.busy = true;
         let registry = Rc::clone(&self.registry);
-        let mut host =
-            NativeHost::stream(envoy, &config.name).with_metrics(&config.families, &registry);
+        let mut host = NativeHost::stream(envoy, &config.name)
+            .with_metrics(&config.families, &registry)
+            .for_context(self.context);
         let out = f(&mut self.filter, &mut host);
-        self.busy = false;
-        if self.completed {
-            self.finish(&mut host);
+        loop {
+            self.settle(envoy, &mut host);
+            if let Some(event) = self.pending.pop_front() {
+                self.deliver(&mut host, event);
+            } else if std::mem::take(&mut self.completed) {
+                self.filter.on_log(&mut host);
+                self.filter.on_done(&mut host);
+            } else {
+                break;
+            }
         }
+        self.busy = false;
         // The upstream filters' counts since this worker's last downstream hook.
         metrics::flush(&config.families, envoy);
         out
@@ -207,18 +244,81 @@ impl Slot {
     pub fn complete(&mut self, envoy: FilterEnvoyPtr, config: &FailoverConfig) {
         self.completed = true;
         if !self.busy {
-            let registry = Rc::clone(&self.registry);
-            let mut host =
-                NativeHost::stream(envoy, &config.name).with_metrics(&config.families, &registry);
-            self.finish(&mut host);
-            metrics::flush(&config.families, envoy);
+            self.run(envoy, config, |_, _| ());
         }
     }
 
-    fn finish(&mut self, host: &mut NativeHost<'_>) {
-        self.completed = false;
-        self.filter.on_log(host);
-        self.filter.on_done(host);
+    /// An event of a call this stream sent.
+    pub fn call_event(&mut self, envoy: FilterEnvoyPtr, config: &FailoverConfig, e: CallEvent) {
+        self.pending.push_back(e);
+        if !self.busy {
+            self.run(envoy, config, |_, _| ());
+        }
+    }
+
+    /// What the hook's host gathered: the calls it cancelled and the wake it asked for.
+    fn settle(&mut self, envoy: FilterEnvoyPtr, host: &mut NativeHost<'_>) {
+        let cancelled = host.take_cancelled();
+        if !cancelled.is_empty() {
+            self.calls.retain(|(id, _, _)| !cancelled.contains(id));
+            self.cancelled.extend(cancelled);
+        }
+        let Some(at_ms) = host.take_wake() else {
+            return;
+        };
+        if self.wake.is_none() {
+            // SAFETY: `envoy` is the live stream of the hook running, on its worker.
+            self.wake = unsafe { Wake::new(envoy) };
+        }
+        let at = Instant::now() + Duration::from_millis(at_ms.saturating_sub(host.now_ms()));
+        if !self.wake.as_ref().is_some_and(|w| waker::schedule(w, at)) {
+            log::warn!("llm-failover: cannot wake this request at hedgeAfter; it is not hedged");
+        }
+    }
+
+    /// A call event, to the core once the call's answer is whole (or gone).
+    fn deliver(&mut self, host: &mut NativeHost<'_>, event: CallEvent) {
+        let id = match &event {
+            CallEvent::Headers(id, _)
+            | CallEvent::Data(id, _)
+            | CallEvent::Complete(id)
+            | CallEvent::Reset(id) => *id,
+        };
+        if let Some(at) = self.cancelled.iter().position(|c| *c == id) {
+            if matches!(event, CallEvent::Complete(_) | CallEvent::Reset(_)) {
+                self.cancelled.swap_remove(at);
+            }
+            return;
+        }
+        let at = self.calls.iter().position(|(c, _, _)| *c == id);
+        match (event, at) {
+            (CallEvent::Headers(_, headers), Some(at)) => self.calls[at].1 = headers,
+            (CallEvent::Headers(_, headers), None) => self.calls.push((id, headers, Vec::new())),
+            (CallEvent::Data(_, data), Some(at)) => self.calls[at].2.extend_from_slice(&data),
+            (CallEvent::Data(_, data), None) => self.calls.push((id, Vec::new(), data)),
+            (ended, at) => {
+                let answer = at.map(|at| self.calls.swap_remove(at));
+                // A reset call has no answer, even if its headers came (the body
+                // broke off): no headers, as a failed call with proxy-wasm.
+                let (headers, body) = match (ended, answer) {
+                    (CallEvent::Complete(_), Some((_, headers, body))) => (headers, body),
+                    _ => (Vec::new(), Vec::new()),
+                };
+                let token = u32::try_from(id).unwrap_or(u32::MAX);
+                let size = body.len();
+                host.set_call(headers, body);
+                self.filter.on_call_response(host, token, size);
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(wake) = &self.wake {
+            // The stream ends: its scheduler goes now, on its own worker.
+            waker::forget(wake);
+        }
     }
 }
 

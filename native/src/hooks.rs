@@ -11,7 +11,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::abi::*;
-use crate::failover::{holds, FailoverConfig, Slot};
+use crate::failover::{holds, CallEvent, FailoverConfig, Slot};
 use crate::host::{header_list, joined};
 use crate::{spike, spike_async};
 
@@ -374,14 +374,24 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     })
 }
 
-/// The `on_http_filter_http_stream_*` and `scheduled` hooks reach only the
-/// `spike_async` filters (the failover filter sends no streaming calls and schedules
-/// nothing yet).
-fn on_async(f: FilterModulePtr, what: &str, act: impl FnOnce(&mut spike_async::Filter)) {
+/// An event of a streaming call (a hedge) to the failover filter that sent it, or
+/// a `spike_async` filter's hook.
+fn on_call_event(
+    envoy: FilterEnvoyPtr,
+    f: FilterModulePtr,
+    what: &str,
+    event: impl FnOnce() -> CallEvent,
+    spike: impl FnOnce(&mut spike_async::Filter),
+) {
     guard(what, (), || {
         // SAFETY: Envoy passes the live filter it got from filter_new.
-        if let ModuleFilter::Async(a) = unsafe { filter(f) } {
-            act(a);
+        match unsafe { filter(f) } {
+            // SAFETY: the configuration outlives its filters.
+            ModuleFilter::Failover(slot, config) => {
+                slot.call_event(envoy, unsafe { &**config }, event())
+            }
+            ModuleFilter::Async(a) => spike(a),
+            ModuleFilter::Spike(_) | ModuleFilter::Passing => {}
         }
     })
 }
@@ -395,27 +405,39 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
     headers_size: usize,
     _end_stream: bool,
 ) {
-    // SAFETY: `envoy` is this hook's live stream; Envoy lends the headers.
-    on_async(f, "http_stream_headers", |a| unsafe {
-        a.on_stream_headers(envoy, stream_id, headers, headers_size)
-    });
+    on_call_event(
+        envoy,
+        f,
+        "http_stream_headers",
+        // SAFETY: Envoy lends the headers for this hook.
+        || CallEvent::Headers(stream_id, unsafe { header_list(headers, headers_size) }),
+        // SAFETY: `envoy` is this hook's live stream; Envoy lends the headers.
+        |a| unsafe { a.on_stream_headers(envoy, stream_id, headers, headers_size) },
+    );
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
-    _envoy: FilterEnvoyPtr,
+    envoy: FilterEnvoyPtr,
     f: FilterModulePtr,
-    _stream_id: u64,
+    stream_id: u64,
     data: *const EnvoyBuffer,
     data_count: usize,
     _end_stream: bool,
 ) {
-    // SAFETY: Envoy lends the chunks for this hook.
-    on_async(f, "http_stream_data", |a| unsafe {
-        a.on_stream_data(data, data_count)
-    });
+    on_call_event(
+        envoy,
+        f,
+        "http_stream_data",
+        // SAFETY: Envoy lends the chunks for this hook.
+        || CallEvent::Data(stream_id, unsafe { joined(data, data_count) }),
+        // SAFETY: Envoy lends the chunks for this hook.
+        |a| unsafe { a.on_stream_data(data, data_count) },
+    );
 }
 
+/// A call's trailers: a hedge's answer is relayed without them (as a proxy-wasm
+/// call's is).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
     _envoy: FilterEnvoyPtr,
@@ -430,37 +452,55 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
     envoy: FilterEnvoyPtr,
     f: FilterModulePtr,
-    _stream_id: u64,
+    stream_id: u64,
 ) {
-    // SAFETY: `envoy` is this hook's live stream.
-    on_async(f, "http_stream_complete", |a| unsafe {
-        a.on_stream_end(envoy, None)
-    });
+    on_call_event(
+        envoy,
+        f,
+        "http_stream_complete",
+        || CallEvent::Complete(stream_id),
+        // SAFETY: `envoy` is this hook's live stream.
+        |a| unsafe { a.on_stream_end(envoy, None) },
+    );
 }
 
+/// Envoy 1.40 gives every call reset the same reason (a local reset).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     envoy: FilterEnvoyPtr,
     f: FilterModulePtr,
-    _stream_id: u64,
+    stream_id: u64,
     reason: u32,
 ) {
-    // SAFETY: `envoy` is this hook's live stream.
-    on_async(f, "http_stream_reset", |a| unsafe {
-        a.on_stream_end(envoy, Some(reason))
-    });
+    on_call_event(
+        envoy,
+        f,
+        "http_stream_reset",
+        || CallEvent::Reset(stream_id),
+        // SAFETY: `envoy` is this hook's live stream.
+        |a| unsafe { a.on_stream_end(envoy, Some(reason)) },
+    );
 }
 
+/// A wake this stream asked for (`waker.rs`), or a `spike_async` filter's.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     envoy: FilterEnvoyPtr,
     f: FilterModulePtr,
     event_id: u64,
 ) {
-    // SAFETY: `envoy` is this hook's live stream.
-    on_async(f, "scheduled", |a| unsafe {
-        a.on_scheduled(envoy, event_id)
-    });
+    guard("scheduled", (), || {
+        // SAFETY: Envoy passes the live filter it got from filter_new.
+        match unsafe { filter(f) } {
+            // SAFETY: the configuration outlives its filters.
+            ModuleFilter::Failover(slot, config) => {
+                slot.run(envoy, unsafe { &**config }, |filter, h| filter.on_wake(h))
+            }
+            // SAFETY: `envoy` is this hook's live stream.
+            ModuleFilter::Async(a) => unsafe { a.on_scheduled(envoy, event_id) },
+            ModuleFilter::Spike(_) | ModuleFilter::Passing => {}
+        }
+    })
 }
 
 #[no_mangle]

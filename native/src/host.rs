@@ -35,6 +35,14 @@ pub struct NativeHost<'a> {
     call: Option<(HeaderList, Vec<u8>)>,
     /// The configuration's metric families and this worker's metrics of it.
     metrics: Option<(&'a Families, &'a Registry)>,
+    /// The core's id of this stream's request (0: none), the one context it acts for.
+    context: u32,
+    /// When the core asked to have this stream woken (Unix ms), for its filter to
+    /// arrange after the hook (`waker.rs`).
+    wake_at: Option<u64>,
+    /// The streaming calls this hook reset (their reset hook may run inside the
+    /// reset, or later: either way it is not an answer).
+    cancelled: Vec<u64>,
 }
 
 impl<'a> NativeHost<'a> {
@@ -62,7 +70,26 @@ impl<'a> NativeHost<'a> {
             configuration: None,
             call: None,
             metrics: None,
+            context: 0,
+            wake_at: None,
+            cancelled: Vec::new(),
         }
+    }
+
+    /// The core's id of the request this stream is.
+    pub fn for_context(mut self, context: u32) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// The wake the core asked for during this hook, if any.
+    pub fn take_wake(&mut self) -> Option<u64> {
+        self.wake_at.take()
+    }
+
+    /// The calls this hook cancelled.
+    pub fn take_cancelled(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.cancelled)
     }
 
     pub fn with_metrics(mut self, families: &'a Families, registry: &'a Registry) -> Self {
@@ -85,6 +112,9 @@ impl<'a> NativeHost<'a> {
             configuration: Some(configuration),
             call: None,
             metrics: None,
+            context: 0,
+            wake_at: None,
+            cancelled: Vec::new(),
         }
     }
 
@@ -442,6 +472,9 @@ impl Host for NativeHost<'_> {
         }
     }
 
+    /// From a stream, a streaming call (so that it can be cancelled: a losing
+    /// hedge), its answer gathered by the stream's filter (`failover.rs`); from the
+    /// configuration on the main thread, a one-shot call (a background probe).
     fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, String> {
         let headers = module_headers(call.headers);
         let mut id = 0u64;
@@ -453,13 +486,14 @@ impl Host for NativeHost<'_> {
         // whose hook runs on the main thread; every buffer lives for the call.
         let result = unsafe {
             if self.live() {
-                envoy_dynamic_module_callback_http_filter_http_callout(
+                envoy_dynamic_module_callback_http_filter_start_http_stream(
                     self.envoy,
                     &mut id,
                     cluster,
                     headers.as_ptr(),
                     headers.len(),
                     body,
+                    true,
                     call.timeout_ms,
                 )
             } else if !self.config_envoy.is_null() {
@@ -482,6 +516,20 @@ impl Host for NativeHost<'_> {
             2 => Err("ClusterNotFound".to_string()),
             other => Err(format!("CannotCreateRequest ({other})")),
         }
+    }
+
+    /// Resets the streaming call (its reset hook runs at once, inside the reset:
+    /// the filter knows it from `take_cancelled` and ignores it).
+    fn cancel_call(&mut self, token: u32) -> bool {
+        if !self.live() {
+            return false;
+        }
+        let id = u64::from(token);
+        self.cancelled.push(id);
+        // SAFETY: `envoy` is the live stream of this hook; an id Envoy no longer
+        // knows is ignored by it.
+        unsafe { envoy_dynamic_module_callback_http_filter_reset_http_stream(self.envoy, id) };
+        true
     }
 
     fn call_response_headers(&self) -> HeaderList {
@@ -541,8 +589,12 @@ impl Host for NativeHost<'_> {
 
     /// A native filter acts only for its own stream (no effective-context switch):
     /// work for another request goes through that request's own hooks.
-    fn act_for(&mut self, _id: u32) -> bool {
-        false
+    fn act_for(&mut self, id: u32) -> bool {
+        self.live() && id != 0 && id == self.context
+    }
+
+    fn wake_at(&mut self, at_ms: u64) {
+        self.wake_at = Some(at_ms);
     }
 
     fn plugin_configuration(&self) -> Option<Vec<u8>> {

@@ -3,7 +3,8 @@
 //! `abi.rs` declares the part of Envoy's ABI the module uses; `hooks.rs` exports
 //! the hooks Envoy resolves, each catching panics; `host.rs` is the core's `Host`
 //! over the ABI, `store.rs` shared data in process memory, `failover.rs` the core's
-//! contexts per worker, `ticker.rs` the configuration's tick on the main thread;
+//! contexts per worker, `ticker.rs` the configuration's tick on the main thread,
+//! `waker.rs` each request's wake (a due hedge);
 //! `spike.rs` the measuring filters issue 18 began with. Built with `panic = "unwind"`
 //! (profile `release-native`), so a panic is caught at the hook instead of
 //! aborting Envoy.
@@ -19,6 +20,7 @@ pub mod spike;
 pub mod spike_async;
 pub mod store;
 pub mod ticker;
+pub mod waker;
 
 /// The `log` facade's lines (the core logs through it) to Envoy's log.
 struct EnvoyLog;

@@ -80,9 +80,6 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
                 .to_string(),
         );
     }
-    if options.native {
-        config.check_native().map_err(|e| e.to_string())?;
-    }
     // One cluster (and one priority group) per distinct cluster name, in provider order.
     let mut clusters: Vec<&Provider> = Vec::new();
     for p in &config.providers {

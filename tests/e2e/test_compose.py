@@ -91,7 +91,6 @@ def test_dashboard_structure():
         assert topic in titles, topic
 
 
-@pytest.mark.wasm_only("hedgeAfter: the native module refuses it (README, Which build where)")
 def test_dashboard_queries_name_metrics_envoy_exposes(mocks, envoy):
     # One request meets everything the dashboard shows: the primary's 429 (a cooldown
     # and a failover), a slow second provider, and a hedge to the third that wins.

@@ -11,8 +11,6 @@ import openai
 import pytest
 from harness import MESSAGES, config, metric, provider, wait_until
 
-pytestmark = pytest.mark.wasm_only("hedgeAfter: the native module refuses it (README, Which build where)")
-
 CHAT_PATH = "/v1/chat/completions"
 
 
@@ -204,6 +202,7 @@ def test_a_failed_hedge_leaves_the_routed_attempt_alone(mocks, envoy):
     assert (view["limited"]["state"], view["limited"]["last_reason"]) == ("cooling", "rate_limited")
 
 
+@pytest.mark.wasm_only("proxy-wasm's VMs: the native module has none, and sends each hedge from the request's own filter")
 def test_one_vm_for_both_filters_sends_no_hedges(mocks, envoy):
     """A hand-wired Envoy that gives the upstream filter the downstream filter's VM:
     hedging would have to start a context inside a running one; the filter says so

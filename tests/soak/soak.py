@@ -211,7 +211,7 @@ def plugin(mode: str, primary_port: int, fallback_port: int) -> dict:
                      "maxCooldown": "1s", "probeTimeout": "2s", "attemptTimeout": f"{int(ATTEMPT_TIMEOUT_S * 1000)}ms",
                      # "hedge": router mode, and a request without an answer after 400 ms
                      # (a slow primary, or a busy one) is also sent to the fallback.
-                     **({"hedgeAfter": f"{HEDGE_AFTER_MS}ms"} if mode == "hedge" else {})}}
+                     **({"hedgeAfter": f"{HEDGE_AFTER_MS}ms"} if mode in ("hedge", "native-hedge") else {})}}
 
 
 def rss_kib(pid: int) -> int:
@@ -271,15 +271,16 @@ def providers_process(pipe, seed: int, tempo: float, faults: list):
 def run_mode(mode: str, requests: int, clients: int, max_seconds: float, seed: int, tempo: float,
              pace: float = 0.0) -> dict:
     parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.Process(target=providers_process, args=(child, seed, tempo, {"hedge": HEDGE_FAULTS, "dispatch": DISPATCH_FAULTS}.get(mode, FAULTS)),
+    proc = multiprocessing.Process(target=providers_process, args=(child, seed, tempo, {"hedge": HEDGE_FAULTS, "native-hedge": HEDGE_FAULTS, "dispatch": DISPATCH_FAULTS}.get(mode, FAULTS)),
                                    daemon=True)
     proc.start()
     primary_port, fallback_port = parent.recv()
     env = {"SOAK_PRIMARY_KEY": KEYS["primary"], "SOAK_FALLBACK_KEY": KEYS["fallback"]}
     clusters = {"primary": primary_port, "fallback": fallback_port}
-    # "native": router mode with the native module (Envoy 1.40 dynamic modules).
+    # "native", "native-hedge": router mode with the native module (Envoy 1.40 dynamic
+    # modules), the second with hedging.
     envoy = Envoy(plugin(mode, primary_port, fallback_port), clusters, env=env, router=(mode != "dispatch"),
-                  route_timeout="30s", native=(mode == "native"))
+                  route_timeout="30s", native=mode.startswith("native"))
     counts = {"sent": 0, "ok": 0, "lost": 0, "by_primary": 0, "by_fallback": 0}
     lost_examples: list[str] = []
     lock = threading.Lock()
@@ -487,8 +488,8 @@ def main():
     ap.add_argument("--requests", type=int, default=450_000, help="per mode")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--max-seconds", type=float, default=240, help="per mode; the run stops there")
-    ap.add_argument("--modes", nargs="+", default=["router", "dispatch", "hedge", "native"],
-                    choices=["router", "dispatch", "hedge", "native"])
+    ap.add_argument("--modes", nargs="+", default=["router", "dispatch", "hedge", "native", "native-hedge"],
+                    choices=["router", "dispatch", "hedge", "native", "native-hedge"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pace", type=float, default=0.0, help="seconds each client waits between requests")
     ap.add_argument("--tempo", type=float, default=1.0,

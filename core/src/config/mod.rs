@@ -285,17 +285,6 @@ pub const EMPTY_CONFIGURATION: &str =
     "invalid llm-failover configuration: the plugin configuration is empty";
 
 impl Config {
-    /// What the native module does not do yet: hedging (its hedges would be sent and
-    /// watched per worker, with streaming calls). Refused by field, at load and by
-    /// `render --native`.
-    pub fn check_native(&self) -> Result<(), ConfigError> {
-        let unsupported = "not supported by the native module yet; use the .wasm build";
-        if self.failover.hedge_after_ms.is_some() {
-            return Err(ConfigError::new("failover.hedgeAfter", unsupported));
-        }
-        Ok(())
-    }
-
     /// The filter's own request headers, which a dispatched call (a failover in
     /// dispatch mode, a hedge) must not pass on: a client's are never a provider's.
     pub fn internal_request_headers(&self) -> [&str; 3] {

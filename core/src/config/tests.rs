@@ -314,22 +314,3 @@ fn latency_controls_are_off_by_default_and_checked() {
         assert!(e.contains(want), "{raw}: {e}");
     }
 }
-
-#[test]
-fn the_native_module_refuses_hedging_by_its_field_and_takes_background_probes() {
-    let with = |failover: &str| {
-        let raw = format!(
-            r#"{{"groups":[{{"providers":[{{"name":"a","cluster":"ca"}}]}},
-                {{"providers":[{{"name":"b","cluster":"cb"}}]}}],"failover":{failover}}}"#
-        );
-        parse(&raw).map(|c| c.check_native())
-    };
-    let refused = match with(r#"{"hedgeAfter":"2s"}"#) {
-        Ok(Err(e)) => e.to_string(),
-        other => panic!("hedgeAfter was not refused: {other:?}"),
-    };
-    assert!(refused.contains("failover.hedgeAfter"), "{refused}");
-    assert!(refused.contains("use the .wasm build"), "{refused}");
-    assert!(matches!(with(r#"{"backgroundProbes":true}"#), Ok(Ok(()))));
-    assert!(matches!(with("{}"), Ok(Ok(()))));
-}

@@ -11,6 +11,7 @@ use crate::host::{parse_number, Action, Host};
 
 use super::dispatched::Dispatched;
 use super::health_view;
+use super::hedging::Hedger;
 use super::request::{Phase, Request};
 use super::routed::Routed;
 use super::telemetry::Telemetry;
@@ -30,6 +31,7 @@ impl Downstream {
         ticket: u64,
         context_id: u32,
         hedges: Rc<RefCell<Hedges>>,
+        hedger: Option<Rc<Hedger>>,
     ) -> Self {
         if config.providers.is_empty() && config.health_path.is_none() {
             return Downstream::Passing;
@@ -37,7 +39,7 @@ impl Downstream {
         let mode = config.failover.mode;
         let req = Request::new(config, telemetry, ticket);
         match mode {
-            Mode::Router => Downstream::Routed(Routed::new(req, context_id, hedges)),
+            Mode::Router => Downstream::Routed(Routed::new(req, context_id, hedges, hedger)),
             Mode::Dispatch => Downstream::Dispatched(Dispatched::new(req)),
         }
     }
@@ -103,9 +105,20 @@ impl Downstream {
         }
     }
 
+    /// The answer to a call this request sent: a failover (dispatch mode), or its
+    /// hedge on a host that wakes each request itself (`Host::wake_at`).
     pub fn on_call_response(&mut self, h: &mut impl Host, token: u32, body_size: usize) {
-        if let Downstream::Dispatched(d) = self {
-            d.on_call_response(h, token, body_size);
+        match self {
+            Downstream::Routed(r) => r.on_call_response(h, token, body_size),
+            Downstream::Dispatched(d) => d.on_call_response(h, token, body_size),
+            Downstream::Passing => {}
+        }
+    }
+
+    /// The time this request asked to be woken at came (`Host::wake_at`).
+    pub fn on_wake(&mut self, h: &mut impl Host) {
+        if let Downstream::Routed(r) = self {
+            r.on_wake(h);
         }
     }
 

@@ -13,6 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
+use crate::attempt;
 use crate::config::Config;
 use crate::hedge::{self, Answered, Due, Hedges, Live};
 use crate::host::{Call, Host};
@@ -86,6 +87,22 @@ impl Hedger {
         }
     }
 
+    /// Sends request `context`'s hedge if it is due, from that request's own hook:
+    /// a host without a root tick wakes each request itself (`Host::wake_at`). A
+    /// wake that comes a hair early asks again.
+    pub fn wake(&self, h: &mut impl Host, context: u32, now: u64) {
+        let due = self.hedges.borrow().due_for(context, now);
+        match due {
+            Some(due) => self.fire(h, due, now),
+            None => {
+                let until = self.hedges.borrow().waiting_until(context);
+                if let Some(at) = until {
+                    h.wake_at(at);
+                }
+            }
+        }
+    }
+
     fn fire(&self, h: &mut impl Host, due: Due, now: u64) {
         let request = self.hedges.borrow_mut().take_request(due.context);
         if !h.act_for(due.context) {
@@ -148,7 +165,7 @@ impl Hedger {
     ) -> Option<(usize, usize, hedge::Request)> {
         let config = &self.config;
         let state = |i: usize| store::read_health(h, &config.providers[i].health_key).state(now);
-        let (from, candidates) = hedge::split(&due.plan, super::where_now(h).attempts())?;
+        let (from, candidates) = hedge::split(&due.plan, super::attempt_under_way(h).attempts())?;
         let to = hedge::target(candidates, state)?;
         Some((from, to, request?))
     }
@@ -193,11 +210,28 @@ impl Hedger {
     }
 
     /// The answer to call `token` came (whole). A good one wins while its request
-    /// still waits: the client gets it, which ends the routed attempt.
-    pub fn answer(&self, h: &mut impl Host, token: u32, body_size: usize) {
-        let Some(Answered { context, from, to }) = self.hedges.borrow_mut().answered(token) else {
-            return;
-        };
+    /// still waits: the client gets it, which ends the routed attempt. The status
+    /// the client was answered with, if it was.
+    pub fn answer(&self, h: &mut impl Host, token: u32, body_size: usize) -> Option<u16> {
+        let answered = self.hedges.borrow_mut().answered(token)?;
+        self.deliver(h, answered, body_size)
+    }
+
+    /// [`Hedger::answer`] from request `context`'s own filter, on a host whose call
+    /// tokens are per request (native: Envoy numbers each stream's calls).
+    pub fn answer_own(
+        &self,
+        h: &mut impl Host,
+        context: u32,
+        token: u32,
+        body_size: usize,
+    ) -> Option<u16> {
+        let answered = self.hedges.borrow_mut().answered_for(context, token)?;
+        self.deliver(h, answered, body_size)
+    }
+
+    fn deliver(&self, h: &mut impl Host, answered: Answered, body_size: usize) -> Option<u16> {
+        let Answered { context, from, to } = answered;
         // The call's answer is the root's to read; the reply is the request's.
         let headers = h.call_response_headers();
         let status = reply::status_of(&headers);
@@ -206,7 +240,14 @@ impl Hedger {
         let (from_name, to_name) = (&config.providers[from].name, &config.providers[to].name);
         if !h.act_for(context) {
             self.hedges.borrow_mut().give_up(context);
-            return;
+            return None;
+        }
+        if status.is_none() && !h.reports_attempt_ends() {
+            // The hedge ended without an answer; its upstream filter, destroyed
+            // without its end on such a host, could not record it.
+            let (failure, _) = attempt::unreachable();
+            let why = "the hedge got no response: refused, reset or timed out";
+            let _ = super::record_failure(&*h, config, &self.telemetry, to, failure, None, why);
         }
         let good = status.is_some_and(|s| (200..300).contains(&s));
         // A routed retry to this same provider waits for this answer (HEDGED_TO_KEY):
@@ -220,7 +261,7 @@ impl Hedger {
             h.set_property_str(HEDGED_TO_KEY, "");
             let lost = metrics::hedges(from_name, to_name, from_name);
             self.telemetry.count(h, lost);
-            return;
+            return None;
         }
         self.hedges.borrow_mut().won(context, from, to);
         // The routed attempt is reset by this reply; its upstream filter must not
@@ -230,6 +271,7 @@ impl Hedger {
         h.set_property_str(HEDGE_KEY, &format!("{to_name}:{how}"));
         let reply = Relayed::new(&headers, body, to_name);
         h.send_response(reply.status, &reply.headers, &reply.body);
+        Some(reply.status)
     }
 }
 

@@ -43,6 +43,17 @@ pub fn where_now(h: &impl Host) -> At {
     At::from_state(h.property(&[AT_KEY]).as_deref())
 }
 
+/// The attempt under way, as the downstream filter sees it between attempts' hooks:
+/// where the request stands, except on a host that does not report an attempt's end,
+/// where `AT_KEY` names the next attempt in advance and the one under way is the
+/// attempt marked open (`unreported.rs`).
+pub fn attempt_under_way(h: &impl Host) -> At {
+    if h.reports_attempt_ends() {
+        return where_now(h);
+    }
+    unreported::peek(h).map_or_else(|| where_now(h), |open| open.at)
+}
+
 /// Records a failure of provider `index` now (counted, or its cooldown opened and
 /// counted; `evidence_ms`: the delay the provider asked for) and logs what it means:
 /// the one way every filter blames a provider.

@@ -67,10 +67,18 @@ impl HttpFilter {
         }
     }
 
-    /// The answer to a call this request sent (dispatch mode's failover).
+    /// The answer to a call this request sent (dispatch mode's failover; natively,
+    /// a hedge).
     pub fn on_call_response(&mut self, h: &mut impl Host, token: u32, size: usize) {
         if let HttpFilter::Downstream(d) = self {
             d.on_call_response(h, token, size);
+        }
+    }
+
+    /// The time this request asked to be woken at came (`Host::wake_at`).
+    pub fn on_wake(&mut self, h: &mut impl Host) {
+        if let HttpFilter::Downstream(d) = self {
+            d.on_wake(h);
         }
     }
 
@@ -107,7 +115,7 @@ pub struct Root {
     /// With `hedgeAfter`: this worker's requests that may still be hedged (shared
     /// with their filters) and what sends their hedges.
     hedges: Rc<RefCell<Hedges>>,
-    hedger: Option<Hedger>,
+    hedger: Option<Rc<Hedger>>,
     /// The upstream instance's hedges out (shared with their filters).
     live: Rc<RefCell<Live>>,
     /// When the health gauges were last refreshed.
@@ -147,6 +155,7 @@ impl Root {
         }
         // The other calls a root sends are hedges.
         if let Some(hedger) = &self.hedger {
+            // The reply's own response-header callback names and counts it.
             hedger.answer(h, token_id, body_size);
         }
     }
@@ -244,11 +253,11 @@ impl Root {
             if self.upstream {
                 hedging::note_upstream_root();
             } else {
-                self.hedger = Some(Hedger::new(
+                self.hedger = Some(Rc::new(Hedger::new(
                     Rc::clone(&config),
                     Rc::clone(&self.hedges),
                     Rc::clone(&self.telemetry),
-                ));
+                )));
             }
             // Both instances watch their hedges on this tick (see hedge.rs).
             h.set_tick_period_ms(hedge::POLL_MS);
@@ -310,6 +319,7 @@ impl Root {
             ticket,
             context_id,
             Rc::clone(&self.hedges),
+            self.hedger.clone(),
         )))
     }
 }

@@ -21,7 +21,7 @@ use crate::names::{
 use crate::plan::{self, Plan};
 use crate::{body, handoff};
 
-use super::hedging;
+use super::hedging::{self, Hedger};
 use super::request::{apply_edits, BodyRead, Phase, Request};
 use super::unreported::{self, Waiting};
 
@@ -41,13 +41,21 @@ pub struct Routed {
     /// until its body is complete (`hedgeAfter` only).
     hedges: Rc<RefCell<Hedges>>,
     hedge_request: Option<hedge::Request>,
+    /// The worker root's hedger, for a host that wakes each request itself
+    /// (`Host::wake_at`): this request sends its own hedge and gets its answer.
+    hedger: Option<Rc<Hedger>>,
     /// When the answer's last data passed (`streamIdleTimeout`, on a host that does
     /// not report an attempt's end: see `record_open`).
     last_data_ms: u64,
 }
 
 impl Routed {
-    pub fn new(req: Request, context_id: u32, hedges: Rc<RefCell<Hedges>>) -> Self {
+    pub fn new(
+        req: Request,
+        context_id: u32,
+        hedges: Rc<RefCell<Hedges>>,
+        hedger: Option<Rc<Hedger>>,
+    ) -> Self {
         Routed {
             req,
             plan: Plan::default(),
@@ -55,6 +63,7 @@ impl Routed {
             context_id,
             hedges,
             hedge_request: None,
+            hedger,
             last_data_ms: 0,
         }
     }
@@ -266,7 +275,7 @@ impl Routed {
 
     /// The whole request went to the router: it is hedged if no response headers
     /// come within `hedgeAfter` (see `hedge.rs`).
-    fn wait_for_hedge(&mut self, h: &impl Host, body: Option<Vec<u8>>) {
+    fn wait_for_hedge(&mut self, h: &mut impl Host, body: Option<Vec<u8>>) {
         let (Some(after), Some(mut request)) = (
             self.req.config.failover.hedge_after_ms,
             self.hedge_request.take(),
@@ -274,13 +283,46 @@ impl Routed {
             return;
         };
         request.body = body;
+        let now = h.now_ms();
         self.hedges.borrow_mut().wait(
             self.context_id,
-            h.now_ms(),
+            now,
             after,
             self.plan.steps.clone(),
             request,
         );
+        h.wake_at(now.saturating_add(after));
+    }
+
+    /// The hedge's time came (a host that wakes each request itself).
+    pub fn on_wake(&mut self, h: &mut impl Host) {
+        if let Some(hedger) = &self.hedger {
+            let now = h.now_ms();
+            hedger.wake(h, self.context_id, now);
+        }
+    }
+
+    /// The answer to this request's hedge (a host that wakes each request itself).
+    /// A reply the filter sends itself does not pass its own response-header hook
+    /// natively (Envoy skips a dynamic module's encoder hooks after its local
+    /// reply): the hedge's answer is named and counted here.
+    pub fn on_call_response(&mut self, h: &mut impl Host, token: u32, size: usize) {
+        let Some(hedger) = self.hedger.clone() else {
+            return;
+        };
+        if let Some(status) = hedger.answer_own(h, self.context_id, token, size) {
+            if self.req.phase != Phase::Replied {
+                self.on_response_headers(h, status);
+            }
+        }
+    }
+
+    /// The routed attempt answered first: hedge `id` (call `token`) is cancelled,
+    /// by the host if it can, else through the cancel list.
+    fn cancel_hedge(h: &mut impl Host, token: u32, id: u64) {
+        if !h.cancel_call(token) {
+            hedging::cancel(h, id);
+        }
     }
 
     /// Response headers: either the hedge's answer (the root sent it as this
@@ -303,8 +345,13 @@ impl Routed {
                 self.req.phase = Phase::Replied;
                 Action::Continue
             }
-            Ending::RoutedWon { id, from, to } => {
-                hedging::cancel(h, id);
+            Ending::RoutedWon {
+                token,
+                id,
+                from,
+                to,
+            } => {
+                Self::cancel_hedge(h, token, id);
                 let action = self.route_response(h, status);
                 h.set_property_str(HEDGE_KEY, &format!("{}:lost", name(to)));
                 let lost = metrics::hedges(name(from), name(to), self.req.provider_name());
@@ -435,8 +482,9 @@ impl Routed {
             self.record_open(h, true);
         }
         if self.req.config.failover.hedge_after_ms.is_some() {
-            if let Ending::RoutedWon { id, .. } = self.hedges.borrow_mut().end(self.context_id) {
-                hedging::cancel(h, id);
+            let ending = self.hedges.borrow_mut().end(self.context_id);
+            if let Ending::RoutedWon { token, id, .. } = ending {
+                Self::cancel_hedge(h, token, id);
             }
         }
     }

@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::*;
-use crate::hedge::{self, Hedges, Live};
+use crate::hedge::{self, Ending, Hedges, Live};
 use crate::host::Host;
 use crate::mock_host::pairs;
 use crate::names::*;
@@ -145,4 +145,72 @@ fn the_upstream_root_resets_the_hedges_on_the_cancel_list() {
     hedging_ctx::poll_cancels(&mut h, &live);
     assert_eq!(h.resets, [Some(9)]);
     assert!(live.borrow().has_hedges_out(), "hedge 6 goes on");
+}
+
+#[test]
+fn a_request_woken_early_asks_again_and_is_hedged_when_due() {
+    let (hedger, _, mut h) = waiting();
+    hedger.wake(&mut h, 7, NOW + 99);
+    assert!(h.calls.is_empty());
+    assert_eq!(h.wakes, [NOW + 100]);
+    hedger.wake(&mut h, 8, NOW + 100);
+    assert!(h.calls.is_empty(), "another request's wake sends nothing");
+    hedger.wake(&mut h, 7, NOW + 100);
+    assert_eq!(h.calls.len(), 1);
+}
+
+#[test]
+fn an_answer_goes_to_its_own_request_when_tokens_repeat() {
+    // Natively each stream numbers its own calls: requests 7 and 8 both sent call 1.
+    let (hedger, hedges, mut h) = waiting();
+    hedger.tick(&mut h, NOW + 100);
+    hedges.borrow_mut().wait(
+        8,
+        NOW,
+        100,
+        vec![Step::new(0, false), Step::new(1, false)],
+        hedge::Request::default(),
+    );
+    hedges.borrow_mut().asked(8, 1, 9, 0, 1);
+    h.live.insert(8);
+    h.call_headers = pairs(&[(":status", "200")]);
+    h.call_body = b"hedged".to_vec();
+    assert_eq!(hedger.answer_own(&mut h, 8, 1, 6), Some(200));
+    assert_eq!(h.replies[0].for_context, Some(8));
+    assert_eq!(
+        hedges.borrow_mut().end(7),
+        Ending::RoutedWon {
+            token: 1,
+            id: 1,
+            from: 0,
+            to: 1
+        }
+    );
+}
+
+#[test]
+fn a_hedge_without_an_answer_is_its_providers_failure_where_ends_go_unreported() {
+    for unreported in [false, true] {
+        let (hedger, _, mut h) = waiting();
+        h.unreported = unreported;
+        hedger.tick(&mut h, NOW + 100);
+        h.acting_for = None;
+        assert_eq!(hedger.answer(&mut h, 1, 0), None);
+        let c = config(HEDGED);
+        // Reported: the hedge's upstream filter recorded it.
+        let recorded = record(&h, &c, 1).last_failure_ms != 0;
+        assert_eq!(recorded, unreported, "unreported: {unreported}");
+    }
+}
+
+#[test]
+fn natively_the_attempt_under_way_is_the_open_one() {
+    // The upstream filter named the next attempt (c) in advance while a's attempt
+    // is still open: the hedge goes to b, past a.
+    let (hedger, _, mut h) = waiting();
+    h.unreported = true;
+    h.set_property_str(AT_KEY, "1");
+    crate::contexts::unreported::mark(&mut h, crate::plan::At::default(), NOW);
+    hedger.tick(&mut h, NOW + 100);
+    assert_eq!(h.calls[0].cluster, "cb");
 }

@@ -62,7 +62,14 @@ pub fn client(now: u64) -> MockHost {
 }
 
 pub fn downstream(config: &Rc<Config>, hedges: &Rc<RefCell<Hedges>>) -> Downstream {
-    Downstream::new(Rc::clone(config), Telemetry::new(), 0, 7, Rc::clone(hedges))
+    Downstream::new(
+        Rc::clone(config),
+        Telemetry::new(),
+        0,
+        7,
+        Rc::clone(hedges),
+        None,
+    )
 }
 
 pub fn attempt(config: &Rc<Config>, live: &Rc<RefCell<Live>>) -> AttemptFilter {

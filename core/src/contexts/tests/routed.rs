@@ -6,6 +6,9 @@ use std::rc::Rc;
 use super::*;
 use crate::health::{HealthRecord, State};
 use crate::hedge::{self, Hedges};
+use crate::mock_host::pairs;
+
+use super::super::hedging::Hedger;
 use crate::host::{Action, Host};
 use crate::names::*;
 
@@ -263,4 +266,69 @@ fn every_provider_cooling_plans_the_one_back_first_and_says_when() {
     f.on_response_headers(&mut h);
     assert_eq!(h.response("retry-after").as_deref(), Some("10"));
     let _ = HealthRecord::default();
+}
+
+#[test]
+fn a_request_asks_to_be_woken_when_its_hedge_is_due() {
+    let c = config(r#"{"hedgeAfter":"100ms"}"#);
+    let hedges: Rc<RefCell<Hedges>> = Rc::default();
+    let mut h = client(NOW);
+    downstream(&c, &hedges).on_request_headers(&mut h, true);
+    assert_eq!(h.wakes, [NOW + 100]);
+}
+
+#[test]
+fn a_host_that_cancels_calls_cancels_the_losing_hedge_itself() {
+    let (_, mut f, mut h) = hedged();
+    h.cancels_calls = true;
+    h.set_response(&[(":status", "200")]);
+    f.on_response_headers(&mut h);
+    assert_eq!(h.cancelled_calls, [1]);
+    let (list, _) = crate::store::SharedData::get(&h, CANCEL_KEY).unwrap();
+    assert!(hedge::ids_in(&list.unwrap_or_default()).is_empty());
+    assert_eq!(h.filter_state(HEDGE_KEY).as_deref(), Some("b:lost"));
+}
+
+/// A request on a host that wakes each request itself (native): it sends its own
+/// hedge when woken and gets the answer in its own filter.
+#[test]
+fn a_woken_request_sends_its_hedge_and_takes_its_answer() {
+    let c = config(r#"{"hedgeAfter":"100ms"}"#);
+    let hedges: Rc<RefCell<Hedges>> = Rc::default();
+    let telemetry = Telemetry::new();
+    let hedger = Rc::new(Hedger::new(
+        Rc::clone(&c),
+        Rc::clone(&hedges),
+        Rc::clone(&telemetry),
+    ));
+    let mut f = Downstream::new(
+        Rc::clone(&c),
+        telemetry,
+        0,
+        7,
+        Rc::clone(&hedges),
+        Some(hedger),
+    );
+    let mut h = client(NOW);
+    h.live.insert(7);
+    crate::contexts::hedging::prepare_store(&h);
+    f.on_request_headers(&mut h, true);
+    h.now.set(NOW + 100);
+    f.on_wake(&mut h);
+    assert_eq!(h.calls.len(), 1);
+    assert_eq!(h.calls[0].cluster, "cb");
+    h.call_headers = pairs(&[(":status", "200")]);
+    h.call_body = b"hedged".to_vec();
+    f.on_call_response(&mut h, 1, 6);
+    assert_eq!(h.replies.len(), 1);
+    assert_eq!(h.replies[0].status, 200);
+    // Its own reply does not pass its response-header hook natively: named and
+    // counted when it is sent.
+    assert_eq!(h.metric("llm_failover.hedges.from.a.to.b.winner.b"), 1);
+    assert_eq!(h.metric("llm_failover.requests.provider.b.status.2xx"), 1);
+    assert_eq!(h.filter_state(TRIED_KEY).as_deref(), Some("a,b"));
+    // And if the hook runs after all, nothing is counted twice.
+    h.set_response(&[(":status", "200")]);
+    f.on_response_headers(&mut h);
+    assert_eq!(h.metric("llm_failover.requests.provider.b.status.2xx"), 1);
 }

@@ -308,7 +308,11 @@ impl AttemptFilter {
         }
         self.kind = Kind::Hedge(id);
         self.plan = Plan::single(index);
-        self.live.borrow_mut().started(id, self.context_id);
+        // Listed for the cancel list's polling, and taken off at the attempt's end: a
+        // host that does not report every end cancels hedges itself (`cancel_call`).
+        if h.reports_attempt_ends() {
+            self.live.borrow_mut().started(id, self.context_id);
+        }
         Some(index)
     }
 
