@@ -25,6 +25,9 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
   router-2k-no-stream-route   router-2k with `streamFirstByteTimeout: "0s"`: no route for
                  streamed requests, so the request headers are not held until the body
                  is read (what that hold, on by default, costs)
+  istio-2k, istio-failover   router-2k and router-failover in the Istio wiring
+                 (`llm-failover render --istio`, made into a gateway's configuration as
+                 istiod would: tests/e2e/istio_sim.py)
   native-2k, native-100k, native-failover, native-2k-hedging   router-2k, router-100k,
                  router-failover and router-2k-hedging with the native module
                  (`llm-failover render --native`)
@@ -60,7 +63,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 from harness import (LOOPBACK, WASM, Mock, envoy_bin, free_port, http, is_llm_failover, llm_hcm,  # noqa: E402
-                     render, stop_process, wait_until)
+                     render, render_istio, stop_process, wait_until)
 
 NOOP_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 # The native module (native/, `make build`): Envoy finds lib<name>.so here.
@@ -176,6 +179,20 @@ def rendered(plugin: dict, downstream: bool = True, upstream: bool = True, nativ
     return build
 
 
+def rendered_istio(plugin: dict):
+    """A builder for the Istio wiring of `plugin` (`render --istio`, made into a
+    gateway's configuration as istiod would: tests/e2e/istio_sim.py), without the
+    access log. Each provider's cluster is Istio's for its endpoint."""
+    def build(port, admin):
+        cfg = render_istio(plugin, port, admin, free_port())
+        llm_hcm(cfg).pop("access_log", None)
+        cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
+        for c in cfg["static_resources"]["clusters"]:
+            c["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
+        return cfg
+    return build
+
+
 def proxy_configs(upstream_port):
     """name -> (Envoy bootstrap builder(port, admin), body size)."""
     direct = [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}]
@@ -195,6 +212,16 @@ def proxy_configs(upstream_port):
     router_failing = {"groups": [
         {"providers": [provider("primary", "up", "/v1/limited", "gpt-4o-mini", endpoint)]},
         {"providers": [provider("fallback", "up_fallback", "/v1/chat/completions", "gpt-4o-mini", endpoint)]}]}
+
+    # The Istio wiring: Istio names a cluster after its host and port, so the fallback
+    # reaches the same upstream as `localhost` (a DNS ServiceEntry, as a provider's is).
+    istio = {f"{LOOPBACK}": f"outbound|{upstream_port}||{LOOPBACK}", "localhost": f"outbound|{upstream_port}||localhost"}
+    istio_two = {"groups": [
+        {"providers": [provider("primary", istio[LOOPBACK], "/v1/chat/completions", "gpt-4o-mini", endpoint)]},
+        {"providers": [provider("fallback", istio["localhost"], "/v1/chat/completions", "gpt-4o-mini",
+                                f"http://localhost:{upstream_port}")]}]}
+    istio_failing = json.loads(json.dumps(istio_two))
+    istio_failing["groups"][0]["providers"][0]["path"] = "/v1/limited"
 
     def make(routes, filters):
         return lambda port, admin: bootstrap(admin, [listener(port, routes, filters)], clusters)
@@ -229,6 +256,9 @@ def proxy_configs(upstream_port):
         # headers are not held until the body is read (router-2k holds them).
         "router-2k-no-stream-route": (rendered(dict(router_two, failover={"streamFirstByteTimeout": "0s"})), 2048),
         # The same router mode with the native module (`render --native`).
+        # The same router mode in Istio's wiring (`render --istio`, docs/istio.md).
+        "istio-2k": (rendered_istio(istio_two), 2048),
+        "istio-failover": (rendered_istio(istio_failing), 2048),
         "native-2k": (rendered(router_two, native=True), 2048),
         "native-100k": (rendered(router_two, native=True), 100 * 1024),
         "native-failover": (rendered(router_failing, native=True), 2048),
@@ -345,6 +375,13 @@ def stream_configs(direct: Mock, limited: Mock, fallback: Mock, slow: Mock):
             {"providers": [provider("primary", "primary", "/v1/chat/completions", endpoint=ep(primary))]},
             {"providers": [provider("fallback", "fallback", "/v1/chat/completions", endpoint=ep(fallback))]}]}
 
+    def istio_groups(primary: Mock):
+        """`groups` with Istio's cluster names (the ServiceEntries' for the endpoints)."""
+        g = groups(primary)
+        for group, m in zip(g["groups"], (primary, fallback)):
+            group["providers"][0]["cluster"] = f"outbound|{m.port}||{LOOPBACK}"
+        return g
+
     by_header = [{"match": {"prefix": "/"}, "route": {"cluster_header": "x-llm-failover-cluster"}}]
     dispatch_failover = dispatch(groups(limited))
     for g in dispatch_failover["groups"]:
@@ -362,6 +399,8 @@ def stream_configs(direct: Mock, limited: Mock, fallback: Mock, slow: Mock):
         "stream-router-direct-first-token": rendered(dict(groups(direct), failover={
             "firstTokenTimeout": "10s"})),
         "stream-router-failover": rendered(groups(limited)),
+        "stream-istio-direct": rendered_istio(istio_groups(direct)),
+        "stream-istio-failover": rendered_istio(istio_groups(limited)),
         "stream-native-direct": rendered(groups(direct), native=True),
         "stream-native-failover": rendered(groups(limited), native=True),
         "stream-dispatch-failover": lambda port, admin: bootstrap(

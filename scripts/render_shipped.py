@@ -28,6 +28,9 @@ TARGETS = [
     # loopback (kubectl port-forward).
     ("k8s/envoy/llm-failover.json", "k8s/envoy/envoy.yaml",
      ["--listen", "0.0.0.0:10000", "--wasm", "/etc/envoy/llm_failover.wasm"]),
+    # Router mode in Istio (docs/istio.md): the resources, and the gateway's patch.
+    ("k8s/istio/router/llm-failover.json", "k8s/istio/router/istio.yaml", ["--istio"]),
+    ("k8s/istio/router/llm-failover.json", "k8s/istio/router/gateway-patch.yaml", ["--istio", "--gateway-patch"]),
 ]
 
 
@@ -51,7 +54,7 @@ def into_configmap(current: str, rendered: str, path: str) -> str:
 
 def expected(plugin: str, output: str, options: list[str]) -> str:
     rendered = render(plugin, options)
-    if output.startswith("k8s/"):
+    if output.startswith("k8s/envoy/"):
         return into_configmap((ROOT / output).read_text(), rendered, output)
     return rendered
 

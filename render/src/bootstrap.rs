@@ -121,14 +121,14 @@ pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), Stri
 
 /// The three filter instances: on the clients' listener, on the operators' listener
 /// (the health view) and on each provider cluster.
-struct Filters {
-    downstream: Value,
+pub(crate) struct Filters {
+    pub(crate) downstream: Value,
     ops: Value,
-    upstream: Value,
+    pub(crate) upstream: Value,
 }
 
 impl Filters {
-    fn new(config: &Config, options: &Options, raw: &str) -> Self {
+    pub(crate) fn new(config: &Config, options: &Options, raw: &str) -> Self {
         // The view reads the providers the routing filter publishes: no copy.
         let ops_raw = json!({"healthPath": HEALTH_PATH}).to_string();
         if options.native {
@@ -293,20 +293,24 @@ fn listeners(
                 router(),
             ], Some(&routes::access_log(prefix))),
         },
-        {
-            // The operators' listener: only the health view. Same filter and vm_id, so
-            // it reads the same health; ordinary clients cannot reach it.
-            "name": "ops",
-            "address": socket(&options.ops),
-            "filter_chains": hcm("ops", json!([{
-                "match": {"prefix": "/"},
-                "direct_response": {"status": 404, "body": {"inline_string": "only /llm-failover/health here\n"}},
-            }]), vec![
-                filters.ops.clone(),
-                router(),
-            ], None),
-        },
+        ops_listener(options, filters),
     ])
+}
+
+/// The operators' listener: only the health view. Same filter and vm_id, so it reads
+/// the same health; ordinary clients cannot reach it.
+pub(crate) fn ops_listener(options: &Options, filters: &Filters) -> Value {
+    json!({
+        "name": "ops",
+        "address": socket(&options.ops),
+        "filter_chains": hcm("ops", json!([{
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 404, "body": {"inline_string": "only /llm-failover/health here\n"}},
+        }]), vec![
+            filters.ops.clone(),
+            router(),
+        ], None),
+    })
 }
 
 /// One HTTP connection manager's filter chain.
@@ -331,7 +335,7 @@ fn hcm(stat_prefix: &str, routes: Value, filters: Vec<Value>, log: Option<&Value
 }
 
 /// Prometheus labels from the filter's metric names (README: "Metrics").
-fn stats_tags() -> Value {
+pub(crate) fn stats_tags() -> Value {
     json!([
         {"tag_name": "provider", "regex": r"^wasmcustom\.llm_failover\.(?:requests|cooldowns|health|errors)(\.provider\.([^.]+))"},
         {"tag_name": "class", "regex": r"^wasmcustom\.llm_failover\.errors\.provider\.[^.]+(\.class\.([^.]+))$"},
@@ -390,10 +394,13 @@ mod tests {
         for c in providers {
             let standin = &c["load_assignment"]["endpoints"][1];
             assert_eq!(standin["priority"], 1);
-            assert_eq!(
-                standin["lb_endpoints"][0]["endpoint"]["address"]["pipe"]["path"],
-                NO_HEALTHY_HOST_PIPE
-            );
+            let address = &standin["lb_endpoints"][0]["endpoint"]["address"];
+            if c["type"] == "STRICT_DNS" {
+                // Envoy drops a pipe endpoint from a DNS cluster.
+                assert_eq!(address["socket_address"]["port_value"], 0);
+            } else {
+                assert_eq!(address["pipe"]["path"], NO_HEALTHY_HOST_PIPE);
+            }
         }
     }
 

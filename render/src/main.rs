@@ -11,12 +11,14 @@
 mod bootstrap;
 mod check;
 mod clusters;
+mod istio;
 mod routes;
 
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: llm-failover render --config PLUGIN.json [--listen HOST:PORT] \
 [--admin HOST:PORT] [--ops HOST:PORT] [--wasm PATH | --native [--module PATH]] [--format yaml|json]
+       llm-failover render --config PLUGIN.json --istio [--namespace NS] [--gateway-patch]
        llm-failover check --config PLUGIN.json --envoy ENVOY.yaml";
 
 fn main() -> ExitCode {
@@ -73,6 +75,9 @@ fn run(args: &[String]) -> Result<String, String> {
         return Err(format!("unknown command {command:?}\n{USAGE}"));
     }
     let mut options = bootstrap::Options::default();
+    let mut istio = false;
+    let mut namespace = None;
+    let mut gateway_patch = false;
     let mut config_path = None;
     let mut json = false;
     let mut it = rest.iter();
@@ -90,6 +95,9 @@ fn run(args: &[String]) -> Result<String, String> {
             "--wasm" => options.wasm = value()?,
             "--native" => options.native = true,
             "--module" => options.module = value()?,
+            "--istio" => istio = true,
+            "--namespace" => namespace = Some(value()?),
+            "--gateway-patch" => gateway_patch = true,
             "--format" => {
                 json = match value()?.as_str() {
                     "json" => true,
@@ -102,6 +110,34 @@ fn run(args: &[String]) -> Result<String, String> {
     }
     let path = config_path.ok_or_else(|| format!("--config is required\n{USAGE}"))?;
     let raw = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    let command = rest.join(" ");
+    let banner = format!(
+        "# Rendered by `llm-failover render {command}`: edit the plugin\n\
+         # configuration and render again rather than editing this file.\n"
+    );
+    if istio {
+        let mut o = istio::IstioOptions::default();
+        if let Some(ns) = namespace {
+            o.namespace = ns;
+        }
+        if options.native {
+            return Err(
+                "--istio takes the .wasm (Istio's proxy has no native module of ours)".into(),
+            );
+        }
+        let (docs, patch) = istio::render(&raw, &o)?;
+        let out = if gateway_patch {
+            serde_yaml::to_string(&patch).map_err(|e| e.to_string())?
+        } else {
+            istio::to_yaml(&docs)?
+        };
+        return Ok(banner + &out);
+    }
+    if gateway_patch || namespace.is_some() {
+        return Err(format!(
+            "--gateway-patch and --namespace go with --istio\n{USAGE}"
+        ));
+    }
     let (doc, warnings) = bootstrap::render(&raw, &options)?;
     for w in warnings {
         eprintln!("llm-failover: warning: {w}");
@@ -112,10 +148,6 @@ fn run(args: &[String]) -> Result<String, String> {
             .map_err(|e| e.to_string())
     } else {
         let yaml = serde_yaml::to_string(&doc).map_err(|e| e.to_string())?;
-        let command = rest.join(" ");
-        Ok(format!(
-            "# Rendered by `llm-failover render {command}`: edit the plugin\n\
-             # configuration and render again rather than editing this file.\n{yaml}"
-        ))
+        Ok(banner + &yaml)
     }
 }

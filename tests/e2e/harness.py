@@ -430,6 +430,34 @@ def native_build() -> bool:
     return os.environ.get("LLM_FAILOVER_BUILD") == "native"
 
 
+def istio_wiring() -> bool:
+    """Whether router-mode tests run the Istio wiring (LLM_FAILOVER_WIRING=istio):
+    `render --istio`'s resources, as istiod would make them into a gateway's Envoy
+    configuration and patch it (istio_sim.py)."""
+    return os.environ.get("LLM_FAILOVER_WIRING") == "istio"
+
+
+def render_istio(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
+                 access_log: str | None = None, wasm: Path = WASM) -> dict:
+    """The gateway configuration for `plugin` in the Istio wiring. Each provider's
+    cluster is Istio's for its endpoint (`outbound|<port>||<host>`)."""
+    import istio_sim
+    d = Path(tempfile.mkdtemp(prefix="llm-failover-istio-"))
+    try:
+        (d / "plugin.json").write_text(json.dumps(plugin))
+        r = subprocess.run([str(RENDER_BIN), "render", "--config", str(d / "plugin.json"), "--istio"],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"render --istio failed: {r.stderr}")
+    cfg = istio_sim.istio_envoy_config(r.stdout, listen_port, admin_port, ops_port, wasm)
+    cfg["stats_flush_interval"] = "1s"
+    if access_log:
+        llm_hcm(cfg)["access_log"] = file_access_log(access_log, ACCESS_LOG_FIELDS)
+    return cfg
+
+
 def insert_before_router(cfg: dict, http_filter: dict):
     """Puts `http_filter` just before the router on the LLM listener."""
     filters = llm_hcm(cfg)["http_filters"]
@@ -499,7 +527,22 @@ class Envoy:
         self.dir = Path(tempfile.mkdtemp(prefix="llm-failover-envoy-"))
         self.access_log = self.dir / "access.log"
         self.config_path = self.dir / "envoy.json"
-        if router:
+        self.istio = router and not native and istio_wiring()
+        self.clusters = {name: name for name in clusters}
+        if self.istio:
+            # Istio's clusters: each provider's is its ServiceEntry's, by host name (a
+            # DNS ServiceEntry, as an external provider's is; `localhost` is loopback).
+            plugin = json.loads(json.dumps(plugin))
+            for group in plugin["groups"]:
+                for p in group["providers"]:
+                    if p["cluster"] in clusters and "endpoint" not in p:
+                        p["endpoint"] = f"http://localhost:{clusters[p['cluster']]}"
+                    if "endpoint" in p:
+                        host, port = p["endpoint"].split("://", 1)[1].rsplit(":", 1)
+                        self.clusters[p["cluster"]] = p["cluster"] = f"outbound|{port}||{host}"
+            cfg = render_istio(plugin, self.port, self.admin_port, self.ops_port,
+                               access_log=str(self.access_log), wasm=wasm)
+        elif router:
             plugin = json.loads(json.dumps(plugin))
             for group in plugin["groups"]:
                 for p in group["providers"]:
@@ -536,6 +579,10 @@ class Envoy:
             raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
         status, _, body = http("GET", f"http://{LOOPBACK}:{self.admin_port}/ready", timeout=1)
         return status == 200 and body.strip() == b"LIVE"
+
+    def cluster(self, name: str) -> str:
+        """The Envoy cluster of the test's cluster `name` (Istio's name in the Istio wiring)."""
+        return self.clusters.get(name, name)
 
     @property
     def url(self) -> str:

@@ -196,12 +196,12 @@ def test_refused_connection_fails_over_and_cools_down(mocks, envoy):
     e = envoy(config([provider("dead")], [provider("fallback")], onStatus=[429]),
               {"dead": dead, "fallback": fallback.port})
     assert served_by(e) == (200, "fallback")
-    fails = e.stats().get("cluster.dead.upstream_cx_connect_fail", 0)
+    fails = e.stats().get(f"cluster.{e.cluster('dead')}.upstream_cx_connect_fail", 0)
     assert fails >= 1
     # Cooling now: further requests do not even try to connect.
     for _ in range(5):
         assert served_by(e) == (200, "fallback")
-    assert e.stats().get("cluster.dead.upstream_cx_connect_fail", 0) == fails
+    assert e.stats().get(f"cluster.{e.cluster('dead')}.upstream_cx_connect_fail", 0) == fails
 
 
 def test_refused_connection_on_failover_attempt(mocks, envoy):
