@@ -184,3 +184,39 @@ def test_the_router_wiring_merged_as_istio_merges_it_validates():
     path.write_text(json.dumps(cfg))
     r = validate(path, {"OPENAI_API_KEY": "sk-validate"})
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_simulated_merge_is_istios_rule():
+    """istio_sim.merge as Istio's pkg/proto/merge behaves: a map entry replaced whole,
+    lists appended, an Any replaced whole, a oneof's other member cleared; and what that
+    means for a provider cluster whose DestinationRule leaves SNI to Istio (auto_sni in
+    the very entry the patch replaces: lost, which is why render names the SNI)."""
+    import istio_sim
+    key = istio_sim.PROTOCOL_OPTIONS
+    cluster = {"typed_extension_protocol_options": {key: {"@type": "t", "upstream_http_protocol_options": {"auto_sni": True}}},
+               "load_assignment": {"endpoints": [{"lb_endpoints": ["a"]}]}, "circuit_breakers": {"thresholds": [{"max_retries": 1}]}}
+    istio_sim.merge(cluster, {"typed_extension_protocol_options": {key: {"@type": "t", "http_filters": ["f"]}},
+                              "load_assignment": {"endpoints": [{"priority": 1}]}})
+    assert cluster["typed_extension_protocol_options"][key] == {"@type": "t", "http_filters": ["f"]}
+    assert cluster["load_assignment"]["endpoints"] == [{"lb_endpoints": ["a"]}, {"priority": 1}]
+    route = {"route": {"cluster": "c", "timeout": "5s", "retry_policy": {"retriable_status_codes": [503], "num_retries": 2}}}
+    istio_sim.merge(route, {"route": {"inline_cluster_specifier_plugin": {"extension": {}},
+                                      "retry_policy": {"retriable_status_codes": [591], "num_retries": 1}}})
+    assert "cluster" not in route["route"] and route["route"]["timeout"] == "5s"
+    assert route["route"]["retry_policy"] == {"retriable_status_codes": [503, 591], "num_retries": 1}
+    typed = {"x": {"@type": "a", "keep": 1}}
+    istio_sim.merge(typed, {"x": {"@type": "a", "new": 2}})
+    assert typed["x"] == {"@type": "a", "new": 2}
+    # A DestinationRule without `sni`: Istio's auto_sni, then the patch's entry in its place.
+    resources = istio_sim.docs((ROUTER / "istio.yaml").read_text())
+    for d in resources:
+        if d["kind"] == "DestinationRule":
+            del d["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]["sni"]
+    (before,) = [c for c in istio_sim.se_clusters(istio_sim.of_kind(resources, "ServiceEntry"),
+                                                   istio_sim.of_kind(resources, "DestinationRule"))
+                 if c["name"] == "outbound|80||api.openai.com"]
+    assert before["typed_extension_protocol_options"][key]["upstream_http_protocol_options"]["auto_sni"] is True
+    (patch,) = [p for p in istio_sim.of_kind(resources, "EnvoyFilter")[0]["spec"]["configPatches"]
+                if p["applyTo"] == "CLUSTER" and p["match"].get("cluster", {}).get("name") == before["name"]]
+    istio_sim.merge(before, patch["patch"]["value"])
+    assert "upstream_http_protocol_options" not in before["typed_extension_protocol_options"][key]
