@@ -27,7 +27,8 @@ Configurations (each its own Envoy, `--concurrency 1`, pinned to one core):
                  is read (what that hold, on by default, costs)
   istio-2k, istio-failover   router-2k and router-failover in the Istio wiring
                  (`llm-failover render --istio`, made into a gateway's configuration as
-                 istiod would: tests/e2e/istio_sim.py)
+                 istiod would: tests/e2e/istio_sim.py); istio-gateway: that gateway
+                 without the filter's EnvoyFilter (Istio's own filters, routes, clusters)
   native-2k, native-100k, native-failover, native-2k-hedging   router-2k, router-100k,
                  router-failover and router-2k-hedging with the native module
                  (`llm-failover render --native`)
@@ -179,12 +180,13 @@ def rendered(plugin: dict, downstream: bool = True, upstream: bool = True, nativ
     return build
 
 
-def rendered_istio(plugin: dict):
+def rendered_istio(plugin: dict, patched: bool = True):
     """A builder for the Istio wiring of `plugin` (`render --istio`, made into a
     gateway's configuration as istiod would: tests/e2e/istio_sim.py), without the
-    access log. Each provider's cluster is Istio's for its endpoint."""
+    access log; `patched=False`: the gateway Istio alone makes (no filter). Each
+    provider's cluster is Istio's for its endpoint."""
     def build(port, admin):
-        cfg = render_istio(plugin, port, admin, free_port())
+        cfg = render_istio(plugin, port, admin, free_port(), patched=patched)
         llm_hcm(cfg).pop("access_log", None)
         cfg["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 2 * 1024 * 1024
         for c in cfg["static_resources"]["clusters"]:
@@ -257,6 +259,7 @@ def proxy_configs(upstream_port):
         "router-2k-no-stream-route": (rendered(dict(router_two, failover={"streamFirstByteTimeout": "0s"})), 2048),
         # The same router mode with the native module (`render --native`).
         # The same router mode in Istio's wiring (`render --istio`, docs/istio.md).
+        "istio-gateway": (rendered_istio(istio_two, patched=False), 2048),
         "istio-2k": (rendered_istio(istio_two), 2048),
         "istio-failover": (rendered_istio(istio_failing), 2048),
         "native-2k": (rendered(router_two, native=True), 2048),

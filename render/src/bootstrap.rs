@@ -193,16 +193,7 @@ struct Vms {
 
 impl Vms {
     fn new(config: &Config, options: &Options) -> Self {
-        let mut env_keys: Vec<&str> = Vec::new();
-        for var in config
-            .providers
-            .iter()
-            .filter_map(|p| p.auth_env.as_deref())
-        {
-            if !env_keys.contains(&var) {
-                env_keys.push(var);
-            }
-        }
+        let env_keys = key_vars(config);
         let downstream = json!({
             "vm_id": names::ROOT_ID,
             "runtime": "envoy.wasm.runtime.v8",
@@ -224,6 +215,21 @@ impl Vms {
             upstream,
         }
     }
+}
+
+/// The environment variables the providers' keys come from, each once, in order.
+pub(crate) fn key_vars(config: &Config) -> Vec<&str> {
+    let mut vars: Vec<&str> = Vec::new();
+    for var in config
+        .providers
+        .iter()
+        .filter_map(|p| p.auth_env.as_deref())
+    {
+        if !vars.contains(&var) {
+            vars.push(var);
+        }
+    }
+    vars
 }
 
 /// The wasm filter `name` with root `root_id` in `vm_config`.

@@ -425,7 +425,7 @@ fn bootstrap_override(o: &IstioOptions) -> Result<Value, String> {
 
 /// A Secret per API-key variable (placeholders: create them from the real keys).
 fn secrets(config: &Config, o: &IstioOptions) -> Vec<Value> {
-    key_vars(config)
+    bootstrap::key_vars(config)
         .into_iter()
         .map(|var| {
             json!({
@@ -439,20 +439,6 @@ fn secrets(config: &Config, o: &IstioOptions) -> Vec<Value> {
         .collect()
 }
 
-fn key_vars(config: &Config) -> Vec<&str> {
-    let mut vars: Vec<&str> = Vec::new();
-    for var in config
-        .providers
-        .iter()
-        .filter_map(|p| p.auth_env.as_deref())
-    {
-        if !vars.contains(&var) {
-            vars.push(var);
-        }
-    }
-    vars
-}
-
 fn secret_name(var: &str) -> String {
     format!("llm-failover-{}", var.to_lowercase().replace('_', "-"))
 }
@@ -461,7 +447,7 @@ fn secret_name(var: &str) -> String {
 /// environment, the module mounted from its ConfigMap, and the filter's metrics in
 /// the proxy's stats (Istio keeps only its own by default).
 fn gateway_patch(config: &Config) -> Value {
-    let env: Vec<Value> = key_vars(config)
+    let env: Vec<Value> = bootstrap::key_vars(config)
         .into_iter()
         .map(|var| {
             json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret_name(var), "key": var}}})

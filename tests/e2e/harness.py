@@ -438,9 +438,10 @@ def istio_wiring() -> bool:
 
 
 def render_istio(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
-                 access_log: str | None = None, wasm: Path = WASM) -> dict:
-    """The gateway configuration for `plugin` in the Istio wiring. Each provider's
-    cluster is Istio's for its endpoint (`outbound|<port>||<host>`)."""
+                 access_log: str | None = None, wasm: Path = WASM, patched: bool = True) -> dict:
+    """The gateway configuration for `plugin` in the Istio wiring (`patched=False`:
+    Istio's own, without the filter's EnvoyFilter). Each provider's cluster is Istio's
+    for its endpoint (`outbound|<port>||<host>`)."""
     import istio_sim
     d = Path(tempfile.mkdtemp(prefix="llm-failover-istio-"))
     try:
@@ -451,7 +452,7 @@ def render_istio(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
         shutil.rmtree(d, ignore_errors=True)
     if r.returncode != 0:
         raise RuntimeError(f"render --istio failed: {r.stderr}")
-    cfg = istio_sim.istio_envoy_config(r.stdout, listen_port, admin_port, ops_port, wasm)
+    cfg = istio_sim.istio_envoy_config(r.stdout, listen_port, admin_port, ops_port, wasm, patched=patched)
     cfg["stats_flush_interval"] = "1s"
     if access_log:
         llm_hcm(cfg)["access_log"] = file_access_log(access_log, ACCESS_LOG_FIELDS)

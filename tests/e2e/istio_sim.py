@@ -294,13 +294,14 @@ def apply_envoy_filter(cfg: dict, envoy_filter: dict) -> dict:
 
 
 def istio_envoy_config(rendered: str, listen_port: int, admin_port: int, ops_port: int, wasm: Path,
-                       services: list[dict] = ()) -> dict:
+                       services: list[dict] = (), patched: bool = True) -> dict:
     """The Envoy configuration of a gateway running `render --istio`'s resources (and
     in-mesh `services`, Kubernetes Service manifests): the module from `wasm` (the
-    ConfigMap mount), the health view on `ops_port`."""
+    ConfigMap mount), the health view on `ops_port`. `patched=False`: without the
+    EnvoyFilter, the gateway as Istio alone makes it (the benchmark's baseline)."""
     resources = docs(rendered)
     cfg = gateway_bootstrap(resources, listen_port, admin_port, services)
-    for ef in of_kind(resources, "EnvoyFilter"):
+    for ef in of_kind(resources, "EnvoyFilter") if patched else []:
         apply_envoy_filter(cfg, ef)
     for cm in of_kind(resources, "ConfigMap"):
         if "custom_bootstrap.json" in cm.get("data", {}):
