@@ -174,9 +174,12 @@ def main():
         build = "the native module" if NATIVE else "the .wasm"
         say(f"Step 2  start Envoy with envoy/{CONFIG.name} ({build}, --concurrency 2)")
         env = dict(os.environ, OPENAI_API_KEY=DEMO_KEY)
+        # Envoy's own log to envoy.log; its stdout, the JSON access log only, to access.log
+        # (so the reference lab's jq line reads it as it is).
         envoy = start([str(ENVOY), "-c", str(CONFIG), "--concurrency", "2", "--disable-hot-restart",
                        "-l", "warning", "--component-log-level", "wasm:info,dynamic_modules:info",
-                       "--file-flush-interval-msec", "200"], "envoy.log", env)
+                       "--log-path", str(workdir / "envoy.log"),
+                       "--file-flush-interval-msec", "200"], "access.log", env)
         wait_for(lambda: envoy.poll() is None and get(f"{ADMIN}/ready")[1].strip() == b"LIVE", 20, "Envoy")
         say("  Envoy is ready on http://127.0.0.1:10000")
 
@@ -188,16 +191,19 @@ def main():
         say(f"  {DIM}Requests 2 and 3 skipped the primary: it is cooling down for {RETRY_AFTER}s (Retry-After).{RESET}")
 
         say("Step 4  what Envoy logged: the filter's decisions and the access log (JSON lines)")
-        log = workdir / "envoy.log"
-        wait_for(lambda: sum(l.startswith("{") for l in log.read_text().splitlines()) >= 3, 10, "access log")
-        for line in log.read_text().splitlines():
-            if line.startswith("{"):
-                e = json.loads(line)
-                why = (f"tried {e['tried']}, failed over on {e['failover_reason']}" if e.get("tried")
-                       else f"endpoint {e['endpoint']}")
-                say(f"  access log: status {e['http.status']}  provider {e['provider']}  {DIM}({why}){RESET}")
-            elif "llm-failover: provider" in line or "llm-failover: failing over" in line:
+        access = workdir / "access.log"
+        wait_for(lambda: sum(l.startswith("{") for l in access.read_text().splitlines()) >= 3, 10, "access log")
+        for line in (workdir / "envoy.log").read_text().splitlines():
+            if "llm-failover: provider" in line or "llm-failover: failing over" in line:
                 say(f"  filter:     {line.split('llm-failover: ', 1)[-1]}")
+        for line in access.read_text().splitlines():
+            e = json.loads(line)
+            why = (f"tried {e['tried']}, failed over on {e['failover_reason']}" if e.get("tried")
+                   else f"endpoint {e['endpoint']}")
+            say(f"  access log: status {e['http.status']}  provider {e['provider']}  endpoint {e['endpoint']}"
+                f"  {DIM}({why}){RESET}")
+        say(f"  {DIM}The reference lab's own command works on it:{RESET}")
+        say(f"  {DIM}jq 'select(.scope == \"request\") | {{status: .\"http.status\", endpoint: .endpoint}}' {access}{RESET}")
 
         say("Step 5  heal the primary and wait out its cooldown")
         post("http://127.0.0.1:8000/mock/config", {"failure_injection_rate": 0})

@@ -16,6 +16,8 @@ command -v wasm-opt >/dev/null || need_apt+=(binaryen)
 if $for_tests; then
   command -v docker-compose >/dev/null || need_apt+=(docker-compose)
   command -v promtool >/dev/null || need_apt+=(prometheus)
+  # The reference lab's own access-log command (test_observability.py).
+  command -v jq >/dev/null || need_apt+=(jq)
 fi
 if command -v python3 >/dev/null && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
   need_apt+=(python3-venv)

@@ -134,6 +134,9 @@ pub fn access_log(prefix: &str) -> Value {
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
             "log_format": {"json_format": {
+                // The reference lab's own command selects its request lines by this
+                // (`jq 'select(.scope == "request") | ...'`, README "Access log").
+                "scope": "request",
                 "http.status": "%RESPONSE_CODE%",
                 "provider": "%RESP(X-LLM-PROVIDER)%",
                 "tried": format!("%FILTER_STATE({prefix}llm_failover_tried:PLAIN)%"),

@@ -7,9 +7,15 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from harness import CHAT, ROOT, http, is_llm_failover, metric, native_build, set_plugin_config, wait_until
+
+# The reference lab's step 5, exactly (reference-lab.txt): its gateway's access log,
+# request lines only, status and the endpoint that answered.
+LAB_JQ = 'select(.scope == "request") | {status: ."http.status", endpoint: .endpoint}'
+
 
 
 
@@ -177,5 +183,21 @@ def test_demo_runs_and_explains_itself():
     assert "event 7: '4.'" in out
     assert "mock-ratelimit-provider failed (status 429, rate_limited)" in out
     assert "HTTP 200 from mock-ratelimit-provider" in out
+    # The reference lab's own command (its step 5) on the demo's access log: one object
+    # per request, each with its status and the endpoint that answered; the lab's first
+    # request, which failed over within itself, shows the fallback's.
+    access = Path(re.search(r"logs were in (/[^\s\x1b]+)", out).group(1)) / "access.log"
+    lines = access.read_text().splitlines()
+    with open(access) as f:
+        jq = subprocess.run(["jq", LAB_JQ], stdin=f, capture_output=True, text=True, timeout=30)
+    assert jq.returncode == 0, jq.stderr
+    objs, text = [], jq.stdout.strip()
+    while text:
+        obj, end = json.JSONDecoder().raw_decode(text)
+        objs.append(obj)
+        text = text[end:].strip()
+    assert len(objs) == len(lines) >= 7, (len(objs), len(lines))
+    assert objs[0] == {"status": 200, "endpoint": "127.0.0.1:8001"}, objs[0]
+    assert all(isinstance(o["status"], int) and o["endpoint"] for o in objs), objs
     assert "http://127.0.0.1:9901/stats/prometheus" in out
     assert "http://127.0.0.1:9902/llm-failover/health" in out
