@@ -168,6 +168,13 @@ class RawProvider:
             conn.close()
 
     def stop(self):
+        # Shut down first: on Linux, closing a socket another thread is blocked in
+        # accept() on leaves it listening (the blocked call holds it), so a stopped
+        # provider could go on answering whoever reaches its port later.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
 
 
