@@ -231,8 +231,11 @@ fn service_entries(config: &Config, o: &IstioOptions) -> Vec<Value> {
             port["targetPort"] = json!(ep.port);
         }
         let is_ip = ep.host.parse::<std::net::IpAddr>().is_ok();
+        // Seen from this namespace only: not every sidecar's traffic to the host gets
+        // this TLS origination.
         let mut spec = json!({
             "hosts": [ep.host],
+            "exportTo": ["."],
             "location": "MESH_EXTERNAL",
             "resolution": if is_ip { "STATIC" } else { "DNS" },
             "ports": [port],
@@ -253,6 +256,7 @@ fn service_entries(config: &Config, o: &IstioOptions) -> Vec<Value> {
                 "metadata": meta(&name, o),
                 "spec": {
                     "host": ep.host,
+                    "exportTo": ["."],
                     "trafficPolicy": {"portLevelSettings": [{
                         "port": {"number": 80},
                         "tls": {"mode": "SIMPLE", "sni": ep.host, "subjectAltNames": [ep.host]},
@@ -288,8 +292,9 @@ fn envoy_filter(
             "patch": {"operation": "INSERT_BEFORE", "value": filters.downstream},
         }),
         json!({
-            // Providers get no x-envoy-* headers from the gateway (attempt count,
-            // expected timeout), as with render's own router.
+            // Providers get none of the router's x-envoy-* headers (expected timeout), as
+            // with render's own router. (The attempt count is the vhost's: the gateway
+            // patch turns it off through the proxy's config.)
             "applyTo": "HTTP_FILTER",
             "match": gateway_match(),
             "patch": {"operation": "MERGE", "value": {
@@ -314,14 +319,6 @@ fn envoy_filter(
                     "access_log": routes::access_log("wasm."),
                 },
             }},
-        }),
-        json!({
-            // Istio has each attempt carry x-envoy-attempt-count to the provider; the
-            // gateway sends a provider no header of its own (the router's are suppressed
-            // above, as render's router does).
-            "applyTo": "VIRTUAL_HOST",
-            "match": {"context": "GATEWAY", "routeConfiguration": {"vhost": {"name": format!("*:{}", o.port)}}},
-            "patch": {"operation": "MERGE", "value": {"include_request_attempt_count": false}},
         }),
         json!({
             // Request bodies are buffered (checked here, replayed on a retry).
@@ -409,7 +406,7 @@ fn envoy_filter(
     })
 }
 
-/// Istio's custom bootstrap (the Deployment's `sidecar.istio.io/bootstrapOverride`):
+/// Istio's custom bootstrap (mounted into the gateway, `ISTIO_BOOTSTRAP_OVERRIDE`):
 /// the tags that turn the filter's metric names into Prometheus labels, as render's
 /// bootstrap has them.
 fn bootstrap_override(o: &IstioOptions) -> Result<Value, String> {
@@ -443,28 +440,40 @@ fn secret_name(var: &str) -> String {
     format!("llm-failover-{}", var.to_lowercase().replace('_', "-"))
 }
 
+/// Where the gateway reads Istio's custom bootstrap (pilot-agent's
+/// `ISTIO_BOOTSTRAP_OVERRIDE`; the `bootstrapOverride` annotation is the sidecar
+/// injector's and does nothing on a gateway).
+const BOOTSTRAP_DIR: &str = "/etc/istio/custom-bootstrap";
+
 /// A strategic-merge patch for the gateway's Deployment: the keys in the proxy's
-/// environment, the module mounted from its ConfigMap, and the filter's metrics in
-/// the proxy's stats (Istio keeps only its own by default).
+/// environment, the module mounted from its ConfigMap, the custom bootstrap (the
+/// metrics' labels), the filter's metrics in the proxy's stats (Istio keeps only its
+/// own by default), and no `x-envoy-attempt-count` to providers.
 fn gateway_patch(config: &Config) -> Value {
-    let env: Vec<Value> = bootstrap::key_vars(config)
+    let mut env: Vec<Value> = bootstrap::key_vars(config)
         .into_iter()
         .map(|var| {
             json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret_name(var), "key": var}}})
         })
         .collect();
+    env.push(json!({"name": "ISTIO_BOOTSTRAP_OVERRIDE", "value": format!("{BOOTSTRAP_DIR}/custom_bootstrap.json")}));
     json!({"spec": {"template": {
         "metadata": {"annotations": {
-            "proxy.istio.io/config": "proxyStatsMatcher:\n  inclusionPrefixes: [\"wasmcustom\"]\n",
-            "sidecar.istio.io/bootstrapOverride": BOOTSTRAP_CONFIGMAP,
+            "proxy.istio.io/config": "proxyStatsMatcher:\n  inclusionPrefixes: [\"wasmcustom\"]\nproxyHeaders:\n  attemptCount:\n    disabled: true\n",
         }},
         "spec": {
             "containers": [{
                 "name": "istio-proxy",
                 "env": env,
-                "volumeMounts": [{"name": CONFIGMAP, "mountPath": WASM_DIR, "readOnly": true}],
+                "volumeMounts": [
+                    {"name": CONFIGMAP, "mountPath": WASM_DIR, "readOnly": true},
+                    {"name": BOOTSTRAP_CONFIGMAP, "mountPath": BOOTSTRAP_DIR, "readOnly": true},
+                ],
             }],
-            "volumes": [{"name": CONFIGMAP, "configMap": {"name": CONFIGMAP}}],
+            "volumes": [
+                {"name": CONFIGMAP, "configMap": {"name": CONFIGMAP}},
+                {"name": BOOTSTRAP_CONFIGMAP, "configMap": {"name": BOOTSTRAP_CONFIGMAP}},
+            ],
         },
     }}})
 }

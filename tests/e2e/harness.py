@@ -453,13 +453,14 @@ def render_istio(plugin: dict, listen_port: int, admin_port: int, ops_port: int,
     d = Path(tempfile.mkdtemp(prefix="llm-failover-istio-"))
     try:
         (d / "plugin.json").write_text(json.dumps(plugin))
-        r = subprocess.run([str(RENDER_BIN), "render", "--config", str(d / "plugin.json"), "--istio"],
-                           capture_output=True, text=True, timeout=30)
+        r, p = (subprocess.run([str(RENDER_BIN), "render", "--config", str(d / "plugin.json"), "--istio", *extra],
+                               capture_output=True, text=True, timeout=30) for extra in ([], ["--gateway-patch"]))
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"render --istio failed: {r.stderr}")
-    cfg = istio_sim.istio_envoy_config(r.stdout, listen_port, admin_port, ops_port, wasm, patched=patched)
+    if r.returncode != 0 or p.returncode != 0:
+        raise RuntimeError(f"render --istio failed: {r.stderr}{p.stderr}")
+    cfg = istio_sim.istio_envoy_config(r.stdout, listen_port, admin_port, ops_port, wasm, patched=patched,
+                                       gateway_patch=p.stdout)
     cfg["stats_flush_interval"] = "1s"
     if access_log:
         llm_hcm(cfg)["access_log"] = file_access_log(access_log, ACCESS_LOG_FIELDS)

@@ -48,6 +48,9 @@ def merge(dst: dict, src: dict) -> dict:
         elif (isinstance(value, dict) and "@type" not in value
               and isinstance(dst.get(key), dict) and "@type" not in dst[key]):
             merge(dst[key], value)
+        elif value is False or (type(value) is int and value == 0):
+            # proto3: a zero scalar is not set, so Istio's merge (src.Range) skips it.
+            continue
         else:
             for group in ONEOFS:
                 if key in group:
@@ -195,14 +198,16 @@ def vs_routes(vs: dict) -> list[dict]:
 
 
 def gateway_bootstrap(resources: list[dict], listen_port: int, admin_port: int,
-                      services: list[dict] = ()) -> dict:
-    """An ingress gateway's Envoy configuration as istiod would give it, static."""
+                      services: list[dict] = (), proxy_config: dict | None = None) -> dict:
+    """An ingress gateway's Envoy configuration as istiod would give it, static;
+    `proxy_config`: the Deployment's `proxy.istio.io/config` (its `proxyHeaders`)."""
+    attempt_count = not (proxy_config or {}).get("proxyHeaders", {}).get("attemptCount", {}).get("disabled", False)
     (vs,) = of_kind(resources, "VirtualService")
     hcm = {
         "@type": HCM_TYPE,
         "stat_prefix": "outbound_0.0.0.0_8080",
         "route_config": {"name": "http.8080", "validate_clusters": False, "virtual_hosts": [
-            {"name": "*:80", "domains": ["*"], "routes": vs_routes(vs), "include_request_attempt_count": True}]},
+            {"name": "*:80", "domains": ["*"], "routes": vs_routes(vs), "include_request_attempt_count": attempt_count}]},
         "http_filters": [
             {"name": "envoy.filters.http.grpc_stats", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_stats.v3.FilterConfig",
@@ -293,19 +298,32 @@ def apply_envoy_filter(cfg: dict, envoy_filter: dict) -> dict:
     return cfg
 
 
+def proxy_config(gateway_patch: str | None) -> dict:
+    """The `proxy.istio.io/config` annotation of `render --istio --gateway-patch`."""
+    if not gateway_patch:
+        return {}
+    patch = yaml.safe_load(gateway_patch)
+    return yaml.safe_load(patch["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"])
+
+
 def istio_envoy_config(rendered: str, listen_port: int, admin_port: int, ops_port: int, wasm: Path,
-                       services: list[dict] = (), patched: bool = True) -> dict:
+                       services: list[dict] = (), patched: bool = True, gateway_patch: str | None = None) -> dict:
     """The Envoy configuration of a gateway running `render --istio`'s resources (and
     in-mesh `services`, Kubernetes Service manifests): the module from `wasm` (the
     ConfigMap mount), the health view on `ops_port`. `patched=False`: without the
-    EnvoyFilter, the gateway as Istio alone makes it (the benchmark's baseline)."""
+    EnvoyFilter and the gateway patch, the gateway as Istio alone makes it (the
+    benchmark's baseline)."""
     resources = docs(rendered)
-    cfg = gateway_bootstrap(resources, listen_port, admin_port, services)
+    cfg = gateway_bootstrap(resources, listen_port, admin_port, services,
+                            proxy_config(gateway_patch) if patched else None)
     for ef in of_kind(resources, "EnvoyFilter") if patched else []:
         apply_envoy_filter(cfg, ef)
-    for cm in of_kind(resources, "ConfigMap"):
+    for cm in of_kind(resources, "ConfigMap") if patched else []:
         if "custom_bootstrap.json" in cm.get("data", {}):
-            # Istio merges the custom bootstrap into the one it generates.
+            # pilot-agent hands the mounted custom bootstrap to Envoy (--config-yaml):
+            # merged into the one it generates.
+            assert gateway_patch is None or "ISTIO_BOOTSTRAP_OVERRIDE" in gateway_patch, \
+                "the gateway patch does not point pilot-agent at the custom bootstrap"
             merge(cfg, json.loads(cm["data"]["custom_bootstrap.json"]))
     text = json.dumps(cfg)
     text = text.replace('"/var/lib/llm-failover/llm_failover.wasm"', json.dumps(str(wasm)))

@@ -169,7 +169,10 @@ def test_the_router_wiring_merged_as_istio_merges_it_validates():
     routes, the TLS origination to the https provider."""
     import istio_sim
     services = [d for d in docs(K8S / "mock-primary.yaml") if d["kind"] == "Service"]
-    cfg = istio_sim.istio_envoy_config((ROUTER / "istio.yaml").read_text(), 10000, 9901, 9902, WASM, services)
+    cfg = istio_sim.istio_envoy_config((ROUTER / "istio.yaml").read_text(), 10000, 9901, 9902, WASM, services,
+                                       gateway_patch=(ROUTER / "gateway-patch.yaml").read_text())
+    vhost = next(istio_sim._hcms(cfg))["route_config"]["virtual_hosts"][0]
+    assert vhost["include_request_attempt_count"] is False, "the gateway patch turns the attempt count off"
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
     openai = clusters["outbound|80||api.openai.com"]
     assert openai["transport_socket"]["typed_config"]["sni"] == "api.openai.com"
