@@ -53,6 +53,8 @@ fn guard<T>(what: &str, fallback: T, f: impl FnOnce() -> T) -> T {
 /// # Safety
 /// `ptr` is what `on_http_filter_new` returned and `on_http_filter_destroy` has not freed.
 unsafe fn filter<'a>(ptr: FilterModulePtr) -> &'a mut ModuleFilter {
+    // SAFETY: `ptr` came from Box::into_raw in filter_new and is not freed yet (the
+    // caller's promise).
     &mut *(ptr as *mut ModuleFilter)
 }
 
@@ -525,5 +527,7 @@ pub unsafe fn bytes<'a>(b: EnvoyBuffer) -> &'a [u8] {
     if b.ptr.is_null() || b.length == 0 {
         return &[];
     }
+    // SAFETY: non-null, and `b.length` bytes readable for the lifetime (the caller's
+    // promise).
     std::slice::from_raw_parts(b.ptr, b.length)
 }

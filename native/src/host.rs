@@ -306,6 +306,7 @@ pub unsafe fn header_list(headers: *const EnvoyHeader, size: usize) -> HeaderLis
     if headers.is_null() || size == 0 {
         return Vec::new();
     }
+    // SAFETY: `headers` is non-null and points at `size` headers (the caller's promise).
     let list = std::slice::from_raw_parts(headers, size);
     list.iter().map(header_pair).collect()
 }
@@ -318,6 +319,8 @@ pub unsafe fn joined(chunks: *const EnvoyBuffer, size: usize) -> Vec<u8> {
     if chunks.is_null() || size == 0 {
         return Vec::new();
     }
+    // SAFETY: `chunks` is non-null and points at `size` buffers, each readable for the
+    // hook (the caller's promise).
     concat(std::slice::from_raw_parts(chunks, size))
 }
 
@@ -329,6 +332,7 @@ pub unsafe fn joined(chunks: *const EnvoyBuffer, size: usize) -> Vec<u8> {
 unsafe fn concat(chunks: &[EnvoyBuffer]) -> Vec<u8> {
     let mut out = Vec::with_capacity(chunks.iter().map(|c| c.length).sum());
     for c in chunks {
+        // SAFETY: each chunk is readable for the call (the caller's promise).
         out.extend_from_slice(bytes(*c));
     }
     out

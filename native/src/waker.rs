@@ -39,6 +39,7 @@ impl Wake {
     /// # Safety
     /// `envoy` is the live stream of the hook calling this, on its worker thread.
     pub unsafe fn new(envoy: FilterEnvoyPtr) -> Option<Arc<Wake>> {
+        // SAFETY: `envoy` is the live stream on its worker (the caller's promise).
         let scheduler = envoy_dynamic_module_callback_http_filter_scheduler_new(envoy);
         (!scheduler.is_null()).then(|| Arc::new(Wake(Mutex::new(Some(Scheduler(scheduler))))))
     }
@@ -46,7 +47,7 @@ impl Wake {
     fn commit(&self) {
         if let Ok(held) = self.0.lock() {
             if let Some(s) = &*held {
-                // SAFETY: not deleted while the lock is held (`Drop` takes it).
+                // SAFETY: not deleted while the lock is held (`release` takes it).
                 unsafe {
                     envoy_dynamic_module_callback_http_filter_scheduler_commit(s.0, WAKE_EVENT)
                 };
@@ -57,29 +58,14 @@ impl Wake {
 
 impl Drop for Wake {
     fn drop(&mut self) {
-        let held = match self.0.get_mut() {
-            Ok(held) => held.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(s) = held {
-            // SAFETY: made by scheduler_new for this stream, deleted once; the last
-            // reference is gone, so the waking thread cannot commit it.
-            unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(s.0) };
-        }
+        self.release();
     }
 }
 
 /// Stops a wake from being committed: the stream is ending, and its scheduler is
 /// deleted now. Its entry stays in the queue until its time (or a compaction).
 pub fn forget(wake: &Wake) {
-    let held = match wake.0.lock() {
-        Ok(mut held) => held.take(),
-        Err(poisoned) => poisoned.into_inner().take(),
-    };
-    if let Some(s) = held {
-        // SAFETY: made by scheduler_new for this stream, deleted once (taken out of
-        // the wake under its lock, so never committed afterwards).
-        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(s.0) };
+    if wake.release() {
         if let Some(waker) = WAKER.get().copied().flatten() {
             waker.forgotten.fetch_add(1, Ordering::Relaxed);
         }
@@ -87,6 +73,22 @@ pub fn forget(wake: &Wake) {
 }
 
 impl Wake {
+    /// Takes the scheduler out, under the lock (so the waking thread never commits it
+    /// afterwards), and deletes it; whether there was one.
+    fn release(&self) -> bool {
+        let held = match self.0.lock() {
+            Ok(mut held) => held.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        let Some(s) = held else {
+            return false;
+        };
+        // SAFETY: made by scheduler_new for this stream, deleted once: taken out of the
+        // wake under its lock, so never committed afterwards.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(s.0) };
+        true
+    }
+
     fn is_live(&self) -> bool {
         self.0.lock().map(|held| held.is_some()).unwrap_or(false)
     }
