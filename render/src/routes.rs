@@ -137,6 +137,9 @@ pub fn access_log(prefix: &str) -> Value {
                 // The reference lab's own command selects its request lines by this
                 // (`jq 'select(.scope == "request") | ...'`, README "Access log").
                 "scope": "request",
+                // When Envoy took the request, seconds since the epoch with milliseconds
+                // (the demo's timeline is drawn from it).
+                "start_time": "%START_TIME(%s.%3f)%",
                 "http.status": "%RESPONSE_CODE%",
                 "provider": "%RESP(X-LLM-PROVIDER)%",
                 "tried": format!("%FILTER_STATE({prefix}llm_failover_tried:PLAIN)%"),
@@ -144,6 +147,8 @@ pub fn access_log(prefix: &str) -> Value {
                 "failover_reason": format!("%FILTER_STATE({prefix}llm_failover_reason:PLAIN)%"),
                 "stream": format!("%FILTER_STATE({prefix}llm_failover_stream:PLAIN)%"),
                 "hedge": format!("%FILTER_STATE({prefix}llm_failover_hedge:PLAIN)%"),
+                // What became of the request's control headers (README "Per-request control").
+                "control": format!("%FILTER_STATE({prefix}llm_failover_control:PLAIN)%"),
                 "endpoint": "%UPSTREAM_HOST%",
                 "upstream_cluster": "%UPSTREAM_CLUSTER%",
                 "path": "%REQ(:PATH)%",
