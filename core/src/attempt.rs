@@ -9,6 +9,7 @@
 //! state machine itself (`health.rs`).
 
 use crate::config::{Auth, Config};
+use crate::control::Wish;
 use crate::errors::{self, Class};
 use crate::health::{Failure, HealthRecord, State};
 use crate::metrics;
@@ -132,12 +133,40 @@ pub fn plan(
     view: &mut LazyHealth<'_>,
     ticket: u64,
 ) -> Plan {
+    plan_for(config, store, view, ticket, &Wish::default())
+}
+
+/// [`plan`] for a request with per-request control (`control.rs`): only the
+/// providers it names, in its order (health still leaves cooling ones out), and
+/// with `fallback` off only the first.
+pub fn plan_for(
+    config: &Config,
+    store: &dyn SharedData,
+    view: &mut LazyHealth<'_>,
+    ticket: u64,
+    wish: &Wish,
+) -> Plan {
     let n = config.providers.len();
     let mut tried = vec![false; n];
     let mut picks = Vec::new();
-    let limit = if config.can_fail_over { n } else { 1 };
+    let limit = if config.can_fail_over && wish.fallback {
+        n
+    } else {
+        1
+    };
     while picks.len() < limit {
-        let Some(pick) = choose(config, store, view, &tried, ticket) else {
+        let pick = match &wish.order {
+            None => choose(config, store, view, &tried, ticket),
+            // The first of the request's own order that can be asked now.
+            Some(order) => order
+                .iter()
+                .filter(|i| !tried.get(**i).copied().unwrap_or(true))
+                .find_map(|&i| {
+                    let only: Vec<bool> = (0..n).map(|j| j != i).collect();
+                    choose(config, store, view, &only, ticket)
+                }),
+        };
+        let Some(pick) = pick else {
             break;
         };
         if let Some(t) = tried.get_mut(pick.index) {
@@ -146,7 +175,14 @@ pub fn plan(
         picks.push(pick);
     }
     if picks.is_empty() {
-        let i = select::soonest(config, view);
+        let i = match &wish.order {
+            None => select::soonest(config, view),
+            Some(order) => order
+                .iter()
+                .copied()
+                .min_by_key(|i| view.next_available_at(*i))
+                .unwrap_or(0),
+        };
         picks.push(Step::new(i, view.record(i).after_success().is_some()));
         return Plan {
             steps: picks,

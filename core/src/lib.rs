@@ -3,6 +3,7 @@
 //!
 //! - Pure decisions, time passed in: `config` (the plugin configuration, validated
 //!   into typed structs), `plan` (the attempt order, one type for every filter),
+//!   `control` (what a trusted request's control headers ask for),
 //!   `attempt` (planning, probe claims, the verdict on a failing answer, what each
 //!   outcome does to health), `errors`, `health`, `select`, `retry_after`, `body`,
 //!   `rewrite`, `handoff`, `hedge`, `probe`, `sse`, `store`, `registry`, `view`,
@@ -19,6 +20,7 @@ pub mod attempt;
 pub mod body;
 pub mod config;
 pub mod contexts;
+pub mod control;
 pub mod duration;
 pub mod errors;
 #[cfg(any(test, feature = "fuzzing"))]

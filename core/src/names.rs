@@ -28,6 +28,38 @@ pub const PROBE_HEADER: &str = "x-llm-failover-probe";
 /// `retryWithin` wait). Never reaches the client: the router drops a retried answer.
 pub const WAIT_HEADER: &str = "x-llm-failover-retry-in";
 
+// Per-request control (README "Per-request control"): request headers a trusted
+// caller sets; the downstream filter removes every one of them from every request,
+// trusted or not, so none reaches a provider.
+
+/// The shared secret that makes a request's control headers count (`control.secret`).
+pub const CONTROL_SECRET_HEADER: &str = "x-llm-failover-secret";
+/// `off`: no other provider for this request (its own `retries` still apply).
+pub const CONTROL_FALLBACK_HEADER: &str = "x-llm-failover-fallback";
+/// A subset of the configured providers, in the order to ask them (`a,b`).
+pub const CONTROL_PROVIDERS_HEADER: &str = "x-llm-failover-providers";
+/// This request's `firstByteTimeout`, within `control.firstByteTimeout`'s bounds.
+pub const CONTROL_FIRST_BYTE_HEADER: &str = "x-llm-failover-first-byte-timeout";
+/// This request's `hedgeAfter` (or `off`), within `control.hedgeAfter`'s bounds.
+pub const CONTROL_HEDGE_HEADER: &str = "x-llm-failover-hedge-after";
+/// Every control header, the secret first.
+pub const CONTROL_HEADERS: [&str; 5] = [
+    CONTROL_SECRET_HEADER,
+    CONTROL_FALLBACK_HEADER,
+    CONTROL_PROVIDERS_HEADER,
+    CONTROL_FIRST_BYTE_HEADER,
+    CONTROL_HEDGE_HEADER,
+];
+/// Envoy's router takes a per-try timeout from this request header: the filter sets
+/// it for a request's own `firstByteTimeout` and removes a client's (a client could
+/// otherwise time out attempts, which count against the provider's health).
+pub const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+
+/// On an answer after more than one attempt: each provider asked, in order, with
+/// why it failed (an error class) or the status it answered with
+/// (`primary=rate_limited, fallback=200`). Names and classes only: never a body.
+pub const TRIED_HEADER: &str = "x-llm-failover-tried";
+
 /// Names the provider whose answer the client got.
 pub const PROVIDER_HEADER: &str = "x-llm-provider";
 
@@ -51,6 +83,17 @@ pub const ATTEMPTS_KEY: &str = "llm_failover_attempts";
 
 /// The reason of a request's first failover, for the access log.
 pub const REASON_KEY: &str = "llm_failover_reason";
+
+/// Why each attempt that failed over failed (error classes, comma-separated, in the
+/// order of the plan path), for the tried header.
+pub const WHYS_KEY: &str = "llm_failover_whys";
+
+/// What became of a request's control headers, for the access log: `applied: ...`,
+/// `ignored: ...` (untrusted), or `refused: ...` (a trusted request's bad value).
+pub const CONTROL_KEY: &str = "llm_failover_control";
+
+/// A request's own `firstByteTimeout` (ms), for the upstream filters' timeout verdict.
+pub const CONTROL_TIMEOUT_KEY: &str = "llm_failover_control_timeout";
 
 /// When the request's first attempt failed (Unix ms), for the failover-time histogram.
 pub const FAILED_AT_KEY: &str = "llm_failover_failed_at";

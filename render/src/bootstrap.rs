@@ -3,6 +3,7 @@
 use llm_failover_core::config::{Config, Mode, Provider};
 use llm_failover_core::names;
 
+use crate::ENV_STAND_IN;
 use crate::{clusters, routes};
 use serde_json::{json, Value};
 
@@ -71,7 +72,7 @@ fn socket(a: &Address) -> Value {
 /// The rendered bootstrap and warnings for the user.
 pub fn render(raw: &str, options: &Options) -> Result<(Value, Vec<String>), String> {
     // The key's value is the VM's business: render only needs the variable's name.
-    let config = Config::parse(raw.as_bytes(), &|_| Some("set-in-the-vm".to_string()))
+    let config = Config::parse(raw.as_bytes(), &|_| Some(ENV_STAND_IN.to_string()))
         .map_err(|e| e.to_string())?;
     if config.failover.mode != Mode::Router {
         return Err(
@@ -217,13 +218,15 @@ impl Vms {
     }
 }
 
-/// The environment variables the providers' keys come from, each once, in order.
+/// The environment variables the providers' keys come from, and the per-request
+/// control secret's, each once, in order.
 pub(crate) fn key_vars(config: &Config) -> Vec<&str> {
     let mut vars: Vec<&str> = Vec::new();
     for var in config
         .providers
         .iter()
         .filter_map(|p| p.auth_env.as_deref())
+        .chain(config.control.as_ref().map(|c| c.secret_env.as_str()))
     {
         if !vars.contains(&var) {
             vars.push(var);

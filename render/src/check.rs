@@ -5,6 +5,7 @@
 //! (`envoy.filters.http.wasm`, found by `root_id`) and the native module (Envoy's
 //! dynamic modules, found by `filter_name`).
 
+use crate::ENV_STAND_IN;
 use llm_failover_core::config::{Config, Mode};
 use llm_failover_core::names;
 use serde_json::Value;
@@ -15,7 +16,7 @@ const STRIP_PREFIX_GUARD: &str =
 
 /// Problems found, one line each; empty when the two fit together.
 pub fn check(plugin_raw: &str, bootstrap: &Value) -> Result<Vec<String>, String> {
-    let config = Config::parse(plugin_raw.as_bytes(), &|_| Some("set".to_string()))
+    let config = Config::parse(plugin_raw.as_bytes(), &|_| Some(ENV_STAND_IN.to_string()))
         .map_err(|e| e.to_string())?;
     let clusters: Vec<&Value> = bootstrap
         .pointer("/static_resources/clusters")
@@ -74,7 +75,9 @@ pub fn check(plugin_raw: &str, bootstrap: &Value) -> Result<Vec<String>, String>
         let routing = |f: &&&Value| {
             f.pointer("/configuration/value")
                 .and_then(Value::as_str)
-                .and_then(|raw| Config::parse(raw.as_bytes(), &|_| Some("set".to_string())).ok())
+                .and_then(|raw| {
+                    Config::parse(raw.as_bytes(), &|_| Some(ENV_STAND_IN.to_string())).ok()
+                })
                 .is_some_and(|c| !c.providers.is_empty())
         };
         if downstream.iter().filter(routing).any(|f| !holds_headers(f)) {

@@ -18,6 +18,7 @@
 //!   specifier and the rest of the retry policy. Istio's merge appends lists, so the
 //!   patch carries only lists the route does not have yet.
 
+use crate::ENV_STAND_IN;
 use llm_failover_core::config::{Config, Mode, Provider};
 use llm_failover_core::names;
 use serde_json::{json, Map, Value};
@@ -107,7 +108,7 @@ fn service_port(ep: &llm_failover_core::config::Endpoint) -> u16 {
 /// The Istio resources for a plugin configuration, in apply order, and the patch of
 /// the gateway's Deployment (applied with `kubectl patch`, not `apply`).
 pub fn render(raw: &str, o: &IstioOptions) -> Result<(Vec<Value>, Value), String> {
-    let config = Config::parse(raw.as_bytes(), &|_| Some("set-in-the-vm".to_string()))
+    let config = Config::parse(raw.as_bytes(), &|_| Some(ENV_STAND_IN.to_string()))
         .map_err(|e| e.to_string())?;
     if config.failover.mode != Mode::Router {
         return Err(

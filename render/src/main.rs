@@ -16,6 +16,11 @@ mod routes;
 
 use std::process::ExitCode;
 
+/// What render and check pass as every environment variable the configuration
+/// names (keys, the control secret): the values are Envoy's, set where it runs, and
+/// only their presence is checked then. Long enough for the control secret's rule.
+pub(crate) const ENV_STAND_IN: &str = "set-in-envoy-environment";
+
 const USAGE: &str = "usage: llm-failover render --config PLUGIN.json [--listen HOST:PORT] \
 [--admin HOST:PORT] [--ops HOST:PORT] [--wasm PATH | --native [--module PATH]] [--format yaml|json]
        llm-failover render --config PLUGIN.json --istio [--namespace NS] [--gateway-patch]

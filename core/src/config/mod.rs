@@ -8,6 +8,7 @@
 //! `parse` (the top level and the groups), `provider`, `failover` and `endpoint`
 //! (each validated field by field); this file holds the typed result.
 
+mod control;
 mod endpoint;
 mod failover;
 mod parse;
@@ -18,6 +19,8 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
+
+pub use control::{Bounds, Control};
 
 use crate::duration::parse_duration_ms;
 use crate::json::{self, Value};
@@ -278,6 +281,11 @@ pub struct Config {
     /// The request headers some provider rewrites (router mode keeps the client's
     /// values of these for later attempts).
     pub rewritten_headers: Vec<String>,
+    /// `control`: per-request control for callers with its secret; `None`: off.
+    pub control: Option<Control>,
+    /// `triedHeader`: after more than one attempt the answer names each provider
+    /// asked and why it failed (`x-llm-failover-tried`). On unless false.
+    pub tried_header: bool,
 }
 
 /// What Envoy's log says when a filter has no plugin configuration at all.

@@ -1,5 +1,6 @@
 //! `Config::parse`: the document's top level, its groups and the health view.
 
+use super::control;
 use super::failover::validate_failover;
 use super::provider::validate_provider;
 use super::reader::{quoted, validate_header_name, Obj};
@@ -18,6 +19,8 @@ impl Config {
             "clusterHeader",
             "maxBodyBytes",
             "healthPath",
+            "control",
+            "triedHeader",
         ])?;
         if root.get("groups").is_none() && root.get("healthPath").is_some() {
             return view_only(&root);
@@ -38,10 +41,18 @@ impl Config {
             ));
         }
         let health_path = health_path(&root)?;
+        let tried_header = root.boolean("triedHeader")?.unwrap_or(true);
+        let context = control::Context {
+            mode: failover.mode,
+            hedge_after_ms: failover.hedge_after_ms,
+        };
+        let control = control::validate_control(root.object("control")?, context, env)?;
         let needs_json_body = providers.iter().any(|p| p.model.is_some());
         let can_fail_over = failover.within_request && providers.len() > 1;
         let rewritten_headers = rewritten_headers(&providers);
         Ok(Config {
+            control,
+            tried_header,
             rewritten_headers,
             health_path,
             providers,
@@ -146,6 +157,8 @@ fn view_only(root: &Obj<'_>) -> Result<Config, ConfigError> {
         ));
     }
     Ok(Config {
+        control: None,
+        tried_header: true,
         rewritten_headers: Vec::new(),
         health_path: health_path(root)?,
         providers: Vec::new(),

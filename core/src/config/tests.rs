@@ -314,3 +314,138 @@ fn latency_controls_are_off_by_default_and_checked() {
         assert!(e.contains(want), "{raw}: {e}");
     }
 }
+
+fn env_with_secret(name: &str) -> Option<String> {
+    match name {
+        "SECRET" => Some("a-long-enough-secret-value".to_string()),
+        "SHORT" => Some("too-short".to_string()),
+        "SPACED" => Some("a secret with spaces in it".to_string()),
+        _ => None,
+    }
+}
+
+fn with_control(control: &str, failover: &str) -> Result<Config, ConfigError> {
+    let json = format!(
+        r#"{{"groups": [{{"providers": [{{"name": "a", "cluster": "a"}}, {{"name": "b", "cluster": "b"}}]}}],
+            "failover": {{{failover}}}, "control": {control}}}"#
+    );
+    Config::parse(json.as_bytes(), &env_with_secret)
+}
+
+#[test]
+fn control_is_off_unless_given_and_the_tried_header_on() {
+    let c = parse(SPEC_EXAMPLE).unwrap();
+    assert!(c.control.is_none());
+    assert!(c.tried_header);
+    let off = parse(
+        r#"{"groups": [{"providers": [{"name": "a", "cluster": "a"}]}], "triedHeader": false}"#,
+    )
+    .unwrap();
+    assert!(!off.tried_header);
+}
+
+#[test]
+fn control_reads_its_secret_and_bounds() {
+    let c = with_control(
+        r#"{"secret": {"env": "SECRET"}, "firstByteTimeout": {"min": "1s", "max": "30s"},
+            "hedgeAfter": {"min": "100ms", "max": "5s"}}"#,
+        r#""hedgeAfter": "2s""#,
+    )
+    .unwrap();
+    let control = c.control.unwrap();
+    assert_eq!(control.secret, b"a-long-enough-secret-value");
+    assert_eq!(
+        control.first_byte_timeout,
+        Some(Bounds {
+            min_ms: 1000,
+            max_ms: 30_000
+        })
+    );
+    assert_eq!(
+        control.hedge_after,
+        Some(Bounds {
+            min_ms: 100,
+            max_ms: 5000
+        })
+    );
+    // The secret never reaches a log line.
+    assert!(!format!("{control:?}").contains("long-enough"));
+}
+
+#[test]
+fn control_errors_name_the_field() {
+    let cases = [
+        (r#"{}"#, "", "control.secret", "is required"),
+        (
+            r#"{"secret": {"env": "UNSET"}}"#,
+            "",
+            "control.secret.env",
+            "at least 16 bytes",
+        ),
+        (
+            r#"{"secret": {"env": "SHORT"}}"#,
+            "",
+            "control.secret.env",
+            "it holds 9",
+        ),
+        (
+            r#"{"secret": {"env": "SPACED"}}"#,
+            "",
+            "control.secret.env",
+            "printable ASCII",
+        ),
+        (
+            r#"{"secret": {"env": " "}}"#,
+            "",
+            "control.secret.env",
+            "must name",
+        ),
+        (
+            r#"{"secret": {"env": "SECRET"}, "firstByteTimeout": {"min": "2s"}}"#,
+            "",
+            "control.firstByteTimeout",
+            "missing field `max`",
+        ),
+        (
+            r#"{"secret": {"env": "SECRET"}, "firstByteTimeout": {"min": "2s", "max": "1s"}}"#,
+            "",
+            "control.firstByteTimeout.min",
+            "longer than max",
+        ),
+        (
+            r#"{"secret": {"env": "SECRET"}, "firstByteTimeout": {"min": "0s", "max": "1s"}}"#,
+            "",
+            "control.firstByteTimeout.min",
+            "longer than 0s",
+        ),
+        (
+            r#"{"secret": {"env": "SECRET"}, "hedgeAfter": {"min": "1s", "max": "2s"}}"#,
+            "",
+            "control.hedgeAfter",
+            "needs failover.hedgeAfter",
+        ),
+        (
+            r#"{"secret": {"env": "SECRET"}, "hedgeAfter": {"min": "2s", "max": "3s"}, "firstByteTimeout": {"min": "1s", "max": "2s"}}"#,
+            r#""hedgeAfter": "1s""#,
+            "control.hedgeAfter",
+            "no request could set both",
+        ),
+        (
+            r#"{"secret": {"env": "SECRET"}}"#,
+            r#""mode": "dispatch""#,
+            "control",
+            "needs router mode",
+        ),
+        (
+            r#"{"secret": {"env": "SECRET"}, "retries": 1}"#,
+            "",
+            "control.retries",
+            "unknown field",
+        ),
+    ];
+    for (control, failover, field, message) in cases {
+        let e = with_control(control, failover).expect_err(control);
+        assert_eq!(e.field, field, "{control}: {e}");
+        assert!(e.message.contains(message), "{control}: {e}");
+    }
+}

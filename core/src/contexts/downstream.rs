@@ -68,6 +68,14 @@ impl Downstream {
             *self = Downstream::Passing;
             return Action::Continue;
         }
+        let refused = match self {
+            Downstream::Routed(r) => r.request_mut().screen_control(h),
+            Downstream::Dispatched(d) => d.request_mut().screen_control(h),
+            Downstream::Passing => false,
+        };
+        if refused {
+            return Action::Pause;
+        }
         match self {
             Downstream::Routed(r) => r.on_request_headers(h, end_of_stream),
             Downstream::Dispatched(d) => d.on_request_headers(h, end_of_stream),

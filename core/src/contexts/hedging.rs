@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::hedge::{self, Answered, Due, Hedges, Live};
 use crate::host::{Call, Host};
 use crate::metrics;
-use crate::names::{CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, REFUSED_KEY, SEQUENCE_KEY};
+use crate::names::{
+    CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, REFUSED_KEY, SEQUENCE_KEY, TRIED_HEADER,
+};
 use crate::reply::{self, Relayed};
 use crate::store;
 
@@ -269,7 +271,13 @@ impl Hedger {
         h.set_property_str(REFUSED_KEY, "hedge");
         let how = if good { "won" } else { "failed" };
         h.set_property_str(HEDGE_KEY, &format!("{to_name}:{how}"));
-        let reply = Relayed::new(&headers, body, to_name);
+        let mut reply = Relayed::new(&headers, body, to_name);
+        if config.tried_header {
+            // In the reply itself: natively Envoy runs no encoder hook of the module
+            // after its own reply (the form of `Request::tried_value`).
+            let tried = format!("{from_name}=slow, {to_name}={}", reply.status);
+            reply.set_header(TRIED_HEADER, &tried);
+        }
         h.send_response(reply.status, &reply.headers, &reply.body);
         Some(reply.status)
     }

@@ -7,10 +7,13 @@ use std::rc::Rc;
 use crate::attempt::{self, LazyHealth};
 use crate::body::{self, ModelSlots};
 use crate::config::{Config, Mode, Provider};
+use crate::control::{self, Screened, Wish};
 use crate::health::Failure;
 use crate::host::{Action, Host};
 use crate::metrics;
-use crate::names::{ATTEMPTS_KEY, REFUSED_KEY, TRIED_KEY};
+use crate::names::{
+    ATTEMPTS_KEY, CONTROL_HEADERS, CONTROL_KEY, PER_TRY_TIMEOUT_HEADER, REFUSED_KEY, TRIED_KEY,
+};
 use crate::reply::error_body;
 use crate::rewrite::{self, Edit};
 use crate::select;
@@ -71,6 +74,14 @@ pub struct Request {
     /// The probe claims this request holds (provider, claim's end): given back if it
     /// ends without using them, so probing is not blocked for `probeTimeout`.
     claims: Vec<(usize, u64)>,
+    /// Why each provider asked before the last failed (error classes, the order of
+    /// `asked`), for the tried header.
+    pub whys: Vec<String>,
+    /// What a trusted request asked for (`control.rs`); the default otherwise.
+    pub wish: Wish,
+    /// The control headers (and a client's per-try timeout) on the request, to be
+    /// removed before it goes on (`strip_control`).
+    strip: Vec<&'static str>,
 }
 
 impl Request {
@@ -85,6 +96,59 @@ impl Request {
             slots: None,
             asked: Vec::new(),
             claims: Vec::new(),
+            wish: Wish::default(),
+            strip: Vec::new(),
+            whys: Vec::new(),
+        }
+    }
+
+    /// Reads the request's control headers (README "Per-request control") and
+    /// judges them: a trusted request's wish is kept in `wish`, and the access log
+    /// notes what became of them. A trusted request with a bad value is refused
+    /// here (400, true). The headers stay until `strip_control`.
+    pub fn screen_control(&mut self, h: &mut impl Host) -> bool {
+        // One host call for every header, whatever the request carries.
+        let all = h.request_headers();
+        let mut values: [Option<&[u8]>; 5] = [None; 5];
+        for (name, value) in &all {
+            if let Some(i) = CONTROL_HEADERS.iter().position(|c| c == name) {
+                if let Some(slot) = values.get_mut(i) {
+                    *slot = Some(value.as_slice());
+                }
+                self.strip.push(CONTROL_HEADERS[i]);
+            } else if name == PER_TRY_TIMEOUT_HEADER {
+                self.strip.push(PER_TRY_TIMEOUT_HEADER);
+            }
+        }
+        let screened = control::screen(&self.config, &values);
+        if let Some(line) = screened.log() {
+            h.set_property_str(CONTROL_KEY, &line);
+        }
+        match screened {
+            Screened::Absent | Screened::Ignored(_) => false,
+            Screened::Applied(wish, _) => {
+                self.wish = wish;
+                false
+            }
+            Screened::Refused(why) => {
+                self.reply_error(
+                    h,
+                    400,
+                    &why,
+                    "invalid_request_error",
+                    "invalid_control_header",
+                );
+                true
+            }
+        }
+    }
+
+    /// Removes the request's control headers and a client's per-try timeout: none
+    /// of them reaches a provider or Envoy's router. (Router mode calls this after
+    /// naming the first cluster: a header change makes Envoy pick the route again.)
+    pub fn strip_control(&mut self, h: &mut impl Host) {
+        for name in std::mem::take(&mut self.strip) {
+            h.remove_request_header(name);
         }
     }
 
@@ -131,6 +195,32 @@ impl Request {
             .collect();
         h.set_property_str(TRIED_KEY, &asked.join(","));
         h.set_property_str(ATTEMPTS_KEY, &asked.len().to_string());
+    }
+
+    /// The tried header's value (`triedHeader`, on by default) after more than one
+    /// attempt: each provider asked, in order, with why it failed, and the last with
+    /// the status it answered (`primary=rate_limited, fallback=200`). Provider names
+    /// and error classes only, never an error body or a header of the provider's.
+    pub fn tried_value(&self, status: u16) -> Option<String> {
+        if !self.config.tried_header || self.asked.len() < 2 {
+            return None;
+        }
+        let last = self.asked.len() - 1;
+        let parts: Vec<String> = self
+            .asked
+            .iter()
+            .enumerate()
+            .filter_map(|(k, i)| {
+                let name = &self.config.providers.get(*i)?.name;
+                Some(if k == last {
+                    format!("{name}={status}")
+                } else {
+                    let why = self.whys.get(k).map_or("failed", String::as_str);
+                    format!("{name}={why}")
+                })
+            })
+            .collect();
+        Some(parts.join(", "))
     }
 
     /// Reads a request body chunk while the body is buffered here. The body is

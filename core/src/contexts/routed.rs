@@ -15,8 +15,9 @@ use crate::hedge::{self, Ending, Hedges};
 use crate::host::{header_value, parse_number, Action, HeaderList, Host};
 use crate::metrics;
 use crate::names::{
-    CLIENT_HEADERS_KEY, FAILED_AT_KEY, HEDGE_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, PROVIDER_HEADER,
-    RETRY_STATUS, STATUS_KEY, STREAMED_HEADER, STREAMED_KEY,
+    CLIENT_HEADERS_KEY, CONTROL_TIMEOUT_KEY, FAILED_AT_KEY, HEDGE_KEY, NEXT_KEY, PATH_KEY,
+    PER_TRY_TIMEOUT_HEADER, PLAN_KEY, PROVIDER_HEADER, RETRY_STATUS, STATUS_KEY, STREAMED_HEADER,
+    STREAMED_KEY, TRIED_HEADER, WHYS_KEY,
 };
 use crate::plan::{self, Plan};
 use crate::{body, handoff};
@@ -80,6 +81,10 @@ impl Routed {
         &self.req
     }
 
+    pub fn request_mut(&mut self) -> &mut Request {
+        &mut self.req
+    }
+
     /// Request headers: plans the attempts, hands the plan over and rewrites the
     /// first attempt.
     pub fn on_request_headers(&mut self, h: &mut impl Host, end_of_stream: bool) -> Action {
@@ -87,9 +92,10 @@ impl Routed {
         {
             let clock = || h.now_ms();
             let mut view = LazyHealth::new(&config, &*h, &clock);
-            self.plan = attempt::plan(&config, &*h, &mut view, self.req.ticket);
+            self.plan = attempt::plan_for(&config, &*h, &mut view, self.req.ticket, &self.req.wish);
         }
         let Some(first) = self.plan.first().copied() else {
+            self.req.strip_control(h);
             return Action::Continue;
         };
         self.req.current = first.index;
@@ -100,7 +106,7 @@ impl Routed {
             }
         }
         self.log_plan();
-        let hedging = config.failover.hedge_after_ms.is_some() && self.plan.len() > 1;
+        let hedging = self.req.wish.hedge_after_ms(&config).is_some() && self.plan.len() > 1;
         // A hedge needs the whole body, kept; a streamed request is told by its body
         // (it takes a route of its own).
         self.req.phase = Phase::after_headers(
@@ -115,6 +121,13 @@ impl Routed {
         // state: no client can set it). Set before the header below, whose change makes
         // Envoy pick the route again.
         h.set_property_str(NEXT_KEY, &config.providers[first.index].cluster);
+        self.req.strip_control(h);
+        if let Some(ms) = self.req.wish.first_byte_timeout_ms {
+            // The request's own firstByteTimeout: the router's per-try timeout, and
+            // for the upstream filters, the limit an attempt that timed out had.
+            h.set_request_header(PER_TRY_TIMEOUT_HEADER, ms.to_string().as_bytes());
+            h.set_property_str(CONTROL_TIMEOUT_KEY, &ms.to_string());
+        }
         // Replaces whatever a client sent, so no client can set the retries: one
         // attempt per provider of the plan, and its same-provider retries.
         let attempts = self.plan.len() * (1 + config.failover.retries as usize);
@@ -277,7 +290,7 @@ impl Routed {
     /// come within `hedgeAfter` (see `hedge.rs`).
     fn wait_for_hedge(&mut self, h: &mut impl Host, body: Option<Vec<u8>>) {
         let (Some(after), Some(mut request)) = (
-            self.req.config.failover.hedge_after_ms,
+            self.req.wish.hedge_after_ms(&self.req.config),
             self.hedge_request.take(),
         ) else {
             return;
@@ -339,6 +352,8 @@ impl Routed {
             Ending::HedgeWon { from, to } => {
                 self.req.current = to;
                 self.req.asked = vec![from, to];
+                // The first had not answered when the hedge did.
+                self.req.whys = vec!["slow".to_string()];
                 let won = metrics::hedges(name(from), name(to), name(to));
                 self.req.telemetry.count(h, won);
                 self.finish(h, status);
@@ -382,6 +397,17 @@ impl Routed {
             .iter()
             .filter_map(|p| self.plan.get(*p).map(|step| step.index))
             .collect();
+        if self.req.asked.len() > 1 && self.req.config.tried_header {
+            self.req.whys = h
+                .property(&[WHYS_KEY])
+                .map(|v| {
+                    String::from_utf8_lossy(&v)
+                        .split(',')
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
         if let Some(step) = positions.last().and_then(|p| self.plan.get(*p)) {
             self.req.current = step.index;
             self.req.current_reset = step.reset_on_success;
@@ -464,6 +490,9 @@ impl Routed {
         self.req.count_answer(h, status);
         if self.req.asked.len() > 1 {
             self.req.log_asked(h);
+            if let Some(tried) = self.req.tried_value(status) {
+                h.set_response_header(TRIED_HEADER, &tried);
+            }
             if let Some(at) = h.property_number::<u64>(FAILED_AT_KEY) {
                 let spent = h.now_ms().saturating_sub(at);
                 self.req

@@ -13,7 +13,7 @@ use crate::attempt;
 use crate::config::Config;
 use crate::health::Failure;
 use crate::host::Host;
-use crate::names::{OPEN_KEY, STREAMED_KEY};
+use crate::names::{CONTROL_TIMEOUT_KEY, OPEN_KEY, STREAMED_KEY};
 use crate::plan::At;
 
 use super::telemetry::Telemetry;
@@ -102,6 +102,17 @@ pub fn take(h: &mut impl Host) -> Option<Open> {
 /// streamFirstByteTimeout when shorter (render's route for streamed requests).
 pub fn per_try_limit(config: &Config, h: &impl Host) -> Option<(u64, &'static str)> {
     let failover = &config.failover;
+    // A request's own firstByteTimeout is the router's per-try timeout on either
+    // route (`x-envoy-upstream-rq-per-try-timeout-ms`, README "Per-request control").
+    if config
+        .control
+        .as_ref()
+        .is_some_and(|c| c.first_byte_timeout.is_some())
+    {
+        if let Some(ms) = h.property_number::<u64>(CONTROL_TIMEOUT_KEY) {
+            return Some((ms, "the request's own firstByteTimeout"));
+        }
+    }
     let first_byte = failover
         .first_byte_timeout_ms
         .map(|ms| (ms, "firstByteTimeout"));

@@ -121,6 +121,7 @@ impl Dispatched {
             self.req.asked.push(self.req.current);
         }
         self.req.asked.push(to);
+        self.req.whys.push(reason.to_string());
         self.pending_call = Some(token);
     }
 

@@ -16,7 +16,7 @@ use crate::errors::Class;
 use crate::health::Failure;
 use crate::host::{header_value, parse_number, Action, Call, HeaderList, Host};
 use crate::metrics;
-use crate::names::{PROVIDER_HEADER, REASON_KEY};
+use crate::names::{PROVIDER_HEADER, REASON_KEY, TRIED_HEADER};
 use crate::outcome::{self, Outcome};
 use crate::plan::At;
 use crate::reply::{self, Relayed};
@@ -66,8 +66,14 @@ impl Dispatched {
         &self.req
     }
 
+    pub fn request_mut(&mut self) -> &mut Request {
+        &mut self.req
+    }
+
     /// Request headers: the first provider, and the request rewritten for it.
     pub fn on_request_headers(&mut self, h: &mut impl Host, end_of_stream: bool) -> Action {
+        // Never to a provider (control is router mode only: configured, it is refused).
+        self.req.strip_control(h);
         let config = Rc::clone(&self.req.config);
         self.req.current = match self.choose(h) {
             Some(i) => i,
@@ -231,6 +237,9 @@ impl Dispatched {
         };
         self.finish(h, status.unwrap_or(503));
         let mut reply = Relayed::new(&headers, body, self.req.provider_name());
+        if let Some(tried) = self.req.tried_value(reply.status) {
+            reply.set_header(TRIED_HEADER, &tried);
+        }
         if failed {
             if let Some(secs) = self.req.all_cooling_retry_after(h) {
                 reply.set_header("retry-after", &secs);
@@ -335,6 +344,9 @@ impl Dispatched {
             h.set_response_header("retry-after", &secs);
         }
         h.set_response_header(PROVIDER_HEADER, self.req.provider_name());
+        if let Some(tried) = self.req.tried_value(status) {
+            h.set_response_header(TRIED_HEADER, &tried);
+        }
         self.finish(h, status);
     }
 }

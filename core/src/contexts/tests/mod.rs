@@ -24,6 +24,9 @@ use super::upstream::AttemptFilter;
 
 pub const NOW: u64 = 1_000_000_000;
 
+/// The per-request control secret of configurations with `control`.
+pub const CONTROL_SECRET: &str = "control-secret-for-unit-tests";
+
 /// Three providers in three groups: `a` (key from `A_KEY`, host and path rewritten,
 /// model `m-a`), `b` (key from `B_KEY`, model `m-b`), `c` (passthrough, model `m-c`).
 pub fn providers(failover: &str) -> String {
@@ -44,6 +47,7 @@ pub fn config(failover: &str) -> Rc<Config> {
     let env = |name: &str| match name {
         "A_KEY" => Some("key-a".to_string()),
         "B_KEY" => Some("key-b".to_string()),
+        "CONTROL" => Some(CONTROL_SECRET.to_string()),
         _ => None,
     };
     Rc::new(Config::parse(providers(failover).as_bytes(), &env).expect("test configuration"))

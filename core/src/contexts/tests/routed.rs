@@ -332,3 +332,139 @@ fn a_woken_request_sends_its_hedge_and_takes_its_answer() {
     f.on_response_headers(&mut h);
     assert_eq!(h.metric("llm_failover.requests.provider.b.status.2xx"), 1);
 }
+
+/// `failover` plus per-request control (its secret is `CONTROL_SECRET`).
+const CONTROLLED: &str = r#"{"hedgeAfter": "2s"}, "control": {"secret": {"env": "CONTROL"},
+    "firstByteTimeout": {"min": "1s", "max": "10s"}}"#;
+
+fn with_headers(extra: &[(&str, &str)]) -> MockHost {
+    let mut h = client(NOW);
+    for (name, value) in extra {
+        h.request_headers
+            .push((name.to_string(), value.as_bytes().to_vec()));
+    }
+    h
+}
+
+#[test]
+fn a_trusted_request_plans_its_own_order_and_timeout_and_its_headers_go() {
+    let mut h = with_headers(&[
+        (CONTROL_SECRET_HEADER, CONTROL_SECRET),
+        (CONTROL_PROVIDERS_HEADER, "c,a"),
+        (CONTROL_FIRST_BYTE_HEADER, "3s"),
+        (CONTROL_HEDGE_HEADER, "off"),
+    ]);
+    let (_, action) = planned(CONTROLLED, &mut h, false);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(h.filter_state(PLAN_KEY).as_deref(), Some("=2,0"));
+    assert_eq!(h.filter_state(NEXT_KEY).as_deref(), Some("cc"));
+    assert_eq!(h.header("x-envoy-max-retries").as_deref(), Some("1"));
+    assert_eq!(h.header(PER_TRY_TIMEOUT_HEADER).as_deref(), Some("3000"));
+    assert_eq!(h.filter_state(CONTROL_TIMEOUT_KEY).as_deref(), Some("3000"));
+    assert_eq!(
+        h.filter_state(CONTROL_KEY).as_deref(),
+        Some("applied: providers=c,a first-byte-timeout=3000ms hedge-after=off")
+    );
+    for name in CONTROL_HEADERS {
+        assert_eq!(h.header(name), None, "{name}");
+    }
+}
+
+#[test]
+fn fallback_off_plans_one_provider() {
+    let mut h = with_headers(&[
+        (CONTROL_SECRET_HEADER, CONTROL_SECRET),
+        (CONTROL_FALLBACK_HEADER, "off"),
+    ]);
+    planned(CONTROLLED, &mut h, false);
+    assert_eq!(h.filter_state(PLAN_KEY).as_deref(), Some("=0"));
+    assert_eq!(h.header("x-envoy-max-retries").as_deref(), Some("0"));
+}
+
+#[test]
+fn a_named_provider_that_cools_is_skipped_and_all_cooling_takes_the_soonest_named() {
+    let c = config(CONTROLLED);
+    let hedges: Rc<RefCell<Hedges>> = Rc::default();
+    let mut h = with_headers(&[
+        (CONTROL_SECRET_HEADER, CONTROL_SECRET),
+        (CONTROL_PROVIDERS_HEADER, "b,c"),
+    ]);
+    cool(&h, &c, 1, NOW + 10_000);
+    downstream(&c, &hedges).on_request_headers(&mut h, false);
+    assert_eq!(h.filter_state(PLAN_KEY).as_deref(), Some("=2"));
+    let mut h = with_headers(&[
+        (CONTROL_SECRET_HEADER, CONTROL_SECRET),
+        (CONTROL_PROVIDERS_HEADER, "b,c"),
+    ]);
+    cool(&h, &c, 1, NOW + 10_000);
+    cool(&h, &c, 2, NOW + 5_000);
+    downstream(&c, &hedges).on_request_headers(&mut h, false);
+    // Never `a`, which the request did not name, though it is healthy.
+    assert_eq!(h.filter_state(PLAN_KEY).as_deref(), Some("=2!"));
+}
+
+#[test]
+fn untrusted_control_headers_and_a_clients_per_try_timeout_are_removed_and_ignored() {
+    let mut h = with_headers(&[
+        (CONTROL_SECRET_HEADER, "control-secret-for-unit-testz"),
+        (CONTROL_PROVIDERS_HEADER, "c"),
+        (PER_TRY_TIMEOUT_HEADER, "1"),
+    ]);
+    planned(CONTROLLED, &mut h, false);
+    assert_eq!(h.filter_state(PLAN_KEY).as_deref(), Some("=0,1,2"));
+    assert_eq!(
+        h.filter_state(CONTROL_KEY).as_deref(),
+        Some("ignored: wrong secret (x-llm-failover-secret, x-llm-failover-providers)")
+    );
+    assert_eq!(h.header(CONTROL_SECRET_HEADER), None);
+    assert_eq!(h.header(CONTROL_PROVIDERS_HEADER), None);
+    assert_eq!(h.header(PER_TRY_TIMEOUT_HEADER), None);
+    assert_eq!(h.filter_state(CONTROL_TIMEOUT_KEY), None);
+}
+
+#[test]
+fn a_request_without_control_headers_leaves_no_trace() {
+    let mut h = client(NOW);
+    planned(CONTROLLED, &mut h, false);
+    assert_eq!(h.filter_state(CONTROL_KEY), None);
+    assert_eq!(h.header(PER_TRY_TIMEOUT_HEADER), None);
+}
+
+#[test]
+fn a_trusted_request_with_a_bad_value_gets_a_400_and_no_attempt() {
+    let mut h = with_headers(&[
+        (CONTROL_SECRET_HEADER, CONTROL_SECRET),
+        (CONTROL_FIRST_BYTE_HEADER, "20s"),
+    ]);
+    let (_, action) = planned(CONTROLLED, &mut h, false);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(h.replies.len(), 1);
+    assert_eq!(h.replies[0].status, 400);
+    let body = String::from_utf8_lossy(&h.replies[0].body).to_string();
+    assert!(
+        body.contains("outside the bounds") && body.contains("invalid_control_header"),
+        "{body}"
+    );
+    assert_eq!(h.filter_state(PLAN_KEY), None);
+    assert!(h
+        .filter_state(CONTROL_KEY)
+        .unwrap_or_default()
+        .starts_with("refused: "));
+}
+
+#[test]
+fn the_tried_header_names_each_provider_and_why() {
+    let mut h = client(NOW);
+    let (mut f, _) = planned("{}", &mut h, true);
+    h.set_property_str(PATH_KEY, "0,0,1");
+    h.set_property_str(WHYS_KEY, "server_error,overloaded");
+    h.response_headers = pairs(&[(":status", "200")]);
+    f.on_response_headers(&mut h);
+    assert_eq!(
+        h.response_header(TRIED_HEADER)
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .as_deref(),
+        Some("a=server_error, a=overloaded, b=200")
+    );
+}

@@ -22,7 +22,7 @@ use crate::metrics;
 use crate::names::{
     AT_KEY, CLIENT_HEADERS_KEY, EXHAUSTED_CLUSTER, FAILED_AT_KEY, HEDGED_TO_KEY, HEDGE_HEADER,
     HELD_KEY, NEXT_KEY, PATH_KEY, PLAN_KEY, PROBE_HEADER, REASON_KEY, RETRY_STATUS, STATUS_KEY,
-    WAIT_HEADER,
+    WAIT_HEADER, WHYS_KEY,
 };
 use crate::plan::{At, Plan};
 use crate::probe;
@@ -137,6 +137,10 @@ impl AttemptFilter {
         let provider = &config.providers[index];
         if config.failover.first_byte_timeout_ms.is_some()
             || config.failover.stream_first_byte_timeout_ms.is_some()
+            || config
+                .control
+                .as_ref()
+                .is_some_and(|c| c.first_byte_timeout.is_some())
         {
             self.started_ms = h.now_ms();
         }
@@ -198,11 +202,7 @@ impl AttemptFilter {
             return;
         };
         let reason = unreported::record(h, &self.config, &self.telemetry, from, open, now);
-        let path = h
-            .property(&[PATH_KEY])
-            .and_then(|v| String::from_utf8(v).ok())
-            .unwrap_or_else(|| open.at.position.to_string());
-        h.set_property_str(PATH_KEY, &format!("{path},{}", self.at.position));
+        extend_path(h, open.at.position, self.at.position, reason);
         let (Some(from), Some(to)) = (
             self.config.providers.get(from),
             self.provider.and_then(|i| self.config.providers.get(i)),
@@ -363,4 +363,21 @@ impl AttemptFilter {
         }
         Action::Continue
     }
+}
+
+/// The request moved from plan position `from` to `to` because of `reason`: both
+/// noted in filter state, where the downstream filter reads where the request went
+/// (`PATH_KEY`) and why each attempt before the last failed (`WHYS_KEY`, the tried
+/// header). Only on a failover path.
+pub(super) fn extend_path(h: &mut impl Host, from: usize, to: usize, reason: &'static str) {
+    fn read(h: &impl Host, key: &str) -> Option<String> {
+        h.property(&[key]).and_then(|v| String::from_utf8(v).ok())
+    }
+    let path = read(h, PATH_KEY).unwrap_or_else(|| from.to_string());
+    h.set_property_str(PATH_KEY, &format!("{path},{to}"));
+    let whys = match read(h, WHYS_KEY) {
+        Some(whys) => format!("{whys},{reason}"),
+        None => reason.to_string(),
+    };
+    h.set_property_str(WHYS_KEY, &whys);
 }

@@ -95,11 +95,7 @@ impl AttemptFilter {
         let cluster = &self.config.providers.get(to)?.cluster;
         h.set_property_str(AT_KEY, &next.encode());
         h.set_property_str(NEXT_KEY, cluster);
-        let path = h
-            .property(&[PATH_KEY])
-            .and_then(|v| String::from_utf8(v).ok())
-            .unwrap_or_else(|| self.at.position.to_string());
-        h.set_property_str(PATH_KEY, &format!("{path},{}", next.position));
+        super::extend_path(h, self.at.position, next.position, reason);
         if next.position == self.at.position {
             log::info!(
                 "llm-failover: asking provider {} again (retry {} of {})",
