@@ -6,13 +6,16 @@ with real Envoy, the built filter and two mock providers.
 
 It sends the lab's three requests, shows the access log, heals the primary, waits
 out its cooldown and shows traffic back on it; then breaks the primary again and
-streams an answer through the failover, event by event. Then it stops everything
-it started.
+streams an answer through the failover, event by event. From the lab's requests
+until the primary is back, a background client sends a small request every 125 ms,
+and at the end scripts/timeline.py draws those seconds from the access log as a
+picture (timeline.png in the demo's directory). Then it stops everything it started.
 
 `--native` (`make demo BUILD=native`): the same with the native module (Envoy 1.40's
 dynamic modules) in place of the .wasm, from `llm-failover render --native`."""
 
 import http.client
+import importlib.util
 import json
 import os
 import signal
@@ -20,10 +23,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+import timeline
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVOY = ROOT / ".venv" / "bin" / "envoy"
@@ -41,6 +47,14 @@ SLOW_S = 10  # the primary's answer time in step 7
 DEMO_KEY = "sk-demo-fallback-key"
 RETRY_AFTER = 5  # the lab uses 60; 5 keeps the demo short
 CHUNK_DELAY_MS = 150  # the fallback streams its events this far apart
+BACKGROUND_EVERY_S = 0.125  # the background client's pace: 4 requests in each of the timeline's bars
+TIMELINE_BIN_S = 0.5  # the timeline's bars: wide enough that steady traffic looks steady
+RECOVERY_TAIL_S = 1.5  # it goes on this long after the primary is back, so the picture shows traffic return
+# Hard limits on the background client whatever happens to the demo: the demo needs
+# about 7 s of it (Retry-After plus the tail).
+BACKGROUND_MAX_REQUESTS = 200
+BACKGROUND_MAX_S = 25.0
+PRIMARY = "mock-ratelimit-provider"
 
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() else ("",) * 5
 
@@ -82,8 +96,83 @@ def wait_for(check, seconds, what):
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
+class Gateway:
+    """Requests through the main Envoy, counted: the access log gets one line for each,
+    and the timeline waits until it has them all (Envoy writes it every 200 ms)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()  # the background client counts from its thread
+        self._sent = 0
+
+    def count(self):
+        with self._lock:
+            self._sent += 1
+
+    @property
+    def sent(self):
+        with self._lock:
+            return self._sent
+
+    def post(self, body, timeout=30):
+        self.count()
+        return post(GATEWAY, body, timeout)
+
+
+GATEWAY_REQUESTS = Gateway()
+
+
+class Background(threading.Thread):
+    """A client sending a small request every BACKGROUND_EVERY_S until stop(), so that
+    the timeline has steady traffic to show moving to the fallback and back. It prints
+    nothing (the demo's lines are its foreground requests'); it keeps what it got for
+    step 5 and the summary. It stops by itself after BACKGROUND_MAX_REQUESTS requests or
+    BACKGROUND_MAX_S seconds."""
+
+    def __init__(self):
+        super().__init__(name="demo-background", daemon=True)
+        self._halt = threading.Event()  # not _stop: Thread has a method of that name
+        self._lock = threading.Lock()
+        self._answers = []  # (time.monotonic() when sent, status or None, provider or the error)
+        self.stopped_at = None  # time.time() when it stopped: the timeline's end
+
+    def run(self):
+        began = time.monotonic()
+        n = 0
+        # The first request waits one interval too: by then the lab's three requests are
+        # in the access log, as its first three lines (step 4 shows those).
+        while n < BACKGROUND_MAX_REQUESTS and not self._halt.wait(
+                max(0.0, began + (n + 1) * BACKGROUND_EVERY_S - time.monotonic())):
+            if time.monotonic() - began >= BACKGROUND_MAX_S:
+                break
+            n += 1
+            sent = time.monotonic()
+            try:
+                status, headers, _ = GATEWAY_REQUESTS.post(
+                    {"model": "", "messages": [{"role": "user", "content": "ping"}]}, timeout=5)
+                answer = (sent, status, headers.get("x-llm-provider", "?"))
+            except (OSError, http.client.HTTPException) as e:
+                answer = (sent, None, f"{type(e).__name__}: {e}")
+            with self._lock:
+                self._answers.append(answer)
+        self.stopped_at = time.time()
+
+    def answers(self):
+        with self._lock:
+            return list(self._answers)
+
+    def first_200_from(self, provider):
+        """When (time.monotonic()) the first request the provider answered with 200 was
+        sent, or None."""
+        return next((sent for sent, status, who in self.answers() if status == 200 and who == provider), None)
+
+    def stop(self):
+        self._halt.set()
+        self.join(10)
+
+
 def request(n):
-    status, headers, body = post(GATEWAY, {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]})
+    status, headers, body = GATEWAY_REQUESTS.post(
+        {"model": "", "messages": [{"role": "user", "content": "What is 2+2?"}]})
     provider = headers.get("x-llm-provider", "?")
     colour = GREEN if status == 200 else RED
     try:
@@ -103,6 +192,7 @@ def stream(n):
     body = json.dumps({"model": "", "stream": True,
                        "messages": [{"role": "user", "content": "What is 2+2?"}]})
     conn = http.client.HTTPConnection("127.0.0.1", 10000, timeout=30)
+    GATEWAY_REQUESTS.count()
     start = time.monotonic()
     conn.request("POST", "/openai", body, {"content-type": "application/json"})
     r = conn.getresponse()
@@ -132,12 +222,16 @@ def main():
     for what in (ENVOY, MOCK):
         if not what.exists():
             raise SystemExit(f"demo: {what} is missing; run `make demo` (it builds and installs first)")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise SystemExit("demo: matplotlib is missing (the timeline at the end is drawn with it); run `make demo`,"
+                         " which installs it into .venv (scripts/setup.sh)")
     busy = [f"{name} ({port})" for name, port in PORTS.items() if port_busy(port)]
     if busy:
         raise SystemExit(f"demo: these loopback ports are in use: {', '.join(busy)}; stop what uses them")
 
     workdir = Path(tempfile.mkdtemp(prefix="llm-failover-demo-"))
     procs = []
+    background = Background()
 
     def start(args, log, env=None):
         p = subprocess.Popen(args, stdout=open(workdir / log, "w"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -145,6 +239,8 @@ def main():
         return p
 
     def stop_all(*_):
+        if background.is_alive():
+            background.stop()
         for p in procs:
             if p.poll() is None:
                 p.terminate()
@@ -186,17 +282,24 @@ def main():
         say(f"Step 3  the lab's three requests to {GATEWAY}")
         failed_at = time.monotonic()
         results = [request(n) for n in (1, 2, 3)]
+        background.start()
         say(f"  {DIM}Request 1 met the primary's 429 and was sent on to the fallback inside the same request;"
             f" in the reference lab it fails.{RESET}")
         say(f"  {DIM}Requests 2 and 3 skipped the primary: it is cooling down for {RETRY_AFTER}s (Retry-After).{RESET}")
+        say(f"  {DIM}From now until the primary is back, a background client sends a request every"
+            f" {BACKGROUND_EVERY_S * 1000:.0f} ms (quietly: the timeline at the end shows them).{RESET}")
 
         say("Step 4  what Envoy logged: the filter's decisions and the access log (JSON lines)")
         access = workdir / "access.log"
         wait_for(lambda: sum(l.startswith("{") for l in access.read_text().splitlines()) >= 3, 10, "access log")
+        # Envoy writes its own log on a timer of its own (--file-flush-interval-msec), so
+        # the access log's lines are no sign the filter's are there.
+        wait_for(lambda: "llm-failover: provider" in (workdir / "envoy.log").read_text(), 5, "the filter's log lines")
         for line in (workdir / "envoy.log").read_text().splitlines():
             if "llm-failover: provider" in line or "llm-failover: failing over" in line:
                 say(f"  filter:     {line.split('llm-failover: ', 1)[-1]}")
-        for line in access.read_text().splitlines():
+        # The lab's three only: the background client's requests follow them.
+        for line in access.read_text().splitlines()[:3]:
             e = json.loads(line)
             why = (f"tried {e['tried']}, failed over on {e['failover_reason']}" if e.get("tried")
                    else f"endpoint {e['endpoint']}")
@@ -207,19 +310,25 @@ def main():
 
         say("Step 5  heal the primary and wait out its cooldown")
         post("http://127.0.0.1:8000/mock/config", {"failure_injection_rate": 0})
-        healed_at = time.monotonic()
-        back = None
-        while time.monotonic() - healed_at < RETRY_AFTER + 10:
-            status, headers, _ = post(GATEWAY, {"model": "", "messages": [{"role": "user", "content": "ping"}]})
-            if headers.get("x-llm-provider") == "mock-ratelimit-provider" and status == 200:
-                back = time.monotonic() - failed_at
-                break
-            time.sleep(0.5)
-        if back is None:
-            raise SystemExit("demo: the primary did not take traffic back")
-        say(f"  the primary took traffic back {back:.1f}s after it failed (its Retry-After was {RETRY_AFTER}s);"
-            " the first request after the cooldown probed it, and it answered")
+        # The background client's requests are the ones that find the primary back.
+        back_at = wait_for(lambda: background.first_200_from(PRIMARY), RETRY_AFTER + 10,
+                           "the primary to take traffic back")
+        say(f"  the primary took traffic back {back_at - failed_at:.1f}s after it failed (its Retry-After was"
+            f" {RETRY_AFTER}s); the first request after the cooldown probed it, and it answered")
         status, provider = request(4)
+        time.sleep(max(0.0, back_at + RECOVERY_TAIL_S - time.monotonic()))
+        background.stop()
+        answers = background.answers()
+        by = {}
+        for _, code, who in answers:
+            if code == 200:
+                by[who] = by.get(who, 0) + 1
+        failed = [(code, who) for _, code, who in answers if code != 200]
+        quiet = bool(answers) and not failed
+        say(f"  {DIM}The background client sent {len(answers)} requests, {len(answers) - len(failed)} answered 200"
+            f" ({', '.join(f'{n} by {who}' for who, n in by.items())}).{RESET}")
+        if failed:
+            say(f"  {RED}{len(failed)} background requests were not answered 200: {failed[:3]}{RESET}")
 
         say("Step 6  the primary rate-limits again; a streamed answer through the failover")
         post("http://127.0.0.1:8000/mock/config", {"failure_injection_rate": 100})
@@ -328,8 +437,11 @@ def main():
             last = f", last failure {p['last_failure']} ({p['last_reason']})" if p["last_failure"] else ""
             say(f"    {p['name']}: {p['state']}{last}")
 
+        say("Step 10  the timeline of steps 3 to 5, drawn from the access log (scripts/timeline.py)")
+        drawn = draw_timeline(workdir, background.stopped_at)
+
         ok = ([r[0] for r in results] == [200, 200, 200] and (status, provider) == (200, "mock-ratelimit-provider")
-              and streamed and fast and classes)
+              and streamed and fast and classes and quiet and drawn)
         say()
         say(f"{GREEN if ok else RED}{'Failover and recovery worked' if ok else 'Something went wrong'}{RESET}:"
             " no client saw a provider's failure (the one 400 was the request's own fault), and traffic"
@@ -338,6 +450,35 @@ def main():
     finally:
         stop_all()
         say(f"{DIM}stopped Envoy and the mocks; logs were in {workdir}{RESET}")
+
+
+def draw_timeline(workdir, until):
+    """Draws workdir/timeline.png from the access log's requests that started in the
+    whole TIMELINE_BIN_S bins from the first request to `until` (epoch seconds: when the
+    background client stopped; the later steps send a request now and then, which would
+    only stretch the picture, and a last bin cut short would look like traffic falling
+    off). Says where it is and what it shows; returns whether it shows a failover and
+    the primary back."""
+    access = workdir / "access.log"
+    want = GATEWAY_REQUESTS.sent
+    wait_for(lambda: sum(l.startswith("{") for l in access.read_text().splitlines()) >= want, 10,
+             f"the access log's {want} request lines")
+    try:
+        entries, left_out = timeline.read_log(access)
+        t0 = min((e.t for e in entries), default=until)  # none: series() says so
+        end = t0 + (until - t0) // TIMELINE_BIN_S * TIMELINE_BIN_S
+        s = timeline.series([e for e in entries if e.t < end], bin_s=TIMELINE_BIN_S)
+    except timeline.TimelineError as e:
+        say(f"  {RED}timeline: {e}{RESET}")
+        return False
+    if left_out:
+        say(f"  {DIM}left out {len(left_out)} access log lines that are not request lines: {left_out[:10]}{RESET}")
+    path = timeline.draw(s, workdir / "timeline.png",
+                         title=f"llm-failover demo: the primary answers 429 (Retry-After: {RETRY_AFTER} s);"
+                               " traffic fails over, then comes back by itself")
+    say(f"  {BOLD}{path}{RESET}")
+    say(f"  {DIM}{timeline.summary(s)}{RESET}")
+    return bool(s.failovers) and any(c.provider == PRIMARY for c in s.cooldowns if c.end is not None)
 
 
 if __name__ == "__main__":

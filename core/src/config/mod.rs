@@ -160,6 +160,24 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+impl Endpoint {
+    /// `host[:port]` as a Host header: the port only when it is not the scheme's
+    /// own, an IPv6 address in brackets.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
 /// How a request reaches the next provider when one fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {

@@ -32,6 +32,9 @@ pub(super) fn validate_provider(
         None => None,
         Some(url) => Some(parse_endpoint(url).map_err(|m| ConfigError::new(rp.at("endpoint"), m))?),
     };
+    // Without `host`, the provider gets the Host its endpoint names: what a client
+    // calling it directly would send (a provider behind a shared front end routes by it).
+    let host = host.or_else(|| endpoint.as_ref().map(Endpoint::authority));
     let (auth, auth_env) = provider_auth(&rp, env)?;
     let context_window = context_window(&rp)?;
     let model_json = model.as_deref().map(json::quote);
