@@ -47,10 +47,15 @@ pub fn cooldowns(provider: &str, reason: &str) -> String {
     format!("llm_failover.cooldowns.provider.{provider}.reason.{reason}")
 }
 
-/// `llm_failover_health{provider}`: 0 healthy, 1 cooling, 2 half-open, 3 probing.
+/// `llm_failover_health{provider}`: 0 healthy, 1 cooling, 2 half-open, 3 probing
+/// (4: removed by a reload, [`HEALTH_REMOVED`]).
 pub fn health(provider: &str) -> String {
     format!("llm_failover.health.provider.{provider}")
 }
+
+/// The health gauge of a provider a reload dropped: Envoy cannot delete a stat from a
+/// live VM's scope, so the gauge stays, with this value (the dashboard leaves it out).
+pub const HEALTH_REMOVED: u64 = 4;
 
 pub fn health_value(state: State) -> u64 {
     match state {

@@ -1,11 +1,18 @@
 //! The provider registry: which providers the routing configurations of this VM
 //! have, published in shared data so that the health view and the health gauges read
-//! the routing configuration itself instead of a copy of it. Pure: the store comes in.
+//! the routing configuration itself instead of a copy of it. Pure: the store and the
+//! time come in.
 //!
 //! A provider is registered by name by the first routing configuration that has it.
 //! A later configuration that names the same provider differently (another cluster,
 //! model or group) does not replace it: the difference is kept as a conflict, logged
 //! and shown by the view, and that configuration publishes no gauge for it.
+//!
+//! Every entry and conflict carries when a live configuration last published it. Each
+//! routing root publishes again on its tick ([`REFRESH_MS`]), so an entry that no
+//! configuration has any more (a reload dropped the provider, the old configuration
+//! was released) goes stale after [`STALE_MS`]: the view leaves it out, and the
+//! publisher that prunes it sets its gauge to `removed`.
 
 use crate::config::Config;
 use crate::json::{self, quote, quote_or_null, Value};
@@ -14,6 +21,11 @@ use crate::store::{SharedData, StoreError};
 
 /// Bounded compare-and-swap retries, as for health records.
 const MAX_ATTEMPTS: usize = 16;
+/// How often a live configuration marks its entries as still its own: one shared-data
+/// write per routing root at most this often.
+pub const REFRESH_MS: u64 = 2_000;
+/// An entry not marked for this long belongs to no live configuration.
+pub const STALE_MS: u64 = 5 * REFRESH_MS;
 
 /// One registered provider, as the view shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,19 +35,57 @@ pub struct Entry {
     pub model: Option<String>,
     pub group: usize,
     pub health_key: String,
+    /// When a live configuration last published it (Unix ms).
+    pub seen_ms: u64,
+}
+
+impl Entry {
+    /// The same provider definition, whenever it was seen.
+    fn same_as(&self, other: &Entry) -> bool {
+        (
+            &self.name,
+            &self.cluster,
+            &self.model,
+            self.group,
+            &self.health_key,
+        ) == (
+            &other.name,
+            &other.cluster,
+            &other.model,
+            other.group,
+            &other.health_key,
+        )
+    }
+}
+
+/// A provider two configurations define differently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub line: String,
+    pub seen_ms: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     pub entries: Vec<Entry>,
-    /// One line per provider configured differently by two configurations.
-    pub conflicts: Vec<String>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Marks `seen` as seen at `now` when its mark is older than a refresh.
+fn refresh(seen: &mut u64, now: u64) {
+    if now.saturating_sub(*seen) >= REFRESH_MS {
+        *seen = now;
+    }
+}
+
+fn stale(seen: u64, now: u64) -> bool {
+    now.saturating_sub(seen) > STALE_MS
 }
 
 impl Registry {
-    /// Adds `config`'s providers; for each, whether this configuration's provider is
-    /// the registered one (the same, or newly added).
-    pub fn merge(&mut self, config: &Config) -> Vec<bool> {
+    /// Adds `config`'s providers, seen at `now`; for each, whether this
+    /// configuration's provider is the registered one (the same, or newly added).
+    pub fn merge(&mut self, config: &Config, now: u64) -> Vec<bool> {
         let mut own = Vec::with_capacity(config.providers.len());
         for p in &config.providers {
             let entry = Entry {
@@ -44,13 +94,17 @@ impl Registry {
                 model: p.model.clone(),
                 group: p.group,
                 health_key: p.health_key.clone(),
+                seen_ms: now,
             };
-            match self.entries.iter().find(|e| e.name == entry.name) {
+            match self.entries.iter_mut().find(|e| e.name == entry.name) {
                 None => {
                     self.entries.push(entry);
                     own.push(true);
                 }
-                Some(e) if *e == entry => own.push(true),
+                Some(e) if e.same_as(&entry) => {
+                    refresh(&mut e.seen_ms, now);
+                    own.push(true);
+                }
                 Some(e) => {
                     let model = |m: &Option<String>| m.as_deref().map(quote).unwrap_or_default();
                     let line = format!(
@@ -64,8 +118,9 @@ impl Registry {
                         model(&entry.model),
                         entry.group
                     );
-                    if !self.conflicts.contains(&line) {
-                        self.conflicts.push(line);
+                    match self.conflicts.iter_mut().find(|c| c.line == line) {
+                        Some(c) => refresh(&mut c.seen_ms, now),
+                        None => self.conflicts.push(Conflict { line, seen_ms: now }),
                     }
                     own.push(false);
                 }
@@ -74,22 +129,54 @@ impl Registry {
         own
     }
 
+    /// Drops the entries and conflicts no live configuration published for
+    /// [`STALE_MS`]; the names of the providers dropped.
+    pub fn prune(&mut self, now: u64) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.entries.retain(|e| {
+            let keep = !stale(e.seen_ms, now);
+            if !keep {
+                gone.push(e.name.clone());
+            }
+            keep
+        });
+        self.conflicts.retain(|c| !stale(c.seen_ms, now));
+        gone
+    }
+
+    /// The registry as a reader at `now` sees it: without what went stale (the view
+    /// reads between publications, and a view-only instance never publishes).
+    pub fn live(mut self, now: u64) -> Registry {
+        self.prune(now);
+        self
+    }
+
+    /// The conflicts' lines.
+    pub fn conflict_lines(&self) -> Vec<String> {
+        self.conflicts.iter().map(|c| c.line.clone()).collect()
+    }
+
     pub fn encode(&self) -> String {
         let entries: Vec<String> = self
             .entries
             .iter()
             .map(|e| {
                 format!(
-                    "[{},{},{},{},{}]",
+                    "[{},{},{},{},{},{}]",
                     quote(&e.name),
                     quote(&e.cluster),
                     quote_or_null(e.model.as_deref()),
                     e.group,
-                    quote(&e.health_key)
+                    quote(&e.health_key),
+                    e.seen_ms
                 )
             })
             .collect();
-        let conflicts: Vec<String> = self.conflicts.iter().map(|c| quote(c)).collect();
+        let conflicts: Vec<String> = self
+            .conflicts
+            .iter()
+            .map(|c| format!("[{},{}]", quote(&c.line), c.seen_ms))
+            .collect();
         format!(
             "{{\"providers\":[{}],\"conflicts\":[{}]}}",
             entries.join(","),
@@ -106,6 +193,10 @@ impl Registry {
         let Some(Value::Array(list)) = field("providers") else {
             return None;
         };
+        let number = |v: Option<&Value>| match v {
+            Some(Value::Number(n)) => n.parse::<u64>().ok(),
+            _ => None,
+        };
         let mut entries = Vec::new();
         for item in list {
             let Value::Array(f) = item else { return None };
@@ -118,28 +209,28 @@ impl Registry {
                 Value::String(s) => Some(s.clone()),
                 _ => return None,
             };
-            let group = match f.get(3)? {
-                Value::Number(n) => n.parse().ok()?,
-                _ => return None,
-            };
             entries.push(Entry {
                 name: text(0)?,
                 cluster: text(1)?,
                 model,
-                group,
+                group: usize::try_from(number(f.get(3))?).ok()?,
                 health_key: text(4)?,
+                seen_ms: number(f.get(5))?,
             });
         }
-        let conflicts = match field("conflicts") {
-            Some(Value::Array(c)) => c
-                .iter()
-                .filter_map(|v| match v {
-                    Value::String(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .collect(),
-            _ => Vec::new(),
-        };
+        let mut conflicts = Vec::new();
+        if let Some(Value::Array(list)) = field("conflicts") {
+            for item in list {
+                let Value::Array(f) = item else { return None };
+                let Some(Value::String(line)) = f.first() else {
+                    return None;
+                };
+                conflicts.push(Conflict {
+                    line: line.clone(),
+                    seen_ms: number(f.get(1))?,
+                });
+            }
+        }
         Some(Registry { entries, conflicts })
     }
 }
@@ -152,13 +243,23 @@ pub fn read(store: &dyn SharedData) -> Registry {
     }
 }
 
-/// Publishes `config`'s providers (compare-and-swap, so configurations on several
-/// workers never lose each other's). Returns, per provider, whether it is this
-/// configuration's, and the conflicts now known.
-pub fn publish(
-    store: &dyn SharedData,
-    config: &Config,
-) -> Result<(Vec<bool>, Vec<String>), StoreError> {
+/// What publishing came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Per provider of the configuration, whether it is the registered one (this
+    /// configuration publishes its gauge).
+    pub own: Vec<bool>,
+    /// The conflicts now known.
+    pub conflicts: Vec<String>,
+    /// Providers no live configuration has any more, dropped by this publication.
+    pub dropped: Vec<String>,
+}
+
+/// Publishes `config`'s providers at `now` (compare-and-swap, so configurations on
+/// several workers never lose each other's), after dropping what went stale. Writes
+/// only when something changed: at most once per [`REFRESH_MS`] for a configuration
+/// that was published already.
+pub fn publish(store: &dyn SharedData, config: &Config, now: u64) -> Result<Published, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
         let (bytes, cas) = store.get(REGISTRY_KEY)?;
         let mut registry = bytes
@@ -166,12 +267,20 @@ pub fn publish(
             .and_then(Registry::decode)
             .unwrap_or_default();
         let before = registry.clone();
-        let own = registry.merge(config);
+        let mut dropped = registry.prune(now);
+        let own = registry.merge(config, now);
+        // A provider this configuration registers again is not gone.
+        dropped.retain(|name| !registry.entries.iter().any(|e| &e.name == name));
+        let published = Published {
+            own,
+            conflicts: registry.conflict_lines(),
+            dropped,
+        };
         if registry == before {
-            return Ok((own, registry.conflicts));
+            return Ok(published);
         }
         match store.set(REGISTRY_KEY, registry.encode().as_bytes(), cas) {
-            Ok(()) => return Ok((own, registry.conflicts)),
+            Ok(()) => return Ok(published),
             Err(StoreError::CasMismatch) => continue,
             Err(e) => return Err(e),
         }
@@ -184,9 +293,15 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
+    const T0: u64 = 1_000_000;
+
     fn config(providers: &str) -> Config {
         let json = format!(r#"{{"groups":[{{"providers":[{providers}]}}]}}"#);
         Config::parse(json.as_bytes(), &|_| None).unwrap()
+    }
+
+    fn own(p: Published) -> (Vec<bool>, Vec<String>) {
+        (p.own, p.conflicts)
     }
 
     #[test]
@@ -195,8 +310,14 @@ mod tests {
         let c = config(
             r#"{"name":"a","cluster":"ca","openai":{"model":"m"}},{"name":"b","cluster":"cb"}"#,
         );
-        assert_eq!(publish(&store, &c).unwrap(), (vec![true, true], vec![]));
-        assert_eq!(publish(&store, &c).unwrap(), (vec![true, true], vec![]));
+        assert_eq!(
+            own(publish(&store, &c, T0).unwrap()),
+            (vec![true, true], vec![])
+        );
+        assert_eq!(
+            own(publish(&store, &c, T0).unwrap()),
+            (vec![true, true], vec![])
+        );
         let r = read(&store);
         assert_eq!(r.entries.len(), 2);
         assert_eq!(r.entries[0].model.as_deref(), Some("m"));
@@ -210,23 +331,80 @@ mod tests {
         let typo = config(
             r#"{"name":"a","cluster":"ca","openai":{"model":"m-typo"}},{"name":"z","cluster":"cz"}"#,
         );
-        publish(&store, &first).unwrap();
-        let (own, conflicts) = publish(&store, &typo).unwrap();
+        publish(&store, &first, T0).unwrap();
+        let (own, conflicts) = own(publish(&store, &typo, T0).unwrap());
         assert_eq!(own, vec![false, true]);
         assert_eq!(conflicts.len(), 1);
         assert!(conflicts[0].contains("m-typo"), "{conflicts:?}");
         let r = read(&store);
         assert_eq!(r.entries[0].model.as_deref(), Some("m"));
-        assert_eq!(r.conflicts, conflicts);
+        assert_eq!(r.conflict_lines(), conflicts);
+    }
+
+    #[test]
+    fn a_provider_no_live_configuration_publishes_goes_stale_and_is_dropped() {
+        let store = MemoryStore::default();
+        let old = config(r#"{"name":"a","cluster":"ca"},{"name":"b","cluster":"cb"}"#);
+        let new = config(r#"{"name":"b","cluster":"cb"}"#);
+        publish(&store, &old, T0).unwrap();
+        // The reload: only the new configuration publishes from now on.
+        let mut t = T0;
+        while t <= T0 + STALE_MS {
+            let p = publish(&store, &new, t).unwrap();
+            assert!(p.dropped.is_empty(), "{t}: {p:?}");
+            assert_eq!(read(&store).live(t).entries.len(), 2, "{t}");
+            t += 1_000;
+        }
+        let p = publish(&store, &new, t).unwrap();
+        assert_eq!(p.dropped, vec!["a".to_string()]);
+        let r = read(&store);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.entries[0].name, "b");
+        // A reader sees it gone even before anybody prunes.
+        let mut r = Registry::default();
+        r.merge(&old, T0);
+        assert!(r.live(T0 + STALE_MS + 1).entries.is_empty());
+    }
+
+    #[test]
+    fn a_conflict_ends_with_the_configuration_that_made_it_and_the_other_takes_over() {
+        let store = MemoryStore::default();
+        let first = config(r#"{"name":"a","cluster":"ca"}"#);
+        let second = config(r#"{"name":"a","cluster":"other"}"#);
+        publish(&store, &first, T0).unwrap();
+        assert_eq!(publish(&store, &second, T0).unwrap().own, vec![false]);
+        // `first` is released; `second` goes on publishing.
+        let p = publish(&store, &second, T0 + STALE_MS + 1).unwrap();
+        assert_eq!(p.own, vec![true]);
+        assert!(p.conflicts.is_empty());
+        // Its entry is re-registered in the same publication: not reported as gone.
+        assert!(p.dropped.is_empty());
+        assert_eq!(read(&store).entries[0].cluster, "other");
+    }
+
+    #[test]
+    fn a_published_configuration_writes_at_most_once_per_refresh() {
+        let store = MemoryStore::default();
+        let c = config(r#"{"name":"a","cluster":"ca"}"#);
+        publish(&store, &c, T0).unwrap();
+        let (_, cas) = store.get(REGISTRY_KEY).unwrap();
+        publish(&store, &c, T0 + REFRESH_MS - 1).unwrap();
+        assert_eq!(store.get(REGISTRY_KEY).unwrap().1, cas);
+        publish(&store, &c, T0 + REFRESH_MS).unwrap();
+        assert_ne!(store.get(REGISTRY_KEY).unwrap().1, cas);
     }
 
     #[test]
     fn encoding_round_trips_and_garbage_reads_as_nothing() {
         let mut r = Registry::default();
-        r.merge(&config(
-            r#"{"name":"a","cluster":"c\"x","openai":{"model":"m\n"}}"#,
-        ));
-        r.conflicts.push("x \"y\"".into());
+        r.merge(
+            &config(r#"{"name":"a","cluster":"c\"x","openai":{"model":"m\n"}}"#),
+            T0,
+        );
+        r.conflicts.push(Conflict {
+            line: "x \"y\"".into(),
+            seen_ms: T0,
+        });
         assert_eq!(Registry::decode(r.encode().as_bytes()), Some(r));
         assert_eq!(Registry::decode(b"nope"), None);
         assert_eq!(Registry::decode(b"{\"providers\":[[1]]}"), None);

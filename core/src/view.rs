@@ -62,7 +62,7 @@ pub fn health_json(registry: &Registry, records: &[HealthRecord], now_ms: u64) -
         ));
     }
     out.push_str("],\"conflicts\":[");
-    let conflicts: Vec<String> = registry.conflicts.iter().map(|c| quote(c)).collect();
+    let conflicts: Vec<String> = registry.conflicts.iter().map(|c| quote(&c.line)).collect();
     out.push_str(&conflicts.join(","));
     out.push_str("]}");
     out
@@ -122,9 +122,9 @@ mod tests {
         let json = r#"{"groups":[{"providers":[{"name":"p","cluster":"c","openai":{"model":"m"}}]},
                                   {"providers":[{"name":"f","cluster":"d"}]}]}"#;
         let config = crate::config::Config::parse(json.as_bytes(), &|_| None).unwrap();
-        let mut registry = Registry::default();
-        registry.merge(&config);
         let now = 784_111_777_000;
+        let mut registry = Registry::default();
+        registry.merge(&config, now);
         let records = [
             HealthRecord {
                 cooling_until_ms: now + 5_000,

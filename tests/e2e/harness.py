@@ -510,13 +510,14 @@ class Envoy:
     def __init__(self, plugin: dict | str, clusters: dict[str, int], env: dict[str, str] | None = None,
                  concurrency: int = 2, route_timeout: str = "120s", router: bool = True, tweak=None,
                  ops_plugin: dict | None = None, wasm: Path = WASM, wasm_log: str = "info",
-                 native: bool | None = None):
+                 native: bool | None = None, args: tuple[str, ...] = ()):
         if isinstance(plugin, dict) and plugin.get("failover", {}).get("mode") == "dispatch":
             router = False  # render wires router mode only
         # LLM_FAILOVER_BUILD=native runs router-mode tests against the native module.
         # None: as LLM_FAILOVER_BUILD says (router mode only); True/False: that build.
         native = (router and native_build()) if native is None else native
         self.native = native
+        self.args = list(args)  # more Envoy command-line flags
         # A port free_port() found can be taken by another process before Envoy binds
         # it: then start again on other ports (at most three times).
         for tries_left in (2, 1, 0):
@@ -574,7 +575,7 @@ class Envoy:
             [envoy_bin(), "-c", str(self.config_path), "--concurrency", str(concurrency),
              "--disable-hot-restart", "-l", os.environ.get("ENVOY_LOG_LEVEL", "info"), "--component-log-level", f"wasm:{wasm_log}",
              # Access log files are flushed every 10 s by default; tests read them sooner.
-             "--file-flush-interval-msec", "200"],
+             "--file-flush-interval-msec", "200", *self.args],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=proc_env,
         )
         try:

@@ -458,14 +458,33 @@ fn host_comes_from_the_endpoint_when_not_given() {
         );
         parse(&json).unwrap().providers[0].host.clone()
     };
-    assert_eq!(host_of("https://api.openai.com", "").as_deref(), Some("api.openai.com"));
-    assert_eq!(host_of("https://api.openai.com:443/", "").as_deref(), Some("api.openai.com"));
-    assert_eq!(host_of("http://127.0.0.1:8000", "").as_deref(), Some("127.0.0.1:8000"));
-    assert_eq!(host_of("http://[::1]:8000", "").as_deref(), Some("[::1]:8000"));
-    assert_eq!(host_of("http://vllm.internal", "").as_deref(), Some("vllm.internal"));
+    assert_eq!(
+        host_of("https://api.openai.com", "").as_deref(),
+        Some("api.openai.com")
+    );
+    assert_eq!(
+        host_of("https://api.openai.com:443/", "").as_deref(),
+        Some("api.openai.com")
+    );
+    assert_eq!(
+        host_of("http://127.0.0.1:8000", "").as_deref(),
+        Some("127.0.0.1:8000")
+    );
+    assert_eq!(
+        host_of("http://[::1]:8000", "").as_deref(),
+        Some("[::1]:8000")
+    );
+    assert_eq!(
+        host_of("http://vllm.internal", "").as_deref(),
+        Some("vllm.internal")
+    );
     // An explicit host wins.
     assert_eq!(
-        host_of("https://10.0.0.7", r#", "host": "my-resource.openai.azure.com""#).as_deref(),
+        host_of(
+            "https://10.0.0.7",
+            r#", "host": "my-resource.openai.azure.com""#
+        )
+        .as_deref(),
         Some("my-resource.openai.azure.com")
     );
 }

@@ -19,7 +19,8 @@ pub fn asked_for(config: &Config, path: Option<&[u8]>) -> bool {
 /// registry), not this configuration's copy, so one view serves every listener.
 pub fn serve(h: &mut impl Host) {
     let now = h.now_ms();
-    let registry = registry::read(&*h);
+    // Without the providers no live configuration has any more (`registry.rs`).
+    let registry = registry::read(&*h).live(now);
     let records: Vec<HealthRecord> = registry
         .entries
         .iter()

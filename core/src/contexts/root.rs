@@ -234,17 +234,7 @@ impl Root {
         // The downstream routing instances publish the providers (for the health view)
         // and the health gauges; the upstream and the view-only instances neither.
         if !self.upstream && !config.providers.is_empty() {
-            match registry::publish(&*h, &config) {
-                Ok((own, conflicts)) => {
-                    for c in &conflicts {
-                        log::error!("llm-failover: {c}; the health view and gauges show the first");
-                    }
-                    self.publishes = own;
-                }
-                Err(e) => {
-                    log::warn!("llm-failover: publishing the providers for the health view: {e}")
-                }
-            }
+            self.publish(h, &config, true);
             h.set_tick_period_ms(GAUGE_PERIOD_MS);
         }
         let config = Rc::new(config);
@@ -284,6 +274,8 @@ impl Root {
             return;
         }
         self.gauges_at_ms = now;
+        // Still this VM's configuration: its providers stay in the view (`registry.rs`).
+        self.publish(h, config, false);
         if config.failover.background_probes {
             self.probe(h, config, now);
         }
@@ -296,6 +288,33 @@ impl Root {
             let state = store::read_health(&*h, &p.health_key).state(now);
             let value = metrics::health_value(state);
             self.telemetry.gauge(&*h, metrics::health(&p.name), value);
+        }
+    }
+
+    /// Publishes this configuration's providers for the health view and the gauges;
+    /// conflicts are logged when it is first configured. The providers a reload
+    /// dropped, which this publication removed, get the `removed` gauge value.
+    fn publish(&mut self, h: &impl Host, config: &Config, first: bool) {
+        match registry::publish(h, config, h.now_ms()) {
+            Ok(published) => {
+                if first {
+                    for c in &published.conflicts {
+                        log::error!("llm-failover: {c}; the health view and gauges show the first");
+                    }
+                }
+                for name in &published.dropped {
+                    log::info!(
+                        "llm-failover: provider {name} is in no configuration any more; it \
+                         leaves the health view"
+                    );
+                    let gauge = metrics::health(name);
+                    self.telemetry.gauge(h, gauge, metrics::HEALTH_REMOVED);
+                }
+                self.publishes = published.own;
+            }
+            Err(e) => {
+                log::warn!("llm-failover: publishing the providers for the health view: {e}")
+            }
         }
     }
 
