@@ -220,3 +220,17 @@ def test_control_is_refused_in_dispatch_mode_and_without_a_long_secret(tmp_path)
     path.write_text(json.dumps(short))
     r = subprocess.run([str(render), "render", "--config", str(path)], capture_output=True, text=True)
     assert r.returncode != 0 and "control.hedgeAfter: needs failover.hedgeAfter" in r.stderr, r.stderr
+
+
+def test_dispatch_mode_removes_and_ignores_control_headers(mocks, envoy):
+    """Control is router mode only; in dispatch mode the headers still never reach a
+    provider, on the routed attempt or on the dispatched failover."""
+    a = mocks("a", "--failure-injection-rate", "100", "--failure-types", "server_error")
+    b = mocks("b")
+    cfg = {"groups": [{"providers": [provider("a")]}, {"providers": [provider("b")]}],
+           "failover": {"mode": "dispatch", "consecutiveFailures": 1000}}
+    e = envoy(cfg, {"a": a.port, "b": b.port})
+    status, h, _ = e.post_chat(CHAT, trusted(**{"x-llm-failover-providers": "b", "x-llm-failover-fallback": "off"}))
+    assert (status, h["x-llm-provider"], h["x-llm-failover-tried"]) == (200, "b", "a=server_error, b=200")
+    assert control_headers_seen(a, b) == []
+    assert e.access_log_lines(1)[0]["control"].startswith("ignored: per-request control is off")
