@@ -53,9 +53,9 @@ lint: setup
 # Every e2e test against the .wasm, then the suite again with router mode (the
 # default) on the native module; tests marked wasm_only say why they are skipped there.
 # Then the router-mode failover, streaming, latency, hedging and credential tests in
-# the Istio wiring (render --istio as istiod would apply it, docs/istio.md).
+# the Istio wiring (render --istio as istiod would apply it, docs/istio.md), per-request control included.
 ISTIO_E2E := tests/e2e/test_failover.py tests/e2e/test_streaming.py tests/e2e/test_stream_timeouts.py \
-             tests/e2e/test_latency.py tests/e2e/test_hedge.py tests/e2e/test_secrets.py
+             tests/e2e/test_latency.py tests/e2e/test_hedge.py tests/e2e/test_secrets.py tests/e2e/test_control.py
 e2e: build
 	$(PY) -m pytest tests/e2e -q
 	LLM_FAILOVER_BUILD=native $(PY) -m pytest tests/e2e -q -rs
