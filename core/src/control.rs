@@ -163,9 +163,12 @@ fn read_wish(config: &Config, values: &[Option<&[u8]>; 5]) -> Result<Wish, Strin
     let first_byte = wish
         .first_byte_timeout_ms
         .or(config.failover.first_byte_timeout_ms);
-    // Only what the request changed is checked here: the configuration's own pair
-    // was checked at load.
-    let changed = wish.hedge_after_ms.is_some() || wish.first_byte_timeout_ms.is_some();
+    // Only what the request changed is checked here (the configuration's own pair was
+    // checked at load), and only when it can hedge at all: with one provider to ask
+    // there is no hedge to send.
+    let can_hedge = wish.fallback && wish.order.as_ref().is_none_or(|o| o.len() > 1);
+    let changed =
+        can_hedge && (wish.hedge_after_ms.is_some() || wish.first_byte_timeout_ms.is_some());
     if let (true, Some(hedge), Some(fbt)) = (changed, wish.hedge_after_ms(config), first_byte) {
         if hedge >= fbt {
             return Err(format!(
@@ -377,10 +380,24 @@ mod tests {
         assert!(refused(&[(0, SECRET), (4, "6s")]).contains("outside the bounds"));
         // hedgeAfter at or over the request's firstByteTimeout.
         assert!(refused(&[(0, SECRET), (3, "1s"), (4, "1s")]).contains("must be shorter"));
+        // The configured hedgeAfter (2s) over the request's firstByteTimeout, too...
+        assert!(refused(&[(0, SECRET), (3, "1s")]).contains("must be shorter"));
         // Bytes that are not text.
         let mut v = values(&[(0, SECRET)]);
         v[2] = Some(&[0xff, 0xfe]);
         assert!(matches!(screen(&c, &v), Screened::Refused(w) if w.contains("UTF-8")));
+    }
+
+    #[test]
+    fn a_request_that_cannot_hedge_may_set_a_first_byte_timeout_under_hedge_after() {
+        let c = config(ON);
+        for pairs in [
+            [(0, SECRET), (3, "1s"), (1, "off")],
+            [(0, SECRET), (3, "1s"), (2, "b")],
+        ] {
+            let s = screen(&c, &values(&pairs));
+            assert!(matches!(s, Screened::Applied(..)), "{pairs:?}: {s:?}");
+        }
     }
 
     #[test]

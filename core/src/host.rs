@@ -57,6 +57,7 @@ pub trait Host: SharedData {
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
     fn response_headers(&self) -> HeaderList;
     fn set_response_header(&mut self, name: &str, value: &str);
+    fn remove_response_header(&mut self, name: &str);
     /// The response body chunk passing now (its first `size` bytes).
     fn response_body(&self, size: usize) -> Option<Vec<u8>>;
     /// Appends `data` to the response body chunk passing now (`len` bytes long).

@@ -187,6 +187,10 @@ impl Host for MockHost {
         set(&mut self.response_headers, name, value.as_bytes());
     }
 
+    fn remove_response_header(&mut self, name: &str) {
+        self.response_headers.retain(|(n, _)| n != name);
+    }
+
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
         Some(self.response_body[..size.min(self.response_body.len())].to_vec())
     }

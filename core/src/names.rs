@@ -51,9 +51,26 @@ pub const CONTROL_HEADERS: [&str; 5] = [
     CONTROL_HEDGE_HEADER,
 ];
 /// Envoy's router takes a per-try timeout from this request header: the filter sets
-/// it for a request's own `firstByteTimeout` and removes a client's (a client could
-/// otherwise time out attempts, which count against the provider's health).
+/// it for a request's own `firstByteTimeout`.
 pub const PER_TRY_TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-per-try-timeout-ms";
+/// Request headers with which a client could steer Envoy's router: its timeouts (whose
+/// expiry counts against a provider's health), its retries and its hedging. Envoy
+/// removes them from requests it treats as external, and keeps them where it trusts
+/// the client (`use_remote_address` with internal addresses, as in a mesh); the filter
+/// removes them from every request it routes. `x-envoy-max-retries` the filter sets
+/// itself in router mode.
+pub const ROUTER_REQUEST_HEADERS: [&str; 10] = [
+    PER_TRY_TIMEOUT_HEADER,
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-hedge-on-per-try-timeout",
+    "x-envoy-max-retries",
+];
 
 /// On an answer after more than one attempt: each provider asked, in order, with
 /// why it failed (an error class) or the status it answered with

@@ -132,6 +132,17 @@ impl Registry {
     /// Drops the entries and conflicts no live configuration published for
     /// [`STALE_MS`]; the names of the providers dropped.
     pub fn prune(&mut self, now: u64) -> Vec<String> {
+        // An entry without a time (written by a version before times were kept) is
+        // adopted as seen now: it goes stale only if nobody renews it from here.
+        for seen in self
+            .entries
+            .iter_mut()
+            .map(|e| &mut e.seen_ms)
+            .chain(self.conflicts.iter_mut().map(|c| &mut c.seen_ms))
+            .filter(|seen| **seen == 0)
+        {
+            *seen = now;
+        }
         let mut gone = Vec::new();
         self.entries.retain(|e| {
             let keep = !stale(e.seen_ms, now);
@@ -215,19 +226,25 @@ impl Registry {
                 model,
                 group: usize::try_from(number(f.get(3))?).ok()?,
                 health_key: text(4)?,
-                seen_ms: number(f.get(5))?,
+                // Missing in what an earlier version wrote: adopted by `prune`.
+                seen_ms: number(f.get(5)).unwrap_or(0),
             });
         }
         let mut conflicts = Vec::new();
         if let Some(Value::Array(list)) = field("conflicts") {
             for item in list {
-                let Value::Array(f) = item else { return None };
-                let Some(Value::String(line)) = f.first() else {
-                    return None;
+                let (line, f) = match item {
+                    Value::Array(f) => match f.first() {
+                        Some(Value::String(line)) => (line, f.as_slice()),
+                        _ => return None,
+                    },
+                    // An earlier version's plain line.
+                    Value::String(line) => (line, &[][..]),
+                    _ => return None,
                 };
                 conflicts.push(Conflict {
                     line: line.clone(),
-                    seen_ms: number(f.get(1))?,
+                    seen_ms: number(f.get(1)).unwrap_or(0),
                 });
             }
         }
@@ -392,6 +409,20 @@ mod tests {
         assert_eq!(store.get(REGISTRY_KEY).unwrap().1, cas);
         publish(&store, &c, T0 + REFRESH_MS).unwrap();
         assert_ne!(store.get(REGISTRY_KEY).unwrap().1, cas);
+    }
+
+    #[test]
+    fn an_earlier_versions_registry_is_read_and_adopted_not_dropped() {
+        let store = MemoryStore::default();
+        let old = br#"{"providers":[["a","ca",null,0,"hk"]],"conflicts":["a line"]}"#;
+        store.set(REGISTRY_KEY, old, None).unwrap();
+        let other = config(r#"{"name":"b","cluster":"cb"}"#);
+        let p = publish(&store, &other, T0).unwrap();
+        assert!(p.dropped.is_empty(), "{p:?}");
+        let r = read(&store);
+        assert_eq!(r.entries.len(), 2);
+        assert_eq!(r.entries[0].seen_ms, T0);
+        assert_eq!(r.conflicts[0].seen_ms, T0);
     }
 
     #[test]

@@ -117,6 +117,13 @@ impl Host for WasmHost {
         );
     }
 
+    fn remove_response_header(&mut self, name: &str) {
+        log_err(
+            "removing a response header",
+            hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None),
+        );
+    }
+
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {
         buffer(
             BufferType::HttpResponseBody,

@@ -42,6 +42,13 @@ pub struct ModuleBuffer {
 }
 
 impl ModuleBuffer {
+    /// No buffer at all: for `set_header`, the ABI's documented way to remove a
+    /// header (1.40 also removes on an empty value; the ABI's text promises only null).
+    pub const NULL: ModuleBuffer = ModuleBuffer {
+        ptr: std::ptr::null(),
+        length: 0,
+    };
+
     pub fn of(bytes: &[u8]) -> Self {
         ModuleBuffer {
             ptr: bytes.as_ptr(),

@@ -186,14 +186,21 @@ impl<'a> NativeHost<'a> {
             return;
         }
         let request = matches!(which, HeaderType::RequestHeader);
-        // SAFETY: `envoy` is the live stream of this hook; both buffers live for the call.
-        // An empty value removes the header (the ABI's rule), as the core means it.
+        // An empty value removes the header, as the core means it: passed as the null
+        // buffer, which is what the ABI documents for a removal.
+        let value = if value.is_empty() {
+            ModuleBuffer::NULL
+        } else {
+            ModuleBuffer::of(value)
+        };
+        // SAFETY: `envoy` is the live stream of this hook; both buffers live for the call
+        // (a null one is never read).
         unsafe {
             envoy_dynamic_module_callback_http_set_header(
                 self.envoy,
                 which,
                 ModuleBuffer::of(name.as_bytes()),
-                ModuleBuffer::of(value),
+                value,
             );
             if request {
                 // As proxy-wasm does: a request header change makes Envoy pick the
@@ -414,6 +421,10 @@ impl Host for NativeHost<'_> {
 
     fn set_response_header(&mut self, name: &str, value: &str) {
         self.set_header(HeaderType::ResponseHeader, name, value.as_bytes());
+    }
+
+    fn remove_response_header(&mut self, name: &str) {
+        self.set_header(HeaderType::ResponseHeader, name, b"");
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {

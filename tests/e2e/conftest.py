@@ -1,6 +1,6 @@
 import pytest
 
-from harness import MOCK_BIN, WASM, Envoy, Mock, RawProvider, native_build
+from harness import MOCK_BIN, WASM, Envoy, Mock, RawProvider, istio_wiring, native_build
 
 
 def pytest_configure(config):
@@ -9,13 +9,21 @@ def pytest_configure(config):
                    "the native module, which does not do this (the reason says what and why)")
 
 
+    config.addinivalue_line(
+        "markers", "first_pass_only(reason): a long test whose subject is the same in every build and "
+                   "wiring (the core's own timing): run by the .wasm pass, skipped by the native and Istio "
+                   "passes of `make test`, which stays within its time budget")
+
+
 def pytest_collection_modifyitems(config, items):
-    if not native_build():
-        return
+    native, istio = native_build(), istio_wiring()
     for item in items:
         marker = item.get_closest_marker("wasm_only")
-        if marker:
+        if marker and native:
             item.add_marker(pytest.mark.skip(reason=f"wasm build only: {marker.args[0]}"))
+        marker = item.get_closest_marker("first_pass_only")
+        if marker and (native or istio):
+            item.add_marker(pytest.mark.skip(reason=f"the .wasm pass runs it: {marker.args[0]}"))
 
 
 def pytest_sessionstart(session):

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from harness import CHAT, provider, wait_until
+from harness import CHAT, llm_hcm, provider, wait_until
 
 SECRET = "s3cret-for-the-e2e-tests-0123456789"
 ENV = {"LLM_FAILOVER_CONTROL_SECRET": SECRET}
@@ -148,6 +148,7 @@ def test_fallback_off_and_the_tried_header(mocks, envoy):
     status, h, _ = e.post_chat(CHAT, trusted(**{"x-llm-failover-providers": "a,c"}))
     assert (status, h["x-llm-provider"], h["x-llm-failover-tried"]) == (200, "c", "a=server_error, c=200")
     assert len(b.chat_requests()) == b_before
+    assert control_headers_seen(a, b, c) == []  # on the router's retry to c too
     # The header never carries what the provider said, or a credential.
     status, h, _ = e.post_chat(CHAT, {"authorization": "Bearer sk-client-secret"})
     assert "sk-client" not in h["x-llm-failover-tried"] and "Service" not in h["x-llm-failover-tried"]
@@ -234,3 +235,38 @@ def test_dispatch_mode_removes_and_ignores_control_headers(mocks, envoy):
     assert (status, h["x-llm-provider"], h["x-llm-failover-tried"]) == (200, "b", "a=server_error, b=200")
     assert control_headers_seen(a, b) == []
     assert e.access_log_lines(1)[0]["control"].startswith("ignored: per-request control is off")
+
+
+def trusting_loopback(cfg):
+    """A listener where Envoy treats loopback clients as internal (as a mesh does its
+    own workloads): it then leaves their x-envoy-* request headers in place."""
+    hcm = llm_hcm(cfg)
+    hcm["use_remote_address"] = True
+    hcm["internal_address_config"] = {"cidr_ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}]}
+
+
+@pytest.mark.parametrize("header", ["x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms"])
+def test_a_clients_router_timeouts_are_removed_where_envoy_trusts_it(mocks, envoy, header):
+    """Where Envoy keeps a client's x-envoy-* headers, a client's 50 ms timeout would
+    cut the primary's 300 ms answer, and the timeout would count against the primary's
+    health. The filter removes such headers from every request it routes."""
+    a, b = mocks("a", "--latency-ms", "300"), mocks("b")
+    cfg = {"groups": [{"providers": [provider("a")]}, {"providers": [provider("b")]}]}
+    e = envoy(cfg, {"a": a.port, "b": b.port}, tweak=trusting_loopback)
+    for _ in range(3):
+        status, h, _ = e.post_chat(CHAT, {header: "50", "x-envoy-retry-on": "5xx", "x-envoy-max-retries": "5"})
+        assert (status, h["x-llm-provider"]) == (200, "a")
+    assert "x-llm-failover-tried" not in h
+    view = e.providers()["a"]
+    assert (view["state"], view["consecutive_failures"]) == ("healthy", 0), view
+    assert len(b.chat_requests()) == 0
+
+
+def test_a_providers_own_tried_header_never_reaches_the_client(mocks, envoy):
+    a = mocks("a", "--header", "x-llm-failover-tried: a=forged-by-the-provider")
+    b = mocks("b")
+    cfg = {"groups": [{"providers": [provider("a")]}, {"providers": [provider("b")]}]}
+    e = envoy(cfg, {"a": a.port, "b": b.port})
+    status, h, _ = e.post_chat(CHAT)
+    assert (status, h["x-llm-provider"]) == (200, "a")
+    assert "x-llm-failover-tried" not in h, h

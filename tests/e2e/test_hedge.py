@@ -89,6 +89,8 @@ def test_the_routed_attempt_wins_and_the_hedge_is_cancelled(mocks, envoy, raw_pr
     assert (status, headers["x-llm-provider"]) == (200, "primary")
     assert 0.7 <= took < 1.2, took
     assert len(silent.received) == 1, "the hedge was sent"
+    # The client is told the hedge was asked too, and lost the race.
+    assert headers["x-llm-failover-tried"] == "fallback=slow, primary=200"
     # The hedge is cancelled when the primary answers, not left to run.
     wait_until(lambda: silent.closed_at, 5, "the hedge's connection to close")
     assert silent.closed_at[0] - start < took + 0.3, (silent.closed_at[0] - start, took)
@@ -260,6 +262,8 @@ def test_a_hedge_goes_past_the_provider_the_router_moved_on_to(mocks, envoy):
     status, headers, _ = e.post_chat({"model": "m", "messages": MESSAGES}, path=CHAT_PATH)
     assert (status, headers["x-llm-provider"]) == (200, "third")
     assert [len(m.chat_requests()) for m in (primary, second, third)] == [1, 1, 1]
+    # Every provider asked, in order: the failover, then the hedge past the slow one.
+    assert headers["x-llm-failover-tried"] == "primary=rate_limited, second=slow, third=200"
     log = e.access_log_lines(1)[0]
     assert log["hedge"] == "third:won"
     wait_until(lambda: hedge_metric(e, "second", "third", "third") == 1, 10, "the hedge metric")

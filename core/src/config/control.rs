@@ -53,6 +53,8 @@ impl Bounds {
 pub(super) struct Context {
     pub mode: Mode,
     pub hedge_after_ms: Option<u64>,
+    /// `failover.attemptTimeout`: no attempt waits longer, whatever a request asks.
+    pub attempt_timeout_ms: u64,
 }
 
 /// `control`, when given.
@@ -73,6 +75,16 @@ pub(super) fn validate_control(
         ));
     }
     let first_byte_timeout = bounds(&raw, "firstByteTimeout")?;
+    if let Some(b) = first_byte_timeout.filter(|b| b.max_ms > context.attempt_timeout_ms) {
+        return Err(ConfigError::new(
+            raw.at("firstByteTimeout"),
+            format!(
+                "max ({} ms) is longer than failover.attemptTimeout ({} ms): a request \
+                 could wait longer than any attempt may",
+                b.max_ms, context.attempt_timeout_ms
+            ),
+        ));
+    }
     let hedge_after = bounds(&raw, "hedgeAfter")?;
     if let (Some(_), None) = (hedge_after, context.hedge_after_ms) {
         return Err(ConfigError::new(

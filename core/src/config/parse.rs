@@ -45,6 +45,7 @@ impl Config {
         let context = control::Context {
             mode: failover.mode,
             hedge_after_ms: failover.hedge_after_ms,
+            attempt_timeout_ms: failover.attempt_timeout_ms,
         };
         let control = control::validate_control(root.object("control")?, context, env)?;
         let needs_json_body = providers.iter().any(|p| p.model.is_some());

@@ -19,11 +19,14 @@ use crate::hedge::{self, Answered, Due, Hedges, Live};
 use crate::host::{Call, Host};
 use crate::metrics;
 use crate::names::{
-    CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, REFUSED_KEY, SEQUENCE_KEY, TRIED_HEADER,
+    CANCEL_KEY, HEDGED_TO_KEY, HEDGE_KEY, HELD_KEY, PLAN_KEY, REFUSED_KEY, SEQUENCE_KEY,
+    TRIED_HEADER,
 };
+use crate::plan::Plan;
 use crate::reply::{self, Relayed};
 use crate::store;
 
+use super::request;
 use super::telemetry::Telemetry;
 
 thread_local! {
@@ -274,9 +277,24 @@ impl Hedger {
         let mut reply = Relayed::new(&headers, body, to_name);
         if config.tried_header {
             // In the reply itself: natively Envoy runs no encoder hook of the module
-            // after its own reply (the form of `Request::tried_value`).
-            let tried = format!("{from_name}=slow, {to_name}={}", reply.status);
-            reply.set_header(TRIED_HEADER, &tried);
+            // after its own reply. The routed attempts' path (the request's filter
+            // state), the provider the hedge overtook, then the hedge's.
+            let plan = h
+                .property(&[PLAN_KEY])
+                .and_then(|p| Plan::decode(&p, config.providers.len()));
+            let (mut asked, mut whys) = match &plan {
+                Some(plan) => request::routed_path(&*h, plan, true),
+                None => (Vec::new(), Vec::new()),
+            };
+            if asked.is_empty() {
+                asked.push(from);
+            }
+            whys.truncate(asked.len() - 1);
+            whys.push("slow".to_string());
+            asked.push(to);
+            if let Some(tried) = request::tried_value(config, &asked, &whys, reply.status) {
+                reply.set_header(TRIED_HEADER, &tried);
+            }
         }
         h.send_response(reply.status, &reply.headers, &reply.body);
         Some(reply.status)

@@ -12,8 +12,10 @@ use crate::health::Failure;
 use crate::host::{Action, Host};
 use crate::metrics;
 use crate::names::{
-    ATTEMPTS_KEY, CONTROL_HEADERS, CONTROL_KEY, PER_TRY_TIMEOUT_HEADER, REFUSED_KEY, TRIED_KEY,
+    ATTEMPTS_KEY, CONTROL_HEADERS, CONTROL_KEY, PATH_KEY, REFUSED_KEY, ROUTER_REQUEST_HEADERS,
+    TRIED_KEY, WHYS_KEY,
 };
+use crate::plan::{self, Plan};
 use crate::reply::error_body;
 use crate::rewrite::{self, Edit};
 use crate::select;
@@ -79,7 +81,7 @@ pub struct Request {
     pub whys: Vec<String>,
     /// What a trusted request asked for (`control.rs`); the default otherwise.
     pub wish: Wish,
-    /// The control headers (and a client's per-try timeout) on the request, to be
+    /// The control headers (and a client's router headers) on the request, to be
     /// removed before it goes on (`strip_control`).
     strip: Vec<&'static str>,
 }
@@ -116,8 +118,8 @@ impl Request {
                     *slot = Some(value.as_slice());
                 }
                 self.strip.push(CONTROL_HEADERS[i]);
-            } else if name == PER_TRY_TIMEOUT_HEADER {
-                self.strip.push(PER_TRY_TIMEOUT_HEADER);
+            } else if let Some(known) = ROUTER_REQUEST_HEADERS.iter().find(|r| *r == name) {
+                self.strip.push(known);
             }
         }
         let screened = control::screen(&self.config, &values);
@@ -143,8 +145,8 @@ impl Request {
         }
     }
 
-    /// Removes the request's control headers and a client's per-try timeout: none
-    /// of them reaches a provider or Envoy's router. (Router mode calls this after
+    /// Removes the request's control headers and a client's headers that steer Envoy's
+    /// router (`ROUTER_REQUEST_HEADERS`): none of them reaches a provider or the router. (Router mode calls this after
     /// naming the first cluster: a header change makes Envoy pick the route again.)
     pub fn strip_control(&mut self, h: &mut impl Host) {
         for name in std::mem::take(&mut self.strip) {
@@ -198,29 +200,23 @@ impl Request {
     }
 
     /// The tried header's value (`triedHeader`, on by default) after more than one
-    /// attempt: each provider asked, in order, with why it failed, and the last with
-    /// the status it answered (`primary=rate_limited, fallback=200`). Provider names
-    /// and error classes only, never an error body or a header of the provider's.
-    pub fn tried_value(&self, status: u16) -> Option<String> {
-        if !self.config.tried_header || self.asked.len() < 2 {
+    /// attempt: see [`tried_value`]. `extra` is a hedge that lost the race, listed
+    /// before the provider that answered.
+    pub fn tried_value(&self, status: u16, extra: Option<usize>) -> Option<String> {
+        if !self.config.tried_header {
             return None;
         }
-        let last = self.asked.len() - 1;
-        let parts: Vec<String> = self
-            .asked
-            .iter()
-            .enumerate()
-            .filter_map(|(k, i)| {
-                let name = &self.config.providers.get(*i)?.name;
-                Some(if k == last {
-                    format!("{name}={status}")
-                } else {
-                    let why = self.whys.get(k).map_or("failed", String::as_str);
-                    format!("{name}={why}")
-                })
-            })
-            .collect();
-        Some(parts.join(", "))
+        let mut asked = self.asked.clone();
+        let mut whys = self.whys.clone();
+        if let Some(hedge) = extra {
+            if asked.is_empty() {
+                asked.push(self.current);
+            }
+            let at = asked.len() - 1;
+            asked.insert(at, hedge);
+            whys.insert(at.min(whys.len()), "slow".to_string());
+        }
+        tried_value(&self.config, &asked, &whys, status)
     }
 
     /// Reads a request body chunk while the body is buffered here. The body is
@@ -370,4 +366,58 @@ pub fn apply_edits(
             Edit::Remove(name) => h.remove_request_header(name),
         }
     }
+}
+
+/// The tried header's value after more than one attempt (`None` otherwise): each
+/// provider asked, in order, with why it was left (`whys[k]`, an error class, or
+/// `slow` for one another provider answered before), and the last with the status it
+/// answered (`primary=rate_limited, fallback=200`). Provider names and error classes
+/// only, never an error body or a header of the provider's.
+pub fn tried_value(
+    config: &Config,
+    asked: &[usize],
+    whys: &[String],
+    status: u16,
+) -> Option<String> {
+    if asked.len() < 2 {
+        return None;
+    }
+    let last = asked.len() - 1;
+    let parts: Vec<String> = asked
+        .iter()
+        .enumerate()
+        .filter_map(|(k, i)| {
+            let name = &config.providers.get(*i)?.name;
+            Some(if k == last {
+                format!("{name}={status}")
+            } else {
+                let why = whys.get(k).map_or("failed", String::as_str);
+                format!("{name}={why}")
+            })
+        })
+        .collect();
+    Some(parts.join(", "))
+}
+
+/// Where the upstream filters moved a routed request (`PATH_KEY`, plan positions) as
+/// providers, and, when `whys`, why each move was made (`WHYS_KEY`).
+pub fn routed_path(h: &impl Host, plan: &Plan, whys: bool) -> (Vec<usize>, Vec<String>) {
+    let asked = plan::path(h.property(&[PATH_KEY]).as_deref())
+        .iter()
+        .filter_map(|p| plan.get(*p).map(|step| step.index))
+        .collect();
+    (asked, if whys { read_whys(h) } else { Vec::new() })
+}
+
+/// Why each move of a routed request was made (`WHYS_KEY`, written by the upstream
+/// filters along with `PATH_KEY`).
+pub fn read_whys(h: &impl Host) -> Vec<String> {
+    h.property(&[WHYS_KEY])
+        .map(|v| {
+            String::from_utf8_lossy(&v)
+                .split(',')
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }

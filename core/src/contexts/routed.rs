@@ -17,13 +17,13 @@ use crate::metrics;
 use crate::names::{
     CLIENT_HEADERS_KEY, CONTROL_TIMEOUT_KEY, FAILED_AT_KEY, HEDGE_KEY, NEXT_KEY, PATH_KEY,
     PER_TRY_TIMEOUT_HEADER, PLAN_KEY, PROVIDER_HEADER, RETRY_STATUS, STATUS_KEY, STREAMED_HEADER,
-    STREAMED_KEY, TRIED_HEADER, WHYS_KEY,
+    STREAMED_KEY, TRIED_HEADER,
 };
 use crate::plan::{self, Plan};
 use crate::{body, handoff};
 
 use super::hedging::{self, Hedger};
-use super::request::{apply_edits, BodyRead, Phase, Request};
+use super::request::{self, apply_edits, BodyRead, Phase, Request};
 use super::unreported::{self, Waiting};
 
 /// Which of Envoy's response flags say the router could not start an attempt at
@@ -48,6 +48,9 @@ pub struct Routed {
     /// When the answer's last data passed (`streamIdleTimeout`, on a host that does
     /// not report an attempt's end: see `record_open`).
     last_data_ms: u64,
+    /// The provider of this request's hedge, when the routed attempt won the race
+    /// (the tried header lists it).
+    hedge_lost_to: Option<usize>,
 }
 
 impl Routed {
@@ -66,6 +69,7 @@ impl Routed {
             hedge_request: None,
             hedger,
             last_data_ms: 0,
+            hedge_lost_to: None,
         }
     }
 
@@ -351,9 +355,20 @@ impl Routed {
         match ending {
             Ending::HedgeWon { from, to } => {
                 self.req.current = to;
-                self.req.asked = vec![from, to];
-                // The first had not answered when the hedge did.
-                self.req.whys = vec!["slow".to_string()];
+                // Where the routed attempts went, then the hedge; the provider the
+                // hedge overtook had not answered.
+                let (mut asked, mut whys) = (vec![from], Vec::new());
+                if self.req.config.tried_header {
+                    (asked, whys) = request::routed_path(h, &self.plan, true);
+                    if asked.is_empty() {
+                        asked.push(from);
+                    }
+                    whys.truncate(asked.len() - 1);
+                    whys.push("slow".to_string());
+                }
+                asked.push(to);
+                self.req.asked = asked;
+                self.req.whys = whys;
                 let won = metrics::hedges(name(from), name(to), name(to));
                 self.req.telemetry.count(h, won);
                 self.finish(h, status);
@@ -367,6 +382,7 @@ impl Routed {
                 to,
             } => {
                 Self::cancel_hedge(h, token, id);
+                self.hedge_lost_to = Some(to);
                 let action = self.route_response(h, status);
                 h.set_property_str(HEDGE_KEY, &format!("{}:lost", name(to)));
                 let lost = metrics::hedges(name(from), name(to), self.req.provider_name());
@@ -383,30 +399,32 @@ impl Routed {
     /// router does not retry it, so that client gets Envoy's 503; the next requests
     /// skip the provider.
     fn route_response(&mut self, h: &mut impl Host, mut status: u16) -> Action {
+        // Where the upstream filters moved the request (plan positions).
+        let mut positions = plan::path(h.property(&[PATH_KEY]).as_deref());
         if status == RETRY_STATUS {
-            // The router did not retry after all (no retry left): the provider's own status.
+            // The router did not retry after all (no retry left): the provider's own
+            // status, and the attempt the upstream filter named next never happened.
             status = h.property_number(STATUS_KEY).unwrap_or(502);
             h.set_response_header(":status", &status.to_string());
+            if positions.len() > 1 {
+                positions.pop();
+            }
         }
         if !h.reports_attempt_ends() {
             self.record_open(h, false);
         }
-        // Where the upstream filters moved the request.
-        let positions = plan::path(h.property(&[PATH_KEY]).as_deref());
         self.req.asked = positions
             .iter()
             .filter_map(|p| self.plan.get(*p).map(|step| step.index))
             .collect();
-        if self.req.asked.len() > 1 && self.req.config.tried_header {
-            self.req.whys = h
-                .property(&[WHYS_KEY])
-                .map(|v| {
-                    String::from_utf8_lossy(&v)
-                        .split(',')
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default();
+        let config = &self.req.config;
+        if config.tried_header {
+            if self.req.asked.len() > 1 || self.hedge_lost_to.is_some() {
+                self.req.whys = request::read_whys(h);
+            } else {
+                // Only the gateway names what it tried: never a provider's own header.
+                h.remove_response_header(TRIED_HEADER);
+            }
         }
         if let Some(step) = positions.last().and_then(|p| self.plan.get(*p)) {
             self.req.current = step.index;
@@ -488,11 +506,12 @@ impl Routed {
     /// the upstream filter of the first attempt).
     fn finish(&mut self, h: &mut impl Host, status: u16) {
         self.req.count_answer(h, status);
+        if let Some(tried) = self.req.tried_value(status, self.hedge_lost_to) {
+            h.set_response_header(TRIED_HEADER, &tried);
+        }
         if self.req.asked.len() > 1 {
             self.req.log_asked(h);
-            if let Some(tried) = self.req.tried_value(status) {
-                h.set_response_header(TRIED_HEADER, &tried);
-            }
+
             if let Some(at) = h.property_number::<u64>(FAILED_AT_KEY) {
                 let spent = h.now_ms().saturating_sub(at);
                 self.req

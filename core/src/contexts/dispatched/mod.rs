@@ -189,6 +189,7 @@ impl Dispatched {
             }
         }
         h.set_response_header(PROVIDER_HEADER, self.req.provider_name());
+        self.name_tried(h, status);
         self.finish(h, status);
         Action::Continue
     }
@@ -237,7 +238,8 @@ impl Dispatched {
         };
         self.finish(h, status.unwrap_or(503));
         let mut reply = Relayed::new(&headers, body, self.req.provider_name());
-        if let Some(tried) = self.req.tried_value(reply.status) {
+        // A dispatched call is a failover: more than one provider was asked.
+        if let Some(tried) = self.req.tried_value(reply.status, None) {
             reply.set_header(TRIED_HEADER, &tried);
         }
         if failed {
@@ -344,9 +346,17 @@ impl Dispatched {
             h.set_response_header("retry-after", &secs);
         }
         h.set_response_header(PROVIDER_HEADER, self.req.provider_name());
-        if let Some(tried) = self.req.tried_value(status) {
-            h.set_response_header(TRIED_HEADER, &tried);
-        }
+        self.name_tried(h, status);
         self.finish(h, status);
+    }
+
+    /// The tried header on the routed attempt's answer: set after a failover, and a
+    /// provider's own header of that name removed (only the gateway says what it tried).
+    fn name_tried(&self, h: &mut impl Host, status: u16) {
+        match self.req.tried_value(status, None) {
+            Some(tried) => h.set_response_header(TRIED_HEADER, &tried),
+            None if self.req.config.tried_header => h.remove_response_header(TRIED_HEADER),
+            None => {}
+        }
     }
 }

@@ -468,3 +468,32 @@ fn the_tried_header_names_each_provider_and_why() {
         Some("a=server_error, a=overloaded, b=200")
     );
 }
+
+#[test]
+fn an_attempt_the_router_never_made_is_not_named() {
+    // The upstream filter named b next and turned a's 429 into the retry status, but
+    // the router had no retry left: a's own status goes back, named after a.
+    let mut h = client(NOW);
+    let (mut f, _) = planned("{}", &mut h, true);
+    h.set_property_str(PATH_KEY, "0,1");
+    h.set_property_str(WHYS_KEY, "rate_limited");
+    h.set_property_str(STATUS_KEY, "429");
+    h.response_headers = pairs(&[(":status", "591"), (TRIED_HEADER, "forged")]);
+    f.on_response_headers(&mut h);
+    let header = |name: &str| {
+        h.response_header(name)
+            .map(|v| String::from_utf8_lossy(&v).to_string())
+    };
+    assert_eq!(header(":status").as_deref(), Some("429"));
+    assert_eq!(header(PROVIDER_HEADER).as_deref(), Some("a"));
+    assert_eq!(header(TRIED_HEADER), None);
+}
+
+#[test]
+fn a_providers_tried_header_is_removed_on_a_first_attempts_answer() {
+    let mut h = client(NOW);
+    let (mut f, _) = planned("{}", &mut h, true);
+    h.response_headers = pairs(&[(":status", "200"), (TRIED_HEADER, "a=forged")]);
+    f.on_response_headers(&mut h);
+    assert_eq!(h.response_header(TRIED_HEADER), None);
+}
