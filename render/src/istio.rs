@@ -392,6 +392,7 @@ fn envoy_filter(
                 "name": if streamed { STREAMED_ROUTE } else { ROUTE }}}}},
             "patch": {"operation": "MERGE", "value": {
                 "request_headers_to_remove": r["request_headers_to_remove"],
+                "response_headers_to_remove": r["response_headers_to_remove"],
                 "route": {
                     "inline_cluster_specifier_plugin": r["route"]["inline_cluster_specifier_plugin"],
                     "retry_policy": retry_patch,

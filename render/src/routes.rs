@@ -59,6 +59,9 @@ pub fn routes(config: &Config, clusters: &[&Provider], prefix: &str) -> Vec<Valu
         // passed on to a provider.
         // Nor is a hedge's mark (only the filter's own calls carry one).
         "request_headers_to_remove": [config.cluster_header, names::HEDGE_HEADER, names::PROBE_HEADER],
+        // A provider's own tried header: removed by the router before the filter sees the
+        // answer (and sets its own after a failover), at no cost to the filter.
+        "response_headers_to_remove": [names::TRIED_HEADER],
         "route": {
             // The cluster the filter names for each attempt (see above).
             "inline_cluster_specifier_plugin": specifier(clusters, prefix),

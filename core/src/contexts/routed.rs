@@ -417,14 +417,11 @@ impl Routed {
             .iter()
             .filter_map(|p| self.plan.get(*p).map(|step| step.index))
             .collect();
-        let config = &self.req.config;
-        if config.tried_header {
-            if self.req.asked.len() > 1 || self.hedge_lost_to.is_some() {
-                self.req.whys = request::read_whys(h);
-            } else {
-                // Only the gateway names what it tried: never a provider's own header.
-                h.remove_response_header(TRIED_HEADER);
-            }
+        // (A provider's own tried header never gets here: render's route removes it.)
+        if self.req.config.tried_header
+            && (self.req.asked.len() > 1 || self.hedge_lost_to.is_some())
+        {
+            self.req.whys = request::read_whys(h);
         }
         if let Some(step) = positions.last().and_then(|p| self.plan.get(*p)) {
             self.req.current = step.index;
