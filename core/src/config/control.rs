@@ -145,13 +145,7 @@ fn secret(
         )
     })?;
     s.only(&["env"])?;
-    let var = s.required_string("env")?.trim();
-    if var.is_empty() {
-        return Err(ConfigError::new(
-            s.at("env"),
-            "must name an environment variable",
-        ));
-    }
+    let var = s.env_name()?;
     let value = env(var).unwrap_or_default();
     let value = value.trim();
     if value.len() < MIN_SECRET_BYTES {

@@ -311,6 +311,14 @@ pub const EMPTY_CONFIGURATION: &str =
     "invalid llm-failover configuration: the plugin configuration is empty";
 
 impl Config {
+    /// Whether a trusted request may set its own `firstByteTimeout` (`control`): then
+    /// attempts are timed, and a timed-out one is judged by the request's limit.
+    pub fn requests_time_their_attempts(&self) -> bool {
+        self.control
+            .as_ref()
+            .is_some_and(|c| c.first_byte_timeout.is_some())
+    }
+
     /// The filter's own request headers, which a dispatched call (a failover in
     /// dispatch mode, a hedge) must not pass on: a client's are never a provider's.
     pub fn internal_request_headers(&self) -> [&str; 3] {

@@ -182,13 +182,7 @@ pub(super) fn provider_auth(
     let Some(k) = auth_kind(rp)? else {
         return Ok((Auth::Passthrough, None));
     };
-    let var = k.required_string("env")?.trim();
-    if var.is_empty() {
-        return Err(ConfigError::new(
-            k.at("env"),
-            "must name an environment variable",
-        ));
-    }
+    let var = k.env_name()?;
     // What is wrong in the file first; the environment is looked at last.
     let header = match k.string("header")? {
         None => "authorization".to_string(),

@@ -95,6 +95,18 @@ impl<'a> Obj<'a> {
             .ok_or_else(|| ConfigError::new(self.path.clone(), format!("missing field `{key}`")))
     }
 
+    /// `env`: the name of an environment variable (a key's, the control secret's).
+    pub(super) fn env_name(&self) -> Result<&'a str, ConfigError> {
+        let var = self.required_string("env")?.trim();
+        if var.is_empty() {
+            return Err(ConfigError::new(
+                self.at("env"),
+                "must name an environment variable",
+            ));
+        }
+        Ok(var)
+    }
+
     pub(super) fn boolean(&self, key: &str) -> Result<Option<bool>, ConfigError> {
         match self.get(key) {
             None => Ok(None),

@@ -286,12 +286,7 @@ impl Hedger {
                 Some(plan) => request::routed_path(&*h, plan, true),
                 None => (Vec::new(), Vec::new()),
             };
-            if asked.is_empty() {
-                asked.push(from);
-            }
-            whys.truncate(asked.len() - 1);
-            whys.push("slow".to_string());
-            asked.push(to);
+            request::add_hedge(&mut asked, &mut whys, from, to, true);
             if let Some(tried) = request::tried_value(config, &asked, &whys, reply.status) {
                 reply.set_header(TRIED_HEADER, &tried);
             }

@@ -206,15 +206,9 @@ impl Request {
         if !self.config.tried_header {
             return None;
         }
-        let mut asked = self.asked.clone();
-        let mut whys = self.whys.clone();
+        let (mut asked, mut whys) = (self.asked.clone(), self.whys.clone());
         if let Some(hedge) = extra {
-            if asked.is_empty() {
-                asked.push(self.current);
-            }
-            let at = asked.len() - 1;
-            asked.insert(at, hedge);
-            whys.insert(at.min(whys.len()), "slow".to_string());
+            add_hedge(&mut asked, &mut whys, self.current, hedge, false);
         }
         tried_value(&self.config, &asked, &whys, status)
     }
@@ -399,14 +393,44 @@ pub fn tried_value(
     Some(parts.join(", "))
 }
 
+/// Plan positions as the providers at them.
+pub fn providers_at(plan: &Plan, positions: &[usize]) -> Vec<usize> {
+    positions
+        .iter()
+        .filter_map(|p| plan.get(*p).map(|step| step.index))
+        .collect()
+}
+
 /// Where the upstream filters moved a routed request (`PATH_KEY`, plan positions) as
 /// providers, and, when `whys`, why each move was made (`WHYS_KEY`).
 pub fn routed_path(h: &impl Host, plan: &Plan, whys: bool) -> (Vec<usize>, Vec<String>) {
-    let asked = plan::path(h.property(&[PATH_KEY]).as_deref())
-        .iter()
-        .filter_map(|p| plan.get(*p).map(|step| step.index))
-        .collect();
-    (asked, if whys { read_whys(h) } else { Vec::new() })
+    let positions = plan::path(h.property(&[PATH_KEY]).as_deref());
+    let whys = if whys { read_whys(h) } else { Vec::new() };
+    (providers_at(plan, &positions), whys)
+}
+
+/// Adds to a routed request's providers asked (and why each was left) the hedge that
+/// raced its last attempt (`routed`'s, when nothing moved it). The one of the two that
+/// had not answered when the other did is `slow`: the routed one when the hedge `won`
+/// (the hedge is then last), else the hedge (listed before the routed one).
+pub fn add_hedge(
+    asked: &mut Vec<usize>,
+    whys: &mut Vec<String>,
+    routed: usize,
+    hedge: usize,
+    won: bool,
+) {
+    if asked.is_empty() {
+        asked.push(routed);
+    }
+    let last = asked.len() - 1;
+    whys.truncate(last);
+    whys.push("slow".to_string());
+    if won {
+        asked.push(hedge);
+    } else {
+        asked.insert(last, hedge);
+    }
 }
 
 /// Why each move of a routed request was made (`WHYS_KEY`, written by the upstream

@@ -355,18 +355,13 @@ impl Routed {
         match ending {
             Ending::HedgeWon { from, to } => {
                 self.req.current = to;
-                // Where the routed attempts went, then the hedge; the provider the
-                // hedge overtook had not answered.
-                let (mut asked, mut whys) = (vec![from], Vec::new());
-                if self.req.config.tried_header {
-                    (asked, whys) = request::routed_path(h, &self.plan, true);
-                    if asked.is_empty() {
-                        asked.push(from);
-                    }
-                    whys.truncate(asked.len() - 1);
-                    whys.push("slow".to_string());
-                }
-                asked.push(to);
+                // Where the routed attempts went (for the tried header), then the hedge.
+                let (mut asked, mut whys) = if self.req.config.tried_header {
+                    request::routed_path(h, &self.plan, true)
+                } else {
+                    (Vec::new(), Vec::new())
+                };
+                request::add_hedge(&mut asked, &mut whys, from, to, true);
                 self.req.asked = asked;
                 self.req.whys = whys;
                 let won = metrics::hedges(name(from), name(to), name(to));
@@ -413,10 +408,7 @@ impl Routed {
         if !h.reports_attempt_ends() {
             self.record_open(h, false);
         }
-        self.req.asked = positions
-            .iter()
-            .filter_map(|p| self.plan.get(*p).map(|step| step.index))
-            .collect();
+        self.req.asked = request::providers_at(&self.plan, &positions);
         // (A provider's own tried header never gets here: render's route removes it.)
         if self.req.config.tried_header
             && (self.req.asked.len() > 1 || self.hedge_lost_to.is_some())
@@ -508,7 +500,6 @@ impl Routed {
         }
         if self.req.asked.len() > 1 {
             self.req.log_asked(h);
-
             if let Some(at) = h.property_number::<u64>(FAILED_AT_KEY) {
                 let spent = h.now_ms().saturating_sub(at);
                 self.req

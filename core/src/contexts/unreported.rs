@@ -104,11 +104,7 @@ pub fn per_try_limit(config: &Config, h: &impl Host) -> Option<(u64, &'static st
     let failover = &config.failover;
     // A request's own firstByteTimeout is the router's per-try timeout on either
     // route (`x-envoy-upstream-rq-per-try-timeout-ms`, README "Per-request control").
-    if config
-        .control
-        .as_ref()
-        .is_some_and(|c| c.first_byte_timeout.is_some())
-    {
+    if config.requests_time_their_attempts() {
         if let Some(ms) = h.property_number::<u64>(CONTROL_TIMEOUT_KEY) {
             return Some((ms, "the request's own firstByteTimeout"));
         }

@@ -137,10 +137,7 @@ impl AttemptFilter {
         let provider = &config.providers[index];
         if config.failover.first_byte_timeout_ms.is_some()
             || config.failover.stream_first_byte_timeout_ms.is_some()
-            || config
-                .control
-                .as_ref()
-                .is_some_and(|c| c.first_byte_timeout.is_some())
+            || config.requests_time_their_attempts()
         {
             self.started_ms = h.now_ms();
         }
